@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,8 @@ from compressors.exceptions import TokenizerUnavailable
 
 __all__ = [
     "count",
+    "count_chat_request",
+    "count_gemini_request",
     "count_messages",
     "encoding_for_model",
     "get_encoding",
@@ -229,4 +232,48 @@ def count_messages(messages: Iterable[Mapping[str, Any]], model: str = O200K) ->
                     total += TOKENS_PER_MESSAGE
                     total += count(str(fn.get("name", "")), model)
                     total += count(str(fn.get("arguments", "")), model)
+    return total
+
+
+def count_chat_request(body: Mapping[str, Any], model: str | None = None) -> int:
+    """Prompt tokens of a whole OpenAI chat-completions request body: the messages (see
+    :func:`count_messages`) plus the tool definitions, counted as their compact JSON."""
+    model = model or str(body.get("model") or O200K)
+    messages = body.get("messages")
+    total = count_messages(messages if isinstance(messages, list) else [], model)
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        total += count(json.dumps(tools, separators=(",", ":"), ensure_ascii=False), model)
+    return total
+
+
+def _gemini_part_texts(part: Mapping[str, Any]) -> Iterable[str]:
+    text = part.get("text")
+    if isinstance(text, str):
+        yield text
+    for key in ("functionCall", "functionResponse"):
+        if key in part:
+            yield json.dumps(part[key], separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def count_gemini_request(body: Mapping[str, Any]) -> int:
+    """Approximate prompt tokens of a Gemini ``generateContent`` body: ``o200k_base`` counts
+    of every text part, function call and function response, in ``systemInstruction`` and
+    ``contents`` (Gemini's own tokenizer is not public; see the module docstring)."""
+    total = 0
+    blocks: list[Any] = []
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    if isinstance(system, Mapping):
+        blocks.append(system)
+    contents = body.get("contents")
+    if isinstance(contents, list):
+        blocks.extend(contents)
+    for block in blocks:
+        parts = block.get("parts") if isinstance(block, Mapping) else None
+        for part in parts if isinstance(parts, list) else []:
+            if isinstance(part, Mapping):
+                total += sum(count(t, O200K) for t in _gemini_part_texts(part))
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        total += count(json.dumps(tools, separators=(",", ":"), ensure_ascii=False), O200K)
     return total

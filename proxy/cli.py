@@ -1,0 +1,89 @@
+"""The ``nocp`` command line: ``serve`` the proxy, run a ``fake-upstream`` for demos."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config import load_settings
+from proxy.exceptions import ConfigError
+from proxy.logging import configure_logging
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from proxy.server import create_app
+
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides.setdefault("server", {})["host"] = args.host
+    if args.port:
+        overrides.setdefault("server", {})["port"] = args.port
+    if args.log_dir:
+        overrides.setdefault("log", {})["dir"] = args.log_dir
+    if args.upstream:
+        overrides["upstreams"] = [{"name": "default", "base_url": args.upstream, "models": ["*"]}]
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"nocp: {exc}", file=sys.stderr)
+        return 2
+    configure_logging()
+    app = create_app(settings)
+    print(
+        f"nocp listening on http://{settings.server.host}:{settings.server.port} "
+        f"-> {', '.join(f'{u.name}={u.base_url}' for u in settings.upstreams)}; "
+        f"log {settings.log.path}",
+        flush=True,
+    )
+    web.run_app(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        access_log=None,
+        handler_cancellation=True,
+        print=None,
+    )
+    return 0
+
+
+def _fake_upstream(args: argparse.Namespace) -> int:
+    from proxy.testing import run_fake_upstream
+
+    print(f"fake upstream listening on http://{args.host}:{args.port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_fake_upstream(args.host, args.port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``nocp`` command."""
+    parser = argparse.ArgumentParser(prog="nocp", description="LLM context-compression reverse proxy")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="YAML config file (default: $NOCP_CONFIG)")
+    serve.add_argument("--upstream", help="send every model to this OpenAI-compatible base URL")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--log-dir", help="TransactionLog directory (default ./logs)")
+    serve.set_defaults(func=_serve)
+    fake = sub.add_parser("fake-upstream", help="run the fake LLM provider (OpenAI + Gemini) for demos")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=9000)
+    fake.set_defaults(func=_fake_upstream)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nocp`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The ordered stages a rewritable request goes through, each under a fail-open guard.
+
+A stage is any async callable ``stage(prompt, ctx) -> Prompt``: it receives the request's
+segments and returns them, changed or not. It never talks HTTP; what it needs comes from the
+:class:`StageContext`. When a stage raises, overruns its time budget or returns something
+that is not a same-shaped ``Prompt``, its result is discarded (the prompt it received goes on
+to the next stage), whatever it added to the log is rolled back, and the failure is recorded
+in the TransactionLog's ``fail_open`` list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from proxy.protocols import Prompt
+from proxy.translog import FailOpen, TransactionLog
+
+_log = structlog.get_logger("nocp.pipeline")
+
+
+@dataclass(slots=True)
+class StageContext:
+    """What a stage may read (and the log record it may add segment details to)."""
+
+    model: str
+    protocol: str
+    record: TransactionLog
+    query: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+Stage = Callable[[Prompt, StageContext], Awaitable[Prompt]]
+
+
+def stage_name(stage: Stage) -> str:
+    """A stage's name for logs: its ``name`` attribute, function name or class name."""
+    name = getattr(stage, "name", None) or getattr(stage, "__name__", None)
+    return str(name or type(stage).__name__)
+
+
+def _same_shape(before: Prompt, after: object) -> bool:
+    return (
+        isinstance(after, Prompt)
+        and len(after.segments) == len(before.segments)
+        and all(a.path == b.path for a, b in zip(after.segments, before.segments, strict=True))
+    )
+
+
+class Pipeline:
+    """Runs stages in order; a failing stage is skipped, never the request."""
+
+    def __init__(self, stages: Sequence[Stage] = (), *, stage_timeout_s: float = 2.0) -> None:
+        self.stages = tuple(stages)
+        self.stage_timeout_s = stage_timeout_s
+
+    def __bool__(self) -> bool:
+        return bool(self.stages)
+
+    async def run(self, prompt: Prompt, ctx: StageContext) -> Prompt:
+        """Pass ``prompt`` through every stage; return the last good result."""
+        for stage in self.stages:
+            mark = len(ctx.record.segments)
+            try:
+                result = await asyncio.wait_for(stage(prompt, ctx), self.stage_timeout_s)
+                if not _same_shape(prompt, result):
+                    raise TypeError("stage returned a prompt of a different shape")
+            except Exception as exc:  # fail open: the request must go through
+                reason = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+                del ctx.record.segments[mark:]
+                ctx.record.fail_open.append(FailOpen(stage=stage_name(stage), reason=reason[:500]))
+                _log.warning("stage_failed_open", stage=stage_name(stage), reason=reason[:500])
+                continue
+            assert isinstance(result, Prompt)
+            prompt = result
+        return prompt

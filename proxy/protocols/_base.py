@@ -1,0 +1,194 @@
+"""What every protocol adapter exposes to the rest of the proxy.
+
+A request body is parsed into a plain ``dict`` that is kept whole: fields an adapter does not
+understand are never touched. The parts stages may change are exposed as a :class:`Prompt`,
+an immutable tuple of :class:`Segment` values. A stage returns a new ``Prompt``; the
+adapter writes the changed texts back into the body, in place, at each segment's ``path``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from proxy.exceptions import BadRequest, ProxyHTTPError
+
+SegmentKind = Literal["system", "user", "assistant", "tool_call", "tool_output"]
+PathKey = str | int
+
+
+class Segment(msgspec.Struct, frozen=True, kw_only=True):
+    """One piece of text in a request that a stage may rewrite.
+
+    ``index`` is the message's position in the conversation; ``path`` is where the text
+    sits in the body. ``as_json`` marks text that is a JSON rendering of a structured value
+    (a Gemini ``functionResponse.response``) and is written back as ``{"output": text}``.
+    """
+
+    kind: SegmentKind
+    index: int
+    path: tuple[PathKey, ...]
+    text: str
+    role: str = ""
+    tool_name: str | None = None
+    tool_args: str = ""
+    as_json: bool = False
+
+
+class Prompt(msgspec.Struct, frozen=True):
+    """The rewritable view of one request: its segments in conversation order."""
+
+    segments: tuple[Segment, ...]
+
+    def with_text(self, position: int, text: str) -> Prompt:
+        """A copy with segment number ``position`` holding ``text``."""
+        segs = list(self.segments)
+        segs[position] = msgspec.structs.replace(segs[position], text=text)
+        return Prompt(tuple(segs))
+
+    def latest_user_text(self) -> str:
+        """Text of the last user segment, or ``""``."""
+        for seg in reversed(self.segments):
+            if seg.kind == "user":
+                return seg.text
+        return ""
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """Token usage as the upstream reported it (``None``: not reported)."""
+
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class StreamSniffer(abc.ABC):
+    """Watches a streamed response go by. ``feed`` returns the bytes to forward now."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self.finish_reasons: list[str] = []
+
+    @abc.abstractmethod
+    def feed(self, chunk: bytes) -> bytes:
+        """Take one chunk from the upstream; return what to send to the client now."""
+
+    def close(self) -> bytes:
+        """The stream ended; return anything still held back."""
+        return b""
+
+
+class SSESplitter:
+    """Splits a byte stream into whole server-sent events (separator ``\\n\\n`` or ``\\r\\n\\r\\n``)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """Yield every event completed by ``chunk``, terminator included."""
+        buf = self._buf + chunk
+        start = 0
+        while True:
+            lf = buf.find(b"\n\n", start)
+            crlf = buf.find(b"\r\n\r\n", start)
+            if lf < 0 and crlf < 0:
+                break
+            end = crlf + 4 if crlf >= 0 and (lf < 0 or crlf < lf) else lf + 2
+            yield buf[start:end]
+            start = end
+        self._buf = buf[start:]
+
+    def rest(self) -> bytes:
+        """Bytes of an unterminated last event."""
+        rest, self._buf = self._buf, b""
+        return rest
+
+
+def sse_data(event: bytes) -> bytes | None:
+    """The ``data:`` payload of one SSE event (lines joined), or None when it has none."""
+    lines = [line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
+
+
+_decoder = msgspec.json.Decoder()
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """Decode a JSON object or raise :class:`BadRequest`."""
+    try:
+        value = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object")
+    return value
+
+
+def set_path(body: Any, path: tuple[PathKey, ...], value: Any) -> None:
+    """Set ``value`` at ``path`` inside nested dicts/lists."""
+    target = body
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+
+
+class Adapter(abc.ABC):
+    """One wire protocol: parse, expose segments, write back, read usage, shape errors."""
+
+    protocol: ClassVar[Literal["openai", "gemini"]]
+
+    @abc.abstractmethod
+    def parse(self, body: bytes, match_info: Mapping[str, str]) -> dict[str, Any]:
+        """Decode and validate the body; raise :class:`BadRequest` when it is unusable."""
+
+    @abc.abstractmethod
+    def model(self, body: Mapping[str, Any], match_info: Mapping[str, str]) -> str:
+        """The model the request is for."""
+
+    @abc.abstractmethod
+    def is_stream(self, body: Mapping[str, Any], match_info: Mapping[str, str]) -> bool:
+        """True when the client asked for a streamed response."""
+
+    @abc.abstractmethod
+    def prompt(self, body: Mapping[str, Any]) -> Prompt:
+        """The rewritable segments of the body."""
+
+    def apply(self, body: dict[str, Any], before: Prompt, after: Prompt) -> bool:
+        """Write every segment whose text changed back into ``body``; True if any did."""
+        changed = False
+        for old, new in zip(before.segments, after.segments, strict=True):
+            if new.text != old.text:
+                set_path(body, new.path, {"output": new.text} if new.as_json else new.text)
+                changed = True
+        return changed
+
+    def prepare_upstream(self, body: dict[str, Any], stream: bool) -> bool:
+        """Adjust the body for the upstream (e.g. ask for usage); True if it changed."""
+        return False
+
+    @abc.abstractmethod
+    def usage(self, body: bytes) -> Usage:
+        """Usage from a whole (non-streamed) response body."""
+
+    @abc.abstractmethod
+    def sniffer(self, body: Mapping[str, Any], injected_usage: bool) -> StreamSniffer:
+        """A sniffer for a streamed response to this request."""
+
+    @abc.abstractmethod
+    def count_prompt(self, body: Mapping[str, Any], model: str) -> int:
+        """Prompt tokens of ``body`` as the provider bills them (approximate for Gemini)."""
+
+    @abc.abstractmethod
+    def error_body(self, err: ProxyHTTPError) -> dict[str, Any]:
+        """Our own error, in this protocol's error shape."""
+
+    def tools_invoked(self, body: Mapping[str, Any]) -> list[str]:
+        """Names of the tools whose outputs are in the request, in order of appearance."""
+        seen: dict[str, None] = {}
+        for seg in self.prompt(body).segments:
+            if seg.kind == "tool_output" and seg.tool_name:
+                seen.setdefault(seg.tool_name)
+        return list(seen)

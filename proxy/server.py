@@ -1,0 +1,305 @@
+"""The aiohttp application: routes, and the one path every request takes.
+
+``client -> parse (adapter) -> pipeline -> upstream -> relay -> client``, with a
+TransactionLog record built along the way. Passthrough routes take the same upstream and
+relay steps with no parsing, no stages and no log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+from aiohttp import web
+
+from proxy.config import Settings
+from proxy.exceptions import ModelNotFound, PayloadTooLarge, ProxyHTTPError
+from proxy.pipeline import Pipeline, Stage, StageContext
+from proxy.protocols import Adapter, GeminiAdapter, OpenAIChatAdapter, StreamSniffer, Usage
+from proxy.translog import TransactionLog, TransactionLogWriter
+from proxy.upstream import UpstreamClient, apply_api_key, forward_headers, upstream_url
+
+_log = structlog.get_logger("nocp.server")
+_encoder = msgspec.json.Encoder()
+_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|AIza[0-9A-Za-z_\-]{10,}|Bearer\s+\S+)")
+_GEMINI_PREFIXES = ("/v1beta/", "/v1alpha/", "/upload/")
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def redact(text: str) -> str:
+    """``text`` with anything shaped like an API key or bearer token replaced."""
+    return _SECRET.sub("[redacted]", text)
+
+
+@dataclass(slots=True)
+class ProxyState:
+    """Everything the handlers share; one per application."""
+
+    settings: Settings
+    upstream: UpstreamClient
+    writer: TransactionLogWriter
+    pipeline: Pipeline
+
+
+STATE = web.AppKey("nocp_state", ProxyState)
+OPENAI = OpenAIChatAdapter()
+GEMINI = GeminiAdapter()
+
+
+def _error(adapter: Adapter, err: ProxyHTTPError) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(adapter.error_body(err)), status=err.status, content_type="application/json"
+    )
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"request body of {request.content_length} bytes exceeds the {limit}-byte limit"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _response_headers(resp: aiohttp.ClientResponse, *, stream: bool) -> dict[str, str] | Any:
+    headers = forward_headers(resp.headers, drop=() if stream else ("Content-Length",))
+    if stream:
+        headers.update(STREAM_HEADERS)
+    return headers
+
+
+async def _relay(
+    request: web.Request,
+    resp: aiohttp.ClientResponse,
+    sniffer: StreamSniffer | None,
+    record: TransactionLog | None,
+    started: float,
+) -> web.StreamResponse:
+    """Relay a streamed upstream response chunk by chunk as it arrives."""
+    out = web.StreamResponse(
+        status=resp.status, reason=resp.reason, headers=_response_headers(resp, stream=sniffer is not None)
+    )
+    if sniffer is None and resp.content_length is not None:
+        out.content_length = resp.content_length
+    await out.prepare(request)
+    chunks = resp.content.iter_any().__aiter__()
+    while True:
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            break
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            if record is not None:
+                record.outcome = "upstream_error"
+                record.error_message = f"upstream stream broke: {type(exc).__name__}"
+            _log.warning("upstream_stream_broken", error=type(exc).__name__)
+            return out
+        if record is not None and record.ttft_ms is None:
+            record.ttft_ms = round((time.perf_counter() - started) * 1000, 3)
+        data = sniffer.feed(chunk) if sniffer is not None else chunk
+        if data:
+            await out.write(data)  # raises ConnectionResetError when our client is gone
+    if sniffer is not None and (tail := sniffer.close()):
+        await out.write(tail)
+    await out.write_eof()
+    return out
+
+
+def _finalizer(
+    adapter: Adapter,
+    record: TransactionLog,
+    original: bytes,
+    sent: dict[str, Any] | None,
+    model: str,
+    query_chars: int,
+) -> Any:
+    """Token counts and previews, computed on the log writer's thread, off the request path."""
+
+    def finalize() -> None:
+        body = msgspec.json.decode(original)
+        prompt = adapter.prompt(body)
+        if query_chars and (query := prompt.latest_user_text()):
+            record.user_query = query[:query_chars]
+        record.tools_invoked = adapter.tools_invoked(body)
+        raw = adapter.count_prompt(body, model)
+        record.set_input_tokens(raw, adapter.count_prompt(sent, model) if sent is not None else raw)
+
+    return finalize
+
+
+async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse:
+    """The path of a request nocp may rewrite: parse, run the stages, forward, relay, log."""
+    started = time.perf_counter()
+    state = request.app[STATE]
+    settings = state.settings
+    record = TransactionLog(
+        endpoint=request.path, protocol=adapter.protocol, session_id=request.headers.get("X-Session-Id")
+    )
+    finalize = None
+    try:
+        original = await _read_body(request, settings.server.max_body_bytes)
+        body = adapter.parse(original, request.match_info)
+        model = record.model = adapter.model(body, request.match_info)
+        stream = record.stream = adapter.is_stream(body, request.match_info)
+        up = settings.upstream_for(adapter.protocol, model)
+        if up is None:
+            raise ModelNotFound(
+                f"The model '{model}' is not served by any configured upstream",
+                param="model",
+                code="model_not_found",
+            )
+        record.upstream = up.name
+        changed = False
+        if state.pipeline:
+            t = time.perf_counter()
+            before = adapter.prompt(body)
+            ctx = StageContext(
+                model=model, protocol=adapter.protocol, record=record, query=before.latest_user_text()
+            )
+            changed = adapter.apply(body, before, await state.pipeline.run(before, ctx))
+            record.compression_latency_ms = round((time.perf_counter() - t) * 1000, 3)
+        injected = adapter.prepare_upstream(body, stream)
+        payload = _encoder.encode(body) if changed or injected else original
+        finalize = _finalizer(
+            adapter, record, original, body if changed else None, model, settings.log.user_query_chars
+        )
+        headers = forward_headers(request.headers, drop=("Content-Length", "Accept-Encoding"))
+        apply_api_key(headers, up)
+        sent_at = time.perf_counter()
+        async with state.upstream.request(
+            "POST", upstream_url(up, request.raw_path), headers, payload
+        ) as resp:
+            record.status = resp.status
+            if resp.status >= 400:
+                record.outcome = "upstream_error"
+            if stream and resp.status < 300:
+                sniffer = adapter.sniffer(body, injected)
+                result = await _relay(request, resp, sniffer, record, sent_at)
+                usage = sniffer.usage
+            else:
+                data = await resp.read()
+                record.ttft_ms = round((time.perf_counter() - sent_at) * 1000, 3)
+                if resp.status >= 400:
+                    record.error_message = redact(data[:300].decode("utf-8", "replace"))
+                usage = adapter.usage(data) if resp.status < 300 else Usage()
+                result = web.Response(
+                    body=data,
+                    status=resp.status,
+                    reason=resp.reason,
+                    headers=_response_headers(resp, stream=False),
+                )
+        record.llm_latency_ms = round((time.perf_counter() - sent_at) * 1000, 3)
+        record.prompt_tokens = usage.prompt_tokens
+        record.cached_tokens = usage.cached_tokens
+        record.completion_tokens = usage.completion_tokens
+        return result
+    except ProxyHTTPError as err:
+        record.status = err.status
+        record.outcome = "client_error" if err.status < 500 else "upstream_error"
+        record.error_message = redact(err.message)
+        return _error(adapter, err)
+    except (asyncio.CancelledError, ConnectionResetError):
+        record.outcome = "cancelled"
+        raise
+    except Exception as exc:
+        _log.exception("proxy_error", path=request.path)
+        record.status = 500
+        record.outcome = "proxy_error"
+        record.error_message = type(exc).__name__
+        return _error(adapter, ProxyHTTPError("internal proxy error"))
+    finally:
+        record.total_latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        record.proxy_overhead_ms = round(record.total_latency_ms - (record.llm_latency_ms or 0.0), 3)
+        state.writer.submit(record, finalize)
+
+
+async def openai_chat(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``."""
+    return await _rewrite(request, OPENAI)
+
+
+async def gemini_generate(request: web.Request) -> web.StreamResponse:
+    """``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent``."""
+    return await _rewrite(request, GEMINI)
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    """Any other path: method, query, headers and body forwarded unchanged, streamed both ways."""
+    state = request.app[STATE]
+    gemini = request.path.startswith(_GEMINI_PREFIXES)
+    adapter: Adapter = GEMINI if gemini else OPENAI
+    up = state.settings.upstream_for(adapter.protocol, None) or state.settings.upstreams[0]
+    headers = forward_headers(request.headers)
+    apply_api_key(headers, up)
+    data = request.content.iter_any() if request.body_exists else None
+    try:
+        async with state.upstream.request(
+            request.method, upstream_url(up, request.raw_path), headers, data
+        ) as resp:
+            return await _relay(request, resp, None, None, time.perf_counter())
+    except ProxyHTTPError as err:
+        return _error(adapter, err)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Process is up."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Config loaded and the log writer running."""
+    state = request.app[STATE]
+    ready = state.writer.running
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "log_writer": ready}, status=200 if ready else 503
+    )
+
+
+def create_app(settings: Settings, *, stages: Sequence[Stage] = ()) -> web.Application:
+    """Build the proxy application for ``settings`` with ``stages`` in its pipeline."""
+    app = web.Application(client_max_size=settings.server.max_body_bytes + 1)
+    log = settings.log
+    state = ProxyState(
+        settings=settings,
+        upstream=UpstreamClient(settings),
+        writer=TransactionLogWriter(
+            log.path, max_bytes=log.max_bytes, backups=log.backups, queue_size=log.queue_size
+        ),
+        pipeline=Pipeline(stages, stage_timeout_s=settings.pipeline.stage_timeout_ms / 1000),
+    )
+    app[STATE] = state
+
+    async def lifecycle(app: web.Application) -> Any:
+        await state.upstream.start()
+        await state.writer.start()
+        yield
+        await state.writer.close()
+        await state.upstream.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/v1/chat/completions", openai_chat)
+    app.router.add_post(
+        r"/{version:v1beta|v1alpha|v1}/models/{model:[^/:]+}:{method:generateContent|"
+        r"streamGenerateContent}",
+        gemini_generate,
+    )
+    app.router.add_route("*", "/{tail:.*}", passthrough)
+    return app
+
+
+__all__ = ["ProxyState", "create_app", "redact"]

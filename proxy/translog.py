@@ -1,0 +1,220 @@
+"""The TransactionLog record (schema_version 1) and its asynchronous JSONL writer.
+
+One record per proxied request on the rewriting endpoints. The request path only puts a
+record on a bounded queue; one background task drains it and writes each line with a single
+``write`` to an unbuffered file from a worker thread, so the event loop never waits on disk
+and a crash cannot leave half a line behind a whole one. Rotation is size-based
+(``transactions.jsonl`` -> ``.1`` -> ``.2`` ...). ``close()`` drains and flushes everything
+still queued; it runs on shutdown (SIGTERM/SIGINT).
+
+Token counts that would slow the request path are filled in by the writer: a queued item
+may carry a ``finalize`` callable that runs on the writer's thread before encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import structlog
+
+__all__ = ["FailOpen", "SegmentRecord", "TransactionLog", "TransactionLogWriter"]
+
+SCHEMA_VERSION = 1
+Outcome = Literal["ok", "upstream_error", "client_error", "cancelled", "proxy_error"]
+
+_log = structlog.get_logger("nocp.translog")
+
+
+class SegmentRecord(msgspec.Struct, kw_only=True):
+    """What one stage did to one segment."""
+
+    kind: str
+    index: int
+    tool: str | None = None
+    method: str = "none"
+    tokens_before: int = 0
+    tokens_after: int = 0
+    lossless: bool = True
+
+
+class FailOpen(msgspec.Struct, kw_only=True):
+    """A stage that failed and whose changes were discarded."""
+
+    stage: str
+    reason: str
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """One line of the transaction log. Field groups follow DESIGN.md."""
+
+    # identity
+    schema_version: int = SCHEMA_VERSION
+    transaction_id: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
+    timestamp: str = msgspec.field(default_factory=_now)
+    session_id: str | None = None
+    endpoint: str = ""
+    protocol: str = ""
+    model: str | None = None
+    upstream: str | None = None
+    stream: bool = False
+    status: int = 0
+    outcome: Outcome = "ok"
+    error_message: str | None = None
+    # request
+    user_query: str | None = None
+    tools_invoked: list[str] = msgspec.field(default_factory=list)
+    # input compression
+    raw_input_tokens: int = 0
+    optimized_input_tokens: int = 0
+    input_compression_ratio: float = 1.0
+    input_compression_methods: list[str] = msgspec.field(default_factory=list)
+    compression_justified: bool = False
+    segments: list[SegmentRecord] = msgspec.field(default_factory=list)
+    fail_open: list[FailOpen] = msgspec.field(default_factory=list)
+    # LLM, as the upstream reported it
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    completion_tokens: int | None = None
+    llm_latency_ms: float | None = None
+    ttft_ms: float | None = None
+    # output
+    raw_output_tokens: int | None = None
+    optimized_output_tokens: int | None = None
+    output_compression_ratio: float | None = None
+    serialization_format: str | None = None
+    # latency
+    total_latency_ms: float = 0.0
+    compression_latency_ms: float = 0.0
+    serialization_latency_ms: float = 0.0
+    proxy_overhead_ms: float = 0.0
+    # cost
+    estimated_cost_usd: float | None = None
+    baseline_cost_usd: float | None = None
+    cost_savings_usd: float | None = None
+    # efficiency
+    total_token_savings: int = 0
+    compression_overhead_tokens: int = 0
+    efficiency_delta: float = 0.0
+
+    def set_input_tokens(self, raw: int, optimized: int) -> None:
+        """Record raw and sent input tokens and everything derived from them."""
+        self.raw_input_tokens = raw
+        self.optimized_input_tokens = optimized
+        self.input_compression_ratio = round(optimized / raw, 4) if raw else 1.0
+        self.total_token_savings = raw - optimized - self.compression_overhead_tokens
+        self.efficiency_delta = round(self.total_token_savings / raw, 4) if raw else 0.0
+
+
+Finalizer = Callable[[], None]
+_Item = tuple[TransactionLog, Finalizer | None]
+
+
+class TransactionLogWriter:
+    """Bounded queue + one background task + size-based rotation. Never blocks a request."""
+
+    def __init__(self, path: str | Path, *, max_bytes: int, backups: int, queue_size: int) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=queue_size)
+        self._encoder = msgspec.json.Encoder()
+        self._task: asyncio.Task[None] | None = None
+        self._fd: int | None = None
+        self._size = 0
+        self.dropped = 0
+        self.written = 0
+
+    @property
+    def running(self) -> bool:
+        """True while the background task is alive."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Open the file and start the background task."""
+        await asyncio.to_thread(self._open)
+        self._task = asyncio.create_task(self._run(), name="nocp-translog-writer")
+
+    def submit(self, record: TransactionLog, finalize: Finalizer | None = None) -> None:
+        """Queue a record. If the queue is full the record is dropped and counted."""
+        try:
+            self._queue.put_nowait((record, finalize))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            _log.warning("translog_queue_full", dropped=self.dropped)
+
+    async def close(self) -> None:
+        """Write everything queued, then stop and close the file."""
+        if self._task is not None:
+            await self._queue.put(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            batch: list[_Item] = []
+            stop = item is None
+            if item is not None:
+                batch.append(item)
+            while not stop and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stop = True
+                else:
+                    batch.append(nxt)
+            if batch:
+                try:
+                    await asyncio.to_thread(self._write_batch, batch)
+                except Exception:  # a full disk must not kill the writer
+                    _log.exception("translog_write_failed", lines=len(batch))
+            if stop:
+                return
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._size = os.fstat(self._fd).st_size
+
+    def _rotate(self) -> None:
+        assert self._fd is not None
+        os.close(self._fd)
+        for i in range(self.backups - 1, 0, -1):
+            src = self.path.with_name(f"{self.path.name}.{i}")
+            if src.exists():
+                os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.backups > 0:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._open()
+
+    def _write_batch(self, batch: list[_Item]) -> None:
+        for record, finalize in batch:
+            if finalize is not None:
+                try:
+                    finalize()
+                except Exception as exc:  # counting must never lose the line
+                    record.fail_open.append(FailOpen(stage="translog.finalize", reason=repr(exc)))
+            line = self._encoder.encode(record) + b"\n"
+            if self._size and self._size + len(line) > self.max_bytes:
+                self._rotate()
+            assert self._fd is not None
+            os.write(self._fd, line)
+            self._size += len(line)
+            self.written += 1

@@ -1,0 +1,121 @@
+"""Talking to upstream providers: one shared client session, URL and header rules, error mapping.
+
+Header rules: hop-by-hop headers (RFC 9110 section 7.6.1, plus those a ``Connection`` header
+names) are dropped both ways; every other header is forwarded unchanged. Responses are not
+decompressed on the way through, so bytes reach the client exactly as the upstream sent them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from proxy.config import Settings, UpstreamConfig
+from proxy.exceptions import UpstreamTimeout, UpstreamUnavailable
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+
+
+def forward_headers(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], *, drop: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """A copy of ``headers`` without hop-by-hop headers and without ``drop``."""
+    skip = set(HOP_BY_HOP)
+    skip.update(h.lower() for h in drop)
+    for value in headers.getall("Connection", ()):
+        skip.update(token.strip().lower() for token in value.split(","))
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        if key.lower() not in skip:
+            out.add(key, value)
+    return out
+
+
+def upstream_url(up: UpstreamConfig, raw_path: str) -> URL:
+    """Where a client request for ``raw_path`` (path and query, as sent) goes on ``up``."""
+    base = up.base_url.rstrip("/")
+    if (
+        up.protocol == "openai"
+        and base.endswith("/v1")
+        and (raw_path == "/v1" or raw_path[:4] in ("/v1/", "/v1?"))
+    ):
+        raw_path = raw_path[3:]
+    return URL(base + raw_path, encoded=True)
+
+
+def apply_api_key(headers: CIMultiDict[str], up: UpstreamConfig) -> None:
+    """Replace the client's key with the upstream's own, when it has one configured."""
+    if up.api_key_env is None:
+        return
+    key = os.environ.get(up.api_key_env, "")
+    if up.protocol == "gemini":
+        headers["x-goog-api-key"] = key
+        headers.popall("Authorization", None)
+    else:
+        headers["Authorization"] = f"Bearer {key}"
+
+
+class UpstreamClient:
+    """The one ``aiohttp.ClientSession`` every upstream request goes through."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Create the session (inside the running loop)."""
+        t = self._settings.timeouts
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=t.connect, sock_connect=t.connect, sock_read=t.read
+            ),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        """Close the session and its connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self, method: str, url: URL, headers: CIMultiDict[str], data: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send a request; connection failures become 502, timeouts before the response 504."""
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        try:
+            resp = await self._session.request(
+                method, url, headers=headers, data=data, allow_redirects=False, compress=None
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"upstream {url.host} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"upstream {url.host} unreachable: {type(exc).__name__}") from exc
+        try:
+            yield resp
+        finally:
+            resp.release() if resp.content.at_eof() else resp.close()
