@@ -237,9 +237,18 @@ async def gemini_generate(request: web.Request) -> web.StreamResponse:
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
-    """Any other path: method, query, headers and body forwarded unchanged, streamed both ways."""
+    """Any other path: method, query, headers and body forwarded unchanged, streamed both ways.
+
+    It goes to the first Gemini upstream when it looks like Gemini's API (a ``/v1beta/`` or
+    ``/upload/`` path, an ``x-goog-api-key`` header or a ``key`` query parameter), else to the
+    first OpenAI upstream.
+    """
     state = request.app[STATE]
-    gemini = request.path.startswith(_GEMINI_PREFIXES)
+    gemini = (
+        request.path.startswith(_GEMINI_PREFIXES)
+        or "x-goog-api-key" in request.headers
+        or "key" in request.query
+    )
     adapter: Adapter = GEMINI if gemini else OPENAI
     up = state.settings.upstream_for(adapter.protocol, None) or state.settings.upstreams[0]
     headers = forward_headers(request.headers)

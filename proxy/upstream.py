@@ -52,14 +52,14 @@ def forward_headers(
 
 
 def upstream_url(up: UpstreamConfig, raw_path: str) -> URL:
-    """Where a client request for ``raw_path`` (path and query, as sent) goes on ``up``."""
+    """Where a client request for ``raw_path`` (path and query, as sent) goes on ``up``.
+
+    The client's path is appended whole to the upstream's base URL; for OpenAI upstreams a
+    base URL ending in ``/v1`` stands for the client's own ``/v1`` prefix, as in the SDK.
+    """
     base = up.base_url.rstrip("/")
-    if (
-        up.protocol == "openai"
-        and base.endswith("/v1")
-        and (raw_path == "/v1" or raw_path[:4] in ("/v1/", "/v1?"))
-    ):
-        raw_path = raw_path[3:]
+    if up.protocol == "openai" and base.endswith("/v1"):
+        base = base[:-3]
     return URL(base + raw_path, encoded=True)
 
 
@@ -73,6 +73,16 @@ def apply_api_key(headers: CIMultiDict[str], up: UpstreamConfig) -> None:
         headers.popall("Authorization", None)
     else:
         headers["Authorization"] = f"Bearer {key}"
+
+
+_LARGE_BODY = 1 << 20
+
+
+async def _chunks(data: bytes) -> AsyncIterator[memoryview]:
+    """A large body in 1 MiB slices, so sending it never blocks the event loop."""
+    view = memoryview(data)
+    for start in range(0, len(view), _LARGE_BODY):
+        yield view[start : start + _LARGE_BODY]
 
 
 class UpstreamClient:
@@ -107,6 +117,9 @@ class UpstreamClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request; connection failures become 502, timeouts before the response 504."""
         assert self._session is not None, "UpstreamClient.start() was not awaited"
+        if isinstance(data, bytes) and len(data) > _LARGE_BODY:
+            headers["Content-Length"] = str(len(data))
+            data = _chunks(data)
         try:
             resp = await self._session.request(
                 method, url, headers=headers, data=data, allow_redirects=False, compress=None

@@ -1,11 +1,21 @@
-"""Shared fixtures: where the evaluation data lives."""
+"""Shared fixtures: the evaluation data, and a proxy in front of the fake upstream."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiohttp.test_utils import TestServer
+
+if TYPE_CHECKING:
+    from proxy import Stage
+    from proxy.testing import FakeUpstream
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,3 +34,69 @@ def eval_data() -> Path:
             pytest.fail(f"evaluation data not found at {root} (set NOCP_EVAL_DATA)")
         pytest.skip(f"evaluation data not found at {root} (set NOCP_EVAL_DATA)")
     return root
+
+
+# --- the proxy in front of the fake upstream ------------------------------------------------
+
+
+@dataclass
+class RunningProxy:
+    """A proxy on a loopback port and where its TransactionLog goes."""
+
+    server: TestServer
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        """Root URL of the proxy, e.g. ``http://127.0.0.1:PORT``."""
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def log_lines(self, n: int, wait_s: float = 5.0) -> list[dict[str, Any]]:
+        """Wait until the log holds at least ``n`` lines; return them decoded."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
+            if len(lines) >= n or asyncio.get_running_loop().time() > deadline:
+                return [json.loads(line) for line in lines]
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    """A fake OpenAI + Gemini provider on 127.0.0.1."""
+    from proxy.testing import FakeUpstream
+
+    async with FakeUpstream() as upstream:
+        yield upstream
+
+
+ProxyFactory = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def make_proxy(tmp_path: Path, fake: FakeUpstream) -> AsyncIterator[ProxyFactory]:
+    """Start proxies in front of ``fake``: ``await make_proxy(stages=..., **settings)``."""
+    from proxy import create_app, load_settings
+
+    servers: list[TestServer] = []
+
+    async def start(
+        stages: Sequence[Stage] = (), env: dict[str, str] | None = None, **raw: Any
+    ) -> RunningProxy:
+        raw.setdefault(
+            "upstreams",
+            [
+                {"name": "fake-openai", "base_url": f"{fake.url}/v1", "protocol": "openai"},
+                {"name": "fake-gemini", "base_url": fake.url, "protocol": "gemini"},
+            ],
+        )
+        raw.setdefault("log", {"dir": str(tmp_path / "logs")})
+        settings = load_settings(env=env or {}, overrides=raw)
+        server = TestServer(create_app(settings, stages=stages), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return RunningProxy(server=server, log_path=settings.log.path)
+
+    yield start
+    for server in servers:
+        await server.close()

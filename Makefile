@@ -1,0 +1,44 @@
+# nocp: `make run` starts the proxy, `make test` runs the test suite. Both create .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: install run fake-upstream test lint bench bench-overhead bench-fidelity bench-speed clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## start the proxy on 127.0.0.1:8080 (ARGS="--upstream http://127.0.0.1:9000/v1" etc.)
+	$(BIN)/nocp serve $(ARGS)
+
+fake-upstream: install  ## a fake OpenAI + Gemini provider on 127.0.0.1:9000, for demos
+	$(BIN)/nocp fake-upstream $(ARGS)
+
+test: install  ## the whole test suite (loopback only)
+	$(BIN)/pytest -q
+
+lint: install  ## ruff + mypy --strict
+	$(BIN)/ruff check proxy compressors tests benchmarks
+	$(BIN)/ruff format --check proxy compressors
+	$(BIN)/mypy --strict proxy compressors
+
+bench: bench-overhead bench-fidelity bench-speed  ## every benchmark
+
+bench-overhead: install  ## added latency / RSS of the proxy vs direct, on loopback
+	$(BIN)/python benchmarks/overhead.py
+
+bench-fidelity: install  ## compression savings and hard-token recall on ../shared/eval-data
+	$(BIN)/python benchmarks/fidelity.py
+
+bench-speed: install  ## compression and token-counting speed
+	$(BIN)/python benchmarks/compress_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
