@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from compressors import CompressionConfig
 from proxy.exceptions import ConfigError
 
 Protocol = Literal["openai", "gemini"]
@@ -91,6 +92,12 @@ class PipelineConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     stage_timeout_ms: float = 2000.0
 
 
+class StagesConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which pipeline stages run, in their fixed order."""
+
+    tool_output: bool = True
+
+
 def _default_upstreams() -> tuple[UpstreamConfig, ...]:
     return (
         UpstreamConfig(name="openai", base_url=OPENAI_PUBLIC, protocol="openai"),
@@ -106,6 +113,8 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     timeouts: TimeoutConfig = msgspec.field(default_factory=TimeoutConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
+    stages: StagesConfig = msgspec.field(default_factory=StagesConfig)
+    compression: CompressionConfig = msgspec.field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         names = [u.name for u in self.upstreams]

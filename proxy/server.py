@@ -277,8 +277,18 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-def create_app(settings: Settings, *, stages: Sequence[Stage] = ()) -> web.Application:
-    """Build the proxy application for ``settings`` with ``stages`` in its pipeline."""
+def default_stages(settings: Settings) -> list[Stage]:
+    """The stages ``settings`` switch on, in pipeline order."""
+    from proxy.stages import ToolOutputStage
+
+    stages: list[Stage] = []
+    if settings.stages.tool_output:
+        stages.append(ToolOutputStage(settings.compression))
+    return stages
+
+
+def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> web.Application:
+    """Build the proxy application for ``settings``; ``stages`` replaces the configured ones."""
     app = web.Application(client_max_size=settings.server.max_body_bytes + 1)
     log = settings.log
     state = ProxyState(
@@ -287,7 +297,10 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] = ()) -> web.Appli
         writer=TransactionLogWriter(
             log.path, max_bytes=log.max_bytes, backups=log.backups, queue_size=log.queue_size
         ),
-        pipeline=Pipeline(stages, stage_timeout_s=settings.pipeline.stage_timeout_ms / 1000),
+        pipeline=Pipeline(
+            default_stages(settings) if stages is None else stages,
+            stage_timeout_s=settings.pipeline.stage_timeout_ms / 1000,
+        ),
     )
     app[STATE] = state
 

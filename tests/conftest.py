@@ -81,7 +81,7 @@ async def make_proxy(tmp_path: Path, fake: FakeUpstream) -> AsyncIterator[ProxyF
     servers: list[TestServer] = []
 
     async def start(
-        stages: Sequence[Stage] = (), env: dict[str, str] | None = None, **raw: Any
+        stages: Sequence[Stage] | None = None, env: dict[str, str] | None = None, **raw: Any
     ) -> RunningProxy:
         raw.setdefault(
             "upstreams",

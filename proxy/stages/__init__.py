@@ -1,0 +1,5 @@
+"""Pipeline stages, each a small async callable ``stage(prompt, ctx) -> Prompt``."""
+
+from proxy.stages.tool_output import ToolOutputStage
+
+__all__ = ["ToolOutputStage"]

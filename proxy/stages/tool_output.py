@@ -1,0 +1,68 @@
+"""Compress tool outputs: OpenAI ``role: "tool"`` messages and Gemini ``functionResponse`` parts.
+
+Each tool output goes through :func:`compressors.compress` with the tool's name, the call's
+arguments and the latest user message as context. Results are deterministic and cached by
+content, so a tool output resent on the next turn becomes the same bytes again and the
+provider's prompt cache keeps working. Large requests are compressed on a worker thread so
+the event loop keeps serving other requests and the stage's time budget can take effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from compressors import CompressionConfig, CompressionContext, CompressionResult, compress
+from proxy.pipeline import StageContext
+from proxy.protocols import Prompt, Segment
+from proxy.translog import SegmentRecord
+
+_THREAD_CHARS = 64 * 1024  # below this, a thread hop costs more than the work
+
+
+class ToolOutputStage:
+    """The tool-output compression stage."""
+
+    name = "tool_output"
+
+    def __init__(self, config: CompressionConfig) -> None:
+        self.config = config
+
+    def _run(self, work: list[tuple[int, Segment]], model: str, query: str) -> list[CompressionResult]:
+        return [
+            compress(
+                seg.text,
+                CompressionContext(
+                    model=model, query=query, tool_name=seg.tool_name, tool_args=seg.tool_args
+                ),
+                self.config,
+            )
+            for _, seg in work
+        ]
+
+    async def __call__(self, prompt: Prompt, ctx: StageContext) -> Prompt:
+        work = [(i, s) for i, s in enumerate(prompt.segments) if s.kind == "tool_output" and s.text]
+        if not work:
+            return prompt
+        if sum(len(s.text) for _, s in work) > _THREAD_CHARS:
+            results = await asyncio.to_thread(self._run, work, ctx.model, ctx.query)
+        else:
+            results = self._run(work, ctx.model, ctx.query)
+        record = ctx.record
+        for (i, seg), result in zip(work, results, strict=True):
+            record.segments.append(
+                SegmentRecord(
+                    kind=seg.kind,
+                    index=seg.index,
+                    tool=seg.tool_name,
+                    method=result.method,
+                    tokens_before=result.tokens_before,
+                    tokens_after=result.tokens_after,
+                    lossless=result.lossless,
+                )
+            )
+            if result.changed:
+                prompt = prompt.with_text(i, result.text)
+                if result.method not in record.input_compression_methods:
+                    record.input_compression_methods.append(result.method)
+                record.compression_justified = True
+        return prompt

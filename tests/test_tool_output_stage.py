@@ -1,0 +1,116 @@
+"""The tool-output stage inside the proxy: compressed upstream, measured in the log, cache-stable."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+from google import genai
+from google.genai import types
+
+from compressors import tokens
+from proxy.testing import FakeUpstream
+
+ROWS = [
+    {
+        "id": 1000 + i,
+        "name": f"user{i}",
+        "email": f"user{i}@example.com",
+        "active": i % 3 != 0,
+        "score": i * 7 % 101,
+    }
+    for i in range(80)
+]
+PRETTY = json.dumps(ROWS, indent=2)
+
+
+def _conversation(extra_turns: int = 0) -> list[Any]:
+    msgs: list[Any] = [
+        {"role": "system", "content": "You are a support agent."},
+        {"role": "user", "content": "Which users are inactive?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "list_users", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": PRETTY},
+    ]
+    for i in range(extra_turns):
+        msgs += [
+            {"role": "assistant", "content": f"answer {i}"},
+            {"role": "user", "content": f"and then {i}?"},
+        ]
+    return msgs
+
+
+async def test_tool_output_compressed_losslessly_and_logged(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A large pretty-printed JSON tool output goes upstream as fewer tokens that decode to the same value."""
+    proxy = await make_proxy()
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0) as client:
+        await client.chat.completions.create(model="gpt-4o", messages=_conversation())
+    sent = fake.requests[-1].json()["messages"][3]["content"]
+    assert sent != PRETTY
+    assert tokens.count(sent, "gpt-4o") < tokens.count(PRETTY, "gpt-4o")
+    (line,) = await proxy.log_lines(1)
+    (seg,) = line["segments"]
+    assert seg["kind"] == "tool_output" and seg["tool"] == "list_users" and seg["lossless"] is True
+    assert seg["tokens_after"] < seg["tokens_before"]
+    assert line["input_compression_methods"] == [seg["method"]]
+    assert line["compression_justified"] is True
+    assert line["optimized_input_tokens"] == fake.usage_log[-1].prompt_tokens
+    assert (
+        line["raw_input_tokens"] - line["optimized_input_tokens"]
+        == seg["tokens_before"] - seg["tokens_after"]
+    )
+    assert line["total_token_savings"] > 0 and line["input_compression_ratio"] < 1
+
+
+async def test_next_turn_keeps_a_byte_identical_prefix(fake: FakeUpstream, make_proxy: Any) -> None:
+    """The same tool output compresses to the same bytes on the next turn, so the prompt cache hits."""
+    proxy = await make_proxy()
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0) as client:
+        await client.chat.completions.create(model="gpt-4o", messages=_conversation(0))
+        await client.chat.completions.create(model="gpt-4o", messages=_conversation(2))
+    first, second = (r.json()["messages"] for r in fake.requests[-2:])
+    assert second[: len(first)] == first
+    assert fake.usage_log[-1].cached_tokens == 0 or fake.usage_log[-1].cached_tokens % 128 == 0
+
+
+async def test_gemini_function_response_compressed(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A Gemini functionResponse holding structured data is sent as {"output": compact text}."""
+    proxy = await make_proxy()
+    contents = [
+        types.Content(role="user", parts=[types.Part(text="Which users are inactive?")]),
+        types.Content(
+            role="model", parts=[types.Part(function_call=types.FunctionCall(name="list_users", args={}))]
+        ),
+        types.Content(
+            role="user",
+            parts=[
+                types.Part(
+                    function_response=types.FunctionResponse(name="list_users", response={"rows": ROWS})
+                )
+            ],
+        ),
+    ]
+    client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=proxy.url))
+    try:
+        await client.aio.models.generate_content(model="gemini-2.5-flash", contents=contents)
+    finally:
+        await client.aio.aclose()
+    part = fake.requests[-1].json()["contents"][2]["parts"][0]["functionResponse"]
+    assert part["name"] == "list_users"
+    assert set(part["response"]) == {"output"} and isinstance(part["response"]["output"], str)
+    (line,) = await proxy.log_lines(1)
+    assert line["segments"][0]["tokens_after"] < line["segments"][0]["tokens_before"]
+
+
+async def test_never_policy_leaves_tool_untouched(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A tool configured 'never' reaches the upstream byte for byte."""
+    proxy = await make_proxy(compression={"tool_policies": {"list_users": "never"}})
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0) as client:
+        await client.chat.completions.create(model="gpt-4o", messages=_conversation())
+    assert fake.requests[-1].json()["messages"][3]["content"] == PRETTY
