@@ -23,6 +23,7 @@ from proxy.config import Settings
 from proxy.exceptions import ModelNotFound, PayloadTooLarge, ProxyHTTPError
 from proxy.pipeline import Pipeline, Stage, StageContext
 from proxy.protocols import Adapter, GeminiAdapter, OpenAIChatAdapter, StreamSniffer, Usage
+from proxy.protocols._base import decode_json_object, encode_json
 from proxy.translog import TransactionLog, TransactionLogWriter
 from proxy.upstream import UpstreamClient, apply_api_key, forward_headers, upstream_url
 
@@ -129,7 +130,7 @@ def _finalizer(
     """Token counts and previews, computed on the log writer's thread, off the request path."""
 
     def finalize() -> None:
-        body = msgspec.json.decode(original)
+        body = decode_json_object(original)
         prompt = adapter.prompt(body)
         if query_chars and (query := prompt.latest_user_text()):
             record.user_query = query[:query_chars]
@@ -172,7 +173,7 @@ async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse
             changed = adapter.apply(body, before, await state.pipeline.run(before, ctx))
             record.compression_latency_ms = round((time.perf_counter() - t) * 1000, 3)
         injected = adapter.prepare_upstream(body, stream)
-        payload = _encoder.encode(body) if changed or injected else original
+        payload = encode_json(body) if changed or injected else original
         finalize = _finalizer(
             adapter, record, original, body if changed else None, model, settings.log.user_query_chars
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import uuid
 from collections.abc import Callable
@@ -211,7 +212,10 @@ class TransactionLogWriter:
                     finalize()
                 except Exception as exc:  # counting must never lose the line
                     record.fail_open.append(FailOpen(stage="translog.finalize", reason=repr(exc)))
-            line = self._encoder.encode(record) + b"\n"
+            try:
+                line = self._encoder.encode(record) + b"\n"
+            except (msgspec.EncodeError, UnicodeEncodeError):  # lone surrogates: escape them
+                line = json.dumps(msgspec.to_builtins(record), separators=(",", ":")).encode() + b"\n"
             if self._size and self._size + len(line) > self.max_bytes:
                 self._rotate()
             assert self._fd is not None

@@ -104,3 +104,17 @@ async def test_unknown_model_gets_404_naming_it(fake: FakeUpstream, make_proxy: 
         assert r.status == 404
         _assert_gemini_error(await r.json(), 404)
     assert fake.requests == []
+
+
+async def test_lone_surrogate_escape_is_accepted(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A body with a lone UTF-16 surrogate escape (a cut emoji) is forwarded for the upstream to judge."""
+    proxy = await make_proxy()
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "cut \\ud83d emoji"}]}'
+    async with aiohttp.ClientSession() as s:
+        async with s.post(fake.url + OPENAI_PATH, data=body) as r:
+            direct = r.status, await r.read()
+        async with s.post(proxy.url + OPENAI_PATH, data=body) as r:
+            assert (r.status, await r.read()) == direct
+    assert len(fake.requests) == 2 and fake.requests[-1].body == body
+    (line,) = await proxy.log_lines(1)
+    assert line["raw_input_tokens"] > 0 and line["outcome"] != "client_error"

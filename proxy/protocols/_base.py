@@ -9,6 +9,7 @@ adapter writes the changed texts back into the body, in place, at each segment's
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
@@ -114,17 +115,33 @@ def sse_data(event: bytes) -> bytes | None:
 
 
 _decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
 
 
 def decode_json_object(body: bytes) -> dict[str, Any]:
-    """Decode a JSON object or raise :class:`BadRequest`."""
+    """Decode a JSON object or raise :class:`BadRequest`.
+
+    msgspec is tried first (fast); what it refuses but the standard library accepts (lone
+    surrogate escapes such as ``"\\ud800"``, which clients do send) is still accepted.
+    """
     try:
         value = _decoder.decode(body)
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value
+
+
+def encode_json(body: Any) -> bytes:
+    """Encode a (rewritten) body; text msgspec cannot encode (lone surrogates) is escaped."""
+    try:
+        return _encoder.encode(body)
+    except (msgspec.EncodeError, UnicodeEncodeError):
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def set_path(body: Any, path: tuple[PathKey, ...], value: Any) -> None:
