@@ -8,7 +8,9 @@ and a crash cannot leave half a line behind a whole one. Rotation is size-based
 still queued; it runs on shutdown (SIGTERM/SIGINT).
 
 Token counts that would slow the request path are filled in by the writer: a queued item
-may carry a ``finalize`` callable that runs on the writer's thread before encoding.
+may carry a ``finalize`` callable that runs on the writer's thread before encoding. After a
+batch is written, each record is handed to the ``observers`` (metrics, drift detection) on
+the event loop, complete with its token counts.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
 
 
 Finalizer = Callable[[], None]
+Observer = Callable[[TransactionLog], None]
 _Item = tuple[TransactionLog, Finalizer | None]
 
 
@@ -136,6 +139,7 @@ class TransactionLogWriter:
         self._size = 0
         self.dropped = 0
         self.written = 0
+        self.observers: list[Observer] = []
 
     @property
     def running(self) -> bool:
@@ -184,8 +188,18 @@ class TransactionLogWriter:
                     await asyncio.to_thread(self._write_batch, batch)
                 except Exception:  # a full disk must not kill the writer
                     _log.exception("translog_write_failed", lines=len(batch))
+                self._notify(batch)
             if stop:
                 return
+
+    def _notify(self, batch: list[_Item]) -> None:
+        """Hand each finished record to the observers (metrics, drift), on the event loop."""
+        for observer in self.observers:
+            for record, _ in batch:
+                try:
+                    observer(record)
+                except Exception:  # an observer must not stop the log
+                    _log.exception("translog_observer_failed", observer=repr(observer))
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

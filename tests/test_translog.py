@@ -139,3 +139,21 @@ async def test_streamed_request_logged_with_usage(fake: FakeUpstream, make_proxy
     assert line["stream"] is True
     assert line["prompt_tokens"] == fake.usage_log[-1].prompt_tokens
     assert line["ttft_ms"] is not None and line["ttft_ms"] <= line["llm_latency_ms"]
+
+
+async def test_observers_see_finalized_records(tmp_path: Path) -> None:
+    """Observers get every record after it is written, with what the finalizer filled in."""
+    writer = TransactionLogWriter(tmp_path / "t.jsonl", max_bytes=10**9, backups=1, queue_size=50)
+    seen: list[tuple[str | None, int]] = []
+    writer.observers.append(lambda r: seen.append((r.model, r.raw_input_tokens)))
+
+    def broken(record: TransactionLog) -> None:
+        raise RuntimeError("observer bug")
+
+    writer.observers.append(broken)
+    await writer.start()
+    rec = TransactionLog(model="m")
+    writer.submit(rec, lambda: rec.set_input_tokens(120, 100))
+    await writer.close()
+    assert seen == [("m", 120)]
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1
