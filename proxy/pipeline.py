@@ -44,11 +44,14 @@ def stage_name(stage: Stage) -> str:
 
 
 def _same_shape(before: Prompt, after: object) -> bool:
-    return (
-        isinstance(after, Prompt)
-        and len(after.segments) == len(before.segments)
-        and all(a.path == b.path for a, b in zip(after.segments, before.segments, strict=True))
-    )
+    if not isinstance(after, Prompt) or after.turns != before.turns:
+        return False
+    if len(after.segments) != len(before.segments):
+        return False
+    if not all(a.path == b.path for a, b in zip(after.segments, before.segments, strict=True)):
+        return False
+    r = after.rollup
+    return r is None or r == before.rollup or (0 <= r.start < r.end <= len(before.turns))
 
 
 class Pipeline:

@@ -67,21 +67,52 @@ async def test_stage_timeout_fails_open() -> None:
         await asyncio.sleep(5)
         return prompt.with_text(0, "changed")
 
-    prompt = Prompt((Segment(kind="user", index=0, path=("messages", 0, "content"), text="orig"),))
+    prompt = Prompt(segments=(Segment(kind="user", index=0, path=("messages", 0, "content"), text="orig"),))
     ctx = StageContext(model="gpt-4o", protocol="openai", record=TransactionLog())
     out = await Pipeline([slow, shouting], stage_timeout_s=0.05).run(prompt, ctx)
     assert out.segments[0].text == "ORIG"
     assert ctx.record.fail_open[0].stage == "slow" and ctx.record.fail_open[0].reason == "timeout"
 
 
-@pytest.mark.parametrize("bad", [None, "text", Prompt(())])
+@pytest.mark.parametrize("bad", [None, "text", Prompt(segments=())])
 async def test_stage_returning_wrong_shape_fails_open(bad: Any) -> None:
     """A stage returning something other than a same-shaped Prompt is discarded."""
 
     async def wrong(prompt: Prompt, ctx: StageContext) -> Any:
         return bad
 
-    prompt = Prompt((Segment(kind="user", index=0, path=("messages", 0, "content"), text="orig"),))
+    prompt = Prompt(segments=(Segment(kind="user", index=0, path=("messages", 0, "content"), text="orig"),))
     ctx = StageContext(model="gpt-4o", protocol="openai", record=TransactionLog())
     assert await Pipeline([wrong]).run(prompt, ctx) == prompt
     assert ctx.record.fail_open[0].stage == "wrong"
+
+
+async def test_rollup_replaces_turns_with_summary(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A stage's roll-up replaces a range of messages with one summary message upstream."""
+
+    async def rollup(prompt: Prompt, ctx: StageContext) -> Prompt:
+        return prompt.with_rollup(1, 3, "Summary: the user greeted twice.")
+
+    proxy = await make_proxy(stages=[rollup])
+    messages: Any = [*MESSAGES, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "bye"}]
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0) as client:
+        await client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert fake.requests[-1].json()["messages"] == [
+        MESSAGES[0],
+        {"role": "user", "content": "Summary: the user greeted twice."},
+        {"role": "user", "content": "bye"},
+    ]
+
+
+async def test_rollup_out_of_range_fails_open() -> None:
+    """A roll-up that names turns the request does not have is discarded."""
+    from proxy.protocols import Turn
+
+    async def bad(prompt: Prompt, ctx: StageContext) -> Prompt:
+        return prompt.with_rollup(0, 5, "x")
+
+    turn = Turn(index=0, role="user", tool_result=False, digest=b"d")
+    prompt = Prompt(segments=(), turns=(turn,))
+    ctx = StageContext(model="gpt-4o", protocol="openai", record=TransactionLog())
+    assert await Pipeline([bad]).run(prompt, ctx) == prompt
+    assert ctx.record.fail_open[0].stage == "bad"

@@ -1,6 +1,6 @@
 """Wire protocols: one adapter module per protocol, behind this surface."""
 
-from proxy.protocols._base import Adapter, Prompt, Segment, SegmentKind, StreamSniffer, Usage
+from proxy.protocols._base import Adapter, Prompt, Rollup, Segment, SegmentKind, StreamSniffer, Turn, Usage
 from proxy.protocols.gemini import GeminiAdapter
 from proxy.protocols.openai_chat import OpenAIChatAdapter
 
@@ -9,8 +9,10 @@ __all__ = [
     "GeminiAdapter",
     "OpenAIChatAdapter",
     "Prompt",
+    "Rollup",
     "Segment",
     "SegmentKind",
     "StreamSniffer",
+    "Turn",
     "Usage",
 ]

@@ -9,6 +9,7 @@ adapter writes the changed texts back into the body, in place, at each segment's
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
@@ -39,16 +40,42 @@ class Segment(msgspec.Struct, frozen=True, kw_only=True):
     as_json: bool = False
 
 
-class Prompt(msgspec.Struct, frozen=True):
-    """The rewritable view of one request: its segments in conversation order."""
+class Turn(msgspec.Struct, frozen=True, kw_only=True):
+    """One message of the conversation (``messages[i]`` / ``contents[i]``), as history
+    stages see it: its role, whether it is a tool result that must stay with the tool call
+    before it, and a digest of its exact content (to recognise an unchanged history)."""
+
+    index: int
+    role: str
+    tool_result: bool
+    digest: bytes
+
+
+class Rollup(msgspec.Struct, frozen=True):
+    """Replace messages ``start`` to ``end - 1`` with one summary message holding ``text``."""
+
+    start: int
+    end: int
+    text: str
+
+
+class Prompt(msgspec.Struct, frozen=True, kw_only=True):
+    """The rewritable view of one request: its segments in conversation order, its turns,
+    and at most one roll-up of older turns into a summary."""
 
     segments: tuple[Segment, ...]
+    turns: tuple[Turn, ...] = ()
+    rollup: Rollup | None = None
 
     def with_text(self, position: int, text: str) -> Prompt:
         """A copy with segment number ``position`` holding ``text``."""
         segs = list(self.segments)
         segs[position] = msgspec.structs.replace(segs[position], text=text)
-        return Prompt(tuple(segs))
+        return msgspec.structs.replace(self, segments=tuple(segs))
+
+    def with_rollup(self, start: int, end: int, text: str) -> Prompt:
+        """A copy in which turns ``start`` to ``end - 1`` become one summary message."""
+        return msgspec.structs.replace(self, rollup=Rollup(start, end, text))
 
     def latest_user_text(self) -> str:
         """Text of the last user segment, or ``""``."""
@@ -118,6 +145,15 @@ _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
 
+def digest(value: Any) -> bytes:
+    """A short, stable digest of a JSON value (a message as the client sent it)."""
+    try:
+        raw = _encoder.encode(value)
+    except (msgspec.EncodeError, UnicodeEncodeError):
+        raw = json.dumps(value).encode()
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
 def decode_json_object(body: bytes) -> dict[str, Any]:
     """Decode a JSON object or raise :class:`BadRequest`.
 
@@ -174,13 +210,24 @@ class Adapter(abc.ABC):
         """The rewritable segments of the body."""
 
     def apply(self, body: dict[str, Any], before: Prompt, after: Prompt) -> bool:
-        """Write every segment whose text changed back into ``body``; True if any did."""
+        """Write every segment whose text changed back into ``body``, then the roll-up;
+        True if anything changed."""
         changed = False
         for old, new in zip(before.segments, after.segments, strict=True):
             if new.text != old.text:
                 set_path(body, new.path, {"output": new.text} if new.as_json else new.text)
                 changed = True
+        if after.rollup is not None:
+            r = after.rollup
+            body[self.turns_key][r.start : r.end] = [self.summary_message(r.text)]
+            changed = True
         return changed
+
+    turns_key: ClassVar[str]
+
+    @abc.abstractmethod
+    def summary_message(self, text: str) -> dict[str, Any]:
+        """The message that stands for rolled-up turns."""
 
     def prepare_upstream(self, body: dict[str, Any], stream: bool) -> bool:
         """Adjust the body for the upstream (e.g. ask for usage); True if it changed."""

@@ -17,8 +17,10 @@ from proxy.protocols._base import (
     Segment,
     SSESplitter,
     StreamSniffer,
+    Turn,
     Usage,
     decode_json_object,
+    digest,
     sse_data,
 )
 
@@ -145,8 +147,12 @@ class GeminiAdapter(Adapter):
                         )
                     )
         last_args: dict[str, str] = {}
+        turns: list[Turn] = []
         for i, block in enumerate(body["contents"]):
             role = str(block.get("role", "user"))
+            parts = block.get("parts") or ()
+            is_result = any(isinstance(p, dict) and "functionResponse" in p for p in parts)
+            turns.append(Turn(index=i, role=role, tool_result=is_result, digest=digest(block)))
             for j, part in enumerate(block.get("parts") or ()):
                 if not isinstance(part, dict):
                     continue
@@ -166,7 +172,7 @@ class GeminiAdapter(Adapter):
                     last_args[str(call.get("name"))] = _compact(call.get("args", {}))
                 elif isinstance(part.get("functionResponse"), dict):
                     segs.append(self._response_segment(part["functionResponse"], i, j, role, last_args))
-        return Prompt(tuple(segs))
+        return Prompt(segments=tuple(segs), turns=tuple(turns))
 
     @staticmethod
     def _response_segment(resp: dict[str, Any], i: int, j: int, role: str, args: dict[str, str]) -> Segment:
@@ -195,6 +201,11 @@ class GeminiAdapter(Adapter):
             tool_args=args.get(name, ""),
             as_json=True,
         )
+
+    turns_key: ClassVar[str] = "contents"
+
+    def summary_message(self, text: str) -> dict[str, Any]:
+        return {"role": "user", "parts": [{"text": text}]}
 
     def usage(self, body: bytes) -> Usage:
         try:

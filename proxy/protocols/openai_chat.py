@@ -17,8 +17,10 @@ from proxy.protocols._base import (
     SegmentKind,
     SSESplitter,
     StreamSniffer,
+    Turn,
     Usage,
     decode_json_object,
+    digest,
     sse_data,
 )
 
@@ -137,11 +139,20 @@ class OpenAIChatAdapter(Adapter):
     def is_stream(self, body: Mapping[str, Any], match_info: Mapping[str, str]) -> bool:
         return body.get("stream") is True
 
+    turns_key: ClassVar[str] = "messages"
+
+    def summary_message(self, text: str) -> dict[str, Any]:
+        return {"role": "user", "content": text}
+
     def prompt(self, body: Mapping[str, Any]) -> Prompt:
         segs: list[Segment] = []
+        turns: list[Turn] = []
         call_names: dict[str, tuple[str, str]] = {}
         for i, msg in enumerate(body["messages"]):
             role = msg["role"]
+            turns.append(
+                Turn(index=i, role=role, tool_result=role in ("tool", "function"), digest=digest(msg))
+            )
             kind = _ROLE_KIND.get(role)
             if kind is None:
                 continue
@@ -184,7 +195,7 @@ class OpenAIChatAdapter(Adapter):
                             tool_name=name,
                         )
                     )
-        return Prompt(tuple(segs))
+        return Prompt(segments=tuple(segs), turns=tuple(turns))
 
     def prepare_upstream(self, body: dict[str, Any], stream: bool) -> bool:
         if not stream:
