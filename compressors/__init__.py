@@ -1,0 +1,58 @@
+"""Tool-output compression: pure functions of (content, context, config), no HTTP.
+
+>>> from compressors import CompressionConfig, CompressionContext, compress
+>>> result = compress(tool_output, CompressionContext(model="gpt-4o"), CompressionConfig())
+>>> result.text, result.tokens_before, result.tokens_after, result.method
+
+Importing the package is light: :func:`compress` (and the compressors behind it) load on first
+use. Exact token counting lives in :mod:`compressors.tokens`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from compressors import exceptions, tokens
+from compressors._detect import detect
+from compressors._types import (
+    Compressed,
+    CompressionConfig,
+    CompressionContext,
+    CompressionResult,
+    ContentType,
+    ToolPolicy,
+)
+from compressors.exceptions import (
+    CompressionFailed,
+    CompressorError,
+    TokenizerUnavailable,
+    WrongContentType,
+)
+
+if TYPE_CHECKING:
+    from compressors._compress import compress
+
+__all__ = [
+    "Compressed",
+    "CompressionConfig",
+    "CompressionContext",
+    "CompressionFailed",
+    "CompressionResult",
+    "CompressorError",
+    "ContentType",
+    "TokenizerUnavailable",
+    "ToolPolicy",
+    "WrongContentType",
+    "compress",
+    "detect",
+    "exceptions",
+    "tokens",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "compress":
+        from compressors._compress import compress
+
+        return compress
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

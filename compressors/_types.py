@@ -40,6 +40,8 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
       lossless ones (compact JSON / TOON).
     - ``budget_tokens``: the size lossy methods aim for.
     - ``max_string_chars``: JSON string values longer than this are shortened (lossy).
+    - ``max_input_chars``: content longer than this is passed through untouched (counting and
+      compressing it would cost more than it saves; its token count is then an estimate).
     - ``tool_policies``: per tool name, ``never`` / ``lossless-only`` / ``auto``;
       ``default_policy`` for every other tool.
     """
@@ -49,6 +51,7 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     lossy_threshold_tokens: int = 2000
     budget_tokens: int = 1500
     max_string_chars: int = 2000
+    max_input_chars: int = 1_000_000
     default_policy: ToolPolicy = ToolPolicy.AUTO
     tool_policies: dict[str, ToolPolicy] = msgspec.field(default_factory=dict)
 

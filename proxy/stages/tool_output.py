@@ -1,7 +1,7 @@
 """Compress tool outputs: OpenAI ``role: "tool"`` messages and Gemini ``functionResponse`` parts.
 
 Each tool output goes through :func:`compressors.compress` with the tool's name, the call's
-arguments and the latest user message as context. Results are deterministic and cached by
+arguments and the last user message before it as context. Results are deterministic and cached by
 content, so a tool output resent on the next turn becomes the same bytes again and the
 provider's prompt cache keeps working. Large requests are compressed on a worker thread so
 the event loop keeps serving other requests and the stage's time budget can take effect.
@@ -27,7 +27,7 @@ class ToolOutputStage:
     def __init__(self, config: CompressionConfig) -> None:
         self.config = config
 
-    def _run(self, work: list[tuple[int, Segment]], model: str, query: str) -> list[CompressionResult]:
+    def _run(self, work: list[tuple[int, Segment, str]], model: str) -> list[CompressionResult]:
         return [
             compress(
                 seg.text,
@@ -36,19 +36,34 @@ class ToolOutputStage:
                 ),
                 self.config,
             )
-            for _, seg in work
+            for _, seg, query in work
         ]
 
     async def __call__(self, prompt: Prompt, ctx: StageContext) -> Prompt:
-        work = [(i, s) for i, s in enumerate(prompt.segments) if s.kind == "tool_output" and s.text]
+        # Each tool output is judged against the last user message *before* it, never the
+        # latest one: that context is fixed once the output is in the history, so the output
+        # compresses to the same bytes on every later turn and the prompt cache keeps hitting.
+        # Outputs in turns rolled up into a summary are not sent at all and are skipped.
+        r = prompt.rollup
+        work: list[tuple[int, Segment, str]] = []
+        query = ""
+        for i, seg in enumerate(prompt.segments):
+            if seg.kind == "user":
+                query = seg.text
+            elif (
+                seg.kind == "tool_output"
+                and seg.text
+                and not (r is not None and r.start <= seg.index < r.end)
+            ):
+                work.append((i, seg, query))
         if not work:
             return prompt
-        if sum(len(s.text) for _, s in work) > _THREAD_CHARS:
-            results = await asyncio.to_thread(self._run, work, ctx.model, ctx.query)
+        if sum(len(s.text) for _, s, _ in work) > _THREAD_CHARS:
+            results = await asyncio.to_thread(self._run, work, ctx.model)
         else:
-            results = self._run(work, ctx.model, ctx.query)
+            results = self._run(work, ctx.model)
         record = ctx.record
-        for (i, seg), result in zip(work, results, strict=True):
+        for (i, seg, _), result in zip(work, results, strict=True):
             record.segments.append(
                 SegmentRecord(
                     kind=seg.kind,
