@@ -1,0 +1,42 @@
+"""Test support shipped with nocp: ``FakeUpstream``, a fake OpenAI + Gemini provider.
+
+Like httpx's ``MockTransport`` or aiohttp's ``test_utils``, for tests, demos and benchmarks::
+
+    from proxy.testing import FakeUpstream, Fail, Reply
+
+    async with FakeUpstream() as fake:
+        fake.script(Reply("hi"), Fail(429))
+        client = AsyncOpenAI(base_url=fake.openai_base_url, api_key="k")
+        ...
+        assert fake.usage_log[0].prompt_tokens == count_messages(messages, model)
+
+Endpoints: ``POST /v1/chat/completions`` (plain and ``stream: true``), ``POST
+/v1beta/models/{model}:generateContent`` and ``:streamGenerateContent`` (``alt=sse`` or a JSON
+array), ``GET /v1/models``, ``POST /v1/embeddings``, and an echo route for everything else.
+"""
+
+from proxy.testing._common import FIXED_CREATED
+from proxy.testing._fake_upstream import FakeUpstream, run_fake_upstream
+from proxy.testing._generic import DEFAULT_MODELS
+from proxy.testing._prefix_cache import PrefixCache
+from proxy.testing._records import RecordedRequest, UsageRecord
+from proxy.testing._script import Answer, Drop, Fail, Replay, Reply, Stall, Step, StreamStall, ToolCall
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "FIXED_CREATED",
+    "Answer",
+    "Drop",
+    "Fail",
+    "FakeUpstream",
+    "PrefixCache",
+    "RecordedRequest",
+    "Replay",
+    "Reply",
+    "Stall",
+    "Step",
+    "StreamStall",
+    "ToolCall",
+    "UsageRecord",
+    "run_fake_upstream",
+]

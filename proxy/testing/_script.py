@@ -1,0 +1,241 @@
+"""Scripted behaviours of the fake upstream, and how one resolves into a plan and an answer.
+
+Each LLM request (OpenAI chat completions, Gemini generateContent / streamGenerateContent)
+consumes one step from the script; an empty script gives the default reply. Answers are
+``Reply`` (text and/or tool calls), ``ToolCall`` (one call) and ``Replay`` (a recorded assistant
+message, OpenAI or Gemini form). ``Fail`` answers with an error status. ``Stall``, ``StreamStall``
+and ``Drop`` change *how* an answer is delivered; their ``then`` is the answer (default reply
+when ``None``) and may itself be another modifier, e.g. ``Stall(1, then=Drop(2, then=Reply("x")))``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from proxy.testing._common import as_mapping, dumps_str, hex_id, text_parts
+
+__all__ = [
+    "Answer",
+    "Call",
+    "Drop",
+    "Fail",
+    "Plan",
+    "Replay",
+    "Reply",
+    "Stall",
+    "Step",
+    "StreamStall",
+    "ToolCall",
+    "Turn",
+    "plan_for",
+    "turn_for",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model calls one tool. ``arguments`` is a dict (sent as compact JSON) or raw JSON text;
+    ``id`` defaults to ``call_`` + a hash of the request body and the call's position."""
+
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The model answers ``text`` and/or calls ``tool_calls``. ``Reply()`` is the default reply."""
+
+    text: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Accept any sequence (e.g. a list) but store a tuple, so the value stays immutable.
+        if not isinstance(self.tool_calls, tuple):
+            object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Answer with a recorded assistant message, verbatim: an OpenAI message (``content`` and/or
+    ``tool_calls``) or a Gemini ``Content`` (``parts``). It is converted when the request is of the
+    other protocol."""
+
+    message: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Answer with an HTTP error. ``body=None`` gives the protocol's own error shape for
+    ``status`` (OpenAI ``{"error": {message, type, param, code}}``, Gemini
+    ``{"error": {code, message, status}}``); a dict is sent as JSON, a str as is."""
+
+    status: int = 500
+    body: Mapping[str, Any] | str | None = None
+    headers: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"Fail status must be 4xx or 5xx, got {self.status}")
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """Wait ``seconds`` before answering (before any response byte, headers included)."""
+
+    seconds: float
+    then: Step | None = None
+
+    def __post_init__(self) -> None:
+        if self.seconds < 0:
+            raise ValueError("Stall seconds must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStall:
+    """Send ``after_chunks`` stream events, then wait ``seconds``, then finish. On a non-streaming
+    request this is the same as ``Stall(seconds)``."""
+
+    after_chunks: int
+    seconds: float
+    then: Step | None = None
+
+    def __post_init__(self) -> None:
+        if self.after_chunks < 0 or self.seconds < 0:
+            raise ValueError("StreamStall after_chunks and seconds must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Close the connection after ``after_chunks`` stream events (0: right after the response
+    headers), without ending the stream. A non-streaming request gets no response at all."""
+
+    after_chunks: int = 0
+    then: Step | None = None
+
+    def __post_init__(self) -> None:
+        if self.after_chunks < 0:
+            raise ValueError("Drop after_chunks must be >= 0")
+
+
+Answer: TypeAlias = Reply | ToolCall | Replay
+Step: TypeAlias = Reply | ToolCall | Replay | Fail | Stall | StreamStall | Drop
+
+
+@dataclass(slots=True)
+class Plan:
+    """What to do for one request, flattened from a (possibly nested) step."""
+
+    answer: Answer | None = None
+    fail: Fail | None = None
+    delay: float = 0.0
+    stall_after: int | None = None
+    stall_seconds: float = 0.0
+    drop_after: int | None = None
+
+
+def plan_for(step: Step | None) -> Plan:
+    plan = Plan()
+    while step is not None:
+        if isinstance(step, Stall):
+            plan.delay += step.seconds
+            step = step.then
+        elif isinstance(step, StreamStall):
+            plan.stall_after, plan.stall_seconds = step.after_chunks, step.seconds
+            step = step.then
+        elif isinstance(step, Drop):
+            plan.drop_after = step.after_chunks
+            step = step.then
+        elif isinstance(step, Fail):
+            plan.fail = step
+            step = None
+        else:
+            plan.answer = step
+            step = None
+    return plan
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A tool call as both protocols need it: ``arguments`` is JSON text (OpenAI's form)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def args_object(self) -> Any:
+        """The arguments as a JSON value (Gemini's ``functionCall.args``); ``{}`` if not JSON."""
+        try:
+            return json.loads(self.arguments) if self.arguments else {}
+        except ValueError:
+            return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """The assistant turn to send. ``openai_message`` / ``gemini_parts`` hold a replayed message
+    verbatim when it was recorded in that protocol's form."""
+
+    text: str | None
+    calls: tuple[Call, ...] = ()
+    openai_message: Mapping[str, Any] | None = None
+    gemini_parts: tuple[Mapping[str, Any], ...] | None = None
+
+
+def _call_id(body: bytes, index: int) -> str:
+    return "call_" + hex_id(body, 24, "call", str(index))
+
+
+def _replay_turn(message: Mapping[str, Any], body: bytes) -> Turn:
+    parts = message.get("parts")
+    if isinstance(parts, list):  # Gemini Content
+        gparts = tuple(p for p in parts if isinstance(p, Mapping))
+        texts = [p["text"] for p in gparts if isinstance(p.get("text"), str) and not p.get("thought")]
+        calls: list[Call] = []
+        for p in gparts:
+            fc = as_mapping(p.get("functionCall") or p.get("function_call"))
+            if fc is not None:
+                cid = fc.get("id") if isinstance(fc.get("id"), str) else _call_id(body, len(calls))
+                calls.append(Call(str(cid), str(fc.get("name", "")), dumps_str(fc.get("args") or {})))
+        return Turn("".join(texts) if texts else None, tuple(calls), gemini_parts=gparts)
+    texts = text_parts(message.get("content"))
+    calls = []
+    for raw in message.get("tool_calls") or ():
+        tc = as_mapping(raw)
+        fn = as_mapping(tc.get("function")) if tc is not None else None
+        if tc is None or fn is None:
+            continue
+        args = fn.get("arguments", "")
+        calls.append(
+            Call(
+                str(tc.get("id") or _call_id(body, len(calls))),
+                str(fn.get("name", "")),
+                args if isinstance(args, str) else dumps_str(args),
+            )
+        )
+    return Turn("".join(texts) if texts else None, tuple(calls), openai_message=message)
+
+
+def _calls(tool_calls: Sequence[ToolCall], body: bytes) -> tuple[Call, ...]:
+    return tuple(
+        Call(
+            tc.id or _call_id(body, i),
+            tc.name,
+            tc.arguments if isinstance(tc.arguments, str) else dumps_str(tc.arguments),
+        )
+        for i, tc in enumerate(tool_calls)
+    )
+
+
+def turn_for(answer: Answer | None, default_text: str, body: bytes) -> Turn:
+    """The assistant turn for ``answer``; ``default_text`` when nothing specific is scripted."""
+    if isinstance(answer, Replay):
+        return _replay_turn(answer.message, body)
+    if isinstance(answer, ToolCall):
+        return Turn(None, _calls((answer,), body))
+    if answer is None or (answer.text is None and not answer.tool_calls):
+        return Turn(default_text)
+    return Turn(answer.text, _calls(answer.tool_calls, body))
