@@ -1,4 +1,5 @@
-"""The ``nocp`` command line: ``serve`` the proxy, run a ``fake-upstream`` for demos."""
+"""The ``nocp`` command line: ``serve`` the proxy, run a ``fake-upstream`` for demos, read the
+TransactionLog (``logs tail``, ``logs stats``) and replay it through drift detection (``drift``)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9000)
     fake.set_defaults(func=_fake_upstream)
+    from proxy.logview import add_cli as add_log_commands
+
+    add_log_commands(sub)  # logs tail, logs stats, drift
     return parser
 
 

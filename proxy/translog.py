@@ -120,9 +120,15 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
         self.efficiency_delta = round(self.total_token_savings / raw, 4) if raw else 0.0
 
 
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
 Finalizer = Callable[[], None]
 Observer = Callable[[TransactionLog], None]
-_Item = tuple[TransactionLog, Finalizer | None]
+_Item = tuple[TransactionLog, Finalizer | None, bool]
 
 
 class TransactionLogWriter:
@@ -151,10 +157,15 @@ class TransactionLogWriter:
         await asyncio.to_thread(self._open)
         self._task = asyncio.create_task(self._run(), name="nocp-translog-writer")
 
-    def submit(self, record: TransactionLog, finalize: Finalizer | None = None) -> None:
-        """Queue a record. If the queue is full the record is dropped and counted."""
+    def submit(
+        self, record: TransactionLog, finalize: Finalizer | None = None, *, offload: bool = False
+    ) -> None:
+        """Queue a record. ``offload`` says its finalizer is expensive (token counting) and
+        must run on a worker thread; otherwise the line is written on the event loop, which
+        for one append-only ``write`` is cheaper than the thread hop. If the queue is full the
+        record is dropped and counted."""
         try:
-            self._queue.put_nowait((record, finalize))
+            self._queue.put_nowait((record, finalize, offload))
         except asyncio.QueueFull:
             self.dropped += 1
             _log.warning("translog_queue_full", dropped=self.dropped)
@@ -185,7 +196,10 @@ class TransactionLogWriter:
                     batch.append(nxt)
             if batch:
                 try:
-                    await asyncio.to_thread(self._write_batch, batch)
+                    if any(offload for _, _, offload in batch):
+                        await asyncio.to_thread(self._write_batch, batch)
+                    else:
+                        self._write_batch(batch)
                 except Exception:  # a full disk must not kill the writer
                     _log.exception("translog_write_failed", lines=len(batch))
                 self._notify(batch)
@@ -195,7 +209,7 @@ class TransactionLogWriter:
     def _notify(self, batch: list[_Item]) -> None:
         """Hand each finished record to the observers (metrics, drift), on the event loop."""
         for observer in self.observers:
-            for record, _ in batch:
+            for record, _, _ in batch:
                 try:
                     observer(record)
                 except Exception:  # an observer must not stop the log
@@ -205,6 +219,8 @@ class TransactionLogWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._size = os.fstat(self._fd).st_size
+        if self._size and _last_byte(self.path) != b"\n":  # a line cut off by a crash: end it,
+            self._size += os.write(self._fd, b"\n")  # so readers skip it and keep the next one
 
     def _rotate(self) -> None:
         assert self._fd is not None
@@ -220,7 +236,7 @@ class TransactionLogWriter:
         self._open()
 
     def _write_batch(self, batch: list[_Item]) -> None:
-        for record, finalize in batch:
+        for record, finalize, _ in batch:
             if finalize is not None:
                 try:
                     finalize()

@@ -116,13 +116,15 @@ async def test_never_policy_leaves_tool_untouched(fake: FakeUpstream, make_proxy
     assert fake.requests[-1].json()["messages"][3]["content"] == PRETTY
 
 
-LOG = "\n".join(
-    f"2026-11-21T10:{i // 60 % 60:02d}:{i % 60:02d}Z INFO worker-{i % 4} connection closed by 10.0.{i % 7}.{i % 250} "
-    f"port {40000 + i * 13 % 9000}"
-    if i % 97
-    else f"2026-11-21T10:{i // 60 % 60:02d}:{i % 60:02d}Z ERROR worker-{i % 4} job {i} failed: timeout after 30s"
-    for i in range(1500)
-)
+def _log_line(i: int) -> str:
+    stamp = f"2026-11-21T10:{i // 60 % 60:02d}:{i % 60:02d}Z"
+    if i % 97 == 0:
+        return f"{stamp} ERROR worker-{i % 4} job {i} failed: timeout after 30s"
+    port = 40000 + i * 13 % 9000
+    return f"{stamp} INFO worker-{i % 4} connection closed by 10.0.{i % 7}.{i % 250} port {port}"
+
+
+LOG = "\n".join(_log_line(i) for i in range(1500))
 
 
 async def test_lossy_output_stable_when_user_asks_something_new(fake: FakeUpstream, make_proxy: Any) -> None:
@@ -133,11 +135,17 @@ async def test_lossy_output_stable_when_user_asks_something_new(fake: FakeUpstre
         {
             "role": "assistant",
             "content": None,
-            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}],
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}
+            ],
         },
         {"role": "tool", "tool_call_id": "c1", "content": LOG},
     ]
-    turn2 = [*turn1, {"role": "assistant", "content": "Timeouts."}, {"role": "user", "content": "Which ports?"}]
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": "Timeouts."},
+        {"role": "user", "content": "Which ports?"},
+    ]
     async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0) as client:
         await client.chat.completions.create(model="gpt-4o", messages=turn1)
         await client.chat.completions.create(model="gpt-4o", messages=turn2)

@@ -206,8 +206,9 @@ class Adapter(abc.ABC):
         """True when the client asked for a streamed response."""
 
     @abc.abstractmethod
-    def prompt(self, body: Mapping[str, Any]) -> Prompt:
-        """The rewritable segments of the body."""
+    def prompt(self, body: Mapping[str, Any], *, turns: bool = True) -> Prompt:
+        """The rewritable segments of the body, and its turns unless ``turns`` is False
+        (turn digests cost a pass over every message; only history stages need them)."""
 
     def apply(self, body: dict[str, Any], before: Prompt, after: Prompt) -> bool:
         """Write every segment whose text changed back into ``body``, then the roll-up;
@@ -249,10 +250,11 @@ class Adapter(abc.ABC):
     def error_body(self, err: ProxyHTTPError) -> dict[str, Any]:
         """Our own error, in this protocol's error shape."""
 
-    def tools_invoked(self, body: Mapping[str, Any]) -> list[str]:
+    @staticmethod
+    def tools_invoked(prompt: Prompt) -> list[str]:
         """Names of the tools whose outputs are in the request, in order of appearance."""
         seen: dict[str, None] = {}
-        for seg in self.prompt(body).segments:
+        for seg in prompt.segments:
             if seg.kind == "tool_output" and seg.tool_name:
                 seen.setdefault(seg.tool_name)
         return list(seen)

@@ -130,7 +130,7 @@ class GeminiAdapter(Adapter):
     def is_stream(self, body: Mapping[str, Any], match_info: Mapping[str, str]) -> bool:
         return match_info.get("method") == "streamGenerateContent"
 
-    def prompt(self, body: Mapping[str, Any]) -> Prompt:
+    def prompt(self, body: Mapping[str, Any], *, turns: bool = True) -> Prompt:
         segs: list[Segment] = []
         system_key = "systemInstruction" if "systemInstruction" in body else "system_instruction"
         system = body.get(system_key)
@@ -147,12 +147,13 @@ class GeminiAdapter(Adapter):
                         )
                     )
         last_args: dict[str, str] = {}
-        turns: list[Turn] = []
+        turn_list: list[Turn] = []
         for i, block in enumerate(body["contents"]):
             role = str(block.get("role", "user"))
-            parts = block.get("parts") or ()
-            is_result = any(isinstance(p, dict) and "functionResponse" in p for p in parts)
-            turns.append(Turn(index=i, role=role, tool_result=is_result, digest=digest(block)))
+            if turns:
+                parts = block.get("parts") or ()
+                is_result = any(isinstance(p, dict) and "functionResponse" in p for p in parts)
+                turn_list.append(Turn(index=i, role=role, tool_result=is_result, digest=digest(block)))
             for j, part in enumerate(block.get("parts") or ()):
                 if not isinstance(part, dict):
                     continue
@@ -172,7 +173,7 @@ class GeminiAdapter(Adapter):
                     last_args[str(call.get("name"))] = _compact(call.get("args", {}))
                 elif isinstance(part.get("functionResponse"), dict):
                     segs.append(self._response_segment(part["functionResponse"], i, j, role, last_args))
-        return Prompt(segments=tuple(segs), turns=tuple(turns))
+        return Prompt(segments=tuple(segs), turns=tuple(turn_list))
 
     @staticmethod
     def _response_segment(resp: dict[str, Any], i: int, j: int, role: str, args: dict[str, str]) -> Segment:

@@ -144,15 +144,16 @@ class OpenAIChatAdapter(Adapter):
     def summary_message(self, text: str) -> dict[str, Any]:
         return {"role": "user", "content": text}
 
-    def prompt(self, body: Mapping[str, Any]) -> Prompt:
+    def prompt(self, body: Mapping[str, Any], *, turns: bool = True) -> Prompt:
         segs: list[Segment] = []
-        turns: list[Turn] = []
+        turn_list: list[Turn] = []
         call_names: dict[str, tuple[str, str]] = {}
         for i, msg in enumerate(body["messages"]):
             role = msg["role"]
-            turns.append(
-                Turn(index=i, role=role, tool_result=role in ("tool", "function"), digest=digest(msg))
-            )
+            if turns:
+                turn_list.append(
+                    Turn(index=i, role=role, tool_result=role in ("tool", "function"), digest=digest(msg))
+                )
             kind = _ROLE_KIND.get(role)
             if kind is None:
                 continue
@@ -195,7 +196,7 @@ class OpenAIChatAdapter(Adapter):
                             tool_name=name,
                         )
                     )
-        return Prompt(segments=tuple(segs), turns=tuple(turns))
+        return Prompt(segments=tuple(segs), turns=tuple(turn_list))
 
     def prepare_upstream(self, body: dict[str, Any], stream: bool) -> bool:
         if not stream:
