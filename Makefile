@@ -5,12 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install run fake-upstream test lint bench bench-overhead bench-fidelity bench-speed clean
+.PHONY: install run fake-upstream test lint bench bench-overhead bench-fidelity bench-speed bench-history clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# bfcl-eval only for its data files (BFCL v4 memory, multi-turn sets): without its
+	# dependencies, which would pull torch and CUDA (several GB).
+	$(BIN)/python -m pip install -q --no-deps 'bfcl-eval==2026.3.23'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,7 +32,7 @@ lint: install  ## ruff + mypy --strict
 	$(BIN)/ruff format --check proxy compressors
 	$(BIN)/mypy --strict proxy compressors
 
-bench: bench-overhead bench-fidelity bench-speed  ## every benchmark
+bench: bench-overhead bench-fidelity bench-speed bench-history  ## every benchmark
 
 bench-overhead: install  ## added latency / RSS of the proxy vs direct, on loopback
 	$(BIN)/python benchmarks/overhead.py
@@ -39,6 +42,9 @@ bench-fidelity: install  ## compression savings and hard-token recall on ../shar
 
 bench-speed: install  ## compression and token-counting speed
 	$(BIN)/python benchmarks/compress_speed.py
+
+bench-history: install  ## history roll-up: fact retention, prefix stability (eval-data + bfcl-eval)
+	$(BIN)/python benchmarks/history.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -98,6 +98,130 @@ class StagesConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
     tool_output: bool = True
 
 
+class SessionsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where session state (history summaries and cut points) lives.
+
+    ``sqlite`` (default): one embedded file, ``sqlite_path`` (empty: ``sessions.sqlite3`` in
+    ``log.dir``). ``redis``: shared by several replicas, at ``redis_url``, keys prefixed with
+    ``redis_prefix``. Sessions idle for ``ttl_s`` seconds are forgotten.
+    """
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "nocp:session:"
+    ttl_s: float = 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.ttl_s <= 0:
+            raise ConfigError("sessions.ttl_s: must be > 0")
+
+
+class HistoryModelConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-model overrides of the history roll-up (unset fields keep the section's value)."""
+
+    context_window: int | None = None
+    threshold_fraction: float | None = None
+    threshold_tokens: int | None = None
+    keep_last_messages: int | None = None
+    cut_step_tokens: int | None = None
+
+
+class HistoryConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The conversation-history roll-up stage.
+
+    A prompt over ``threshold_tokens`` (else ``threshold_fraction`` of the model's context
+    window, from a built-in table or ``context_window`` / ``default_context_window``) has its
+    older turns replaced by one summary message. Kept verbatim: system/developer messages,
+    the first user message (``keep_first_user_message``) and the last ``keep_last_messages``.
+    The cut advances only when at least ``cut_step_tokens`` have aged since the last one.
+    ``summarizer_upstream`` / ``summarizer_model`` name an upstream and a (small) model for an
+    LLM summary; without them an extractive summary (no LLM) is used. ``stage_timeout_ms`` is
+    this stage's own budget in the pipeline (it may wait for a summarizer call).
+    ``models`` maps model-name globs to overrides; the first match wins.
+    """
+
+    enabled: bool = True
+    threshold_fraction: float = 0.6
+    threshold_tokens: int | None = None
+    default_context_window: int = 128_000
+    keep_last_messages: int = 6
+    keep_first_user_message: bool = True
+    cut_step_tokens: int = 4096
+    summarizer_upstream: str | None = None
+    summarizer_model: str | None = None
+    summarizer_timeout_ms: float = 20_000.0
+    summarizer_max_tokens: int = 1024
+    stage_timeout_ms: float = 30_000.0
+    models: dict[str, HistoryModelConfig] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, HistoryConfig | HistoryModelConfig]] = [("history", self)]
+        checks.extend((f"history.models[{k}]", v) for k, v in self.models.items())
+        for where, cfg in checks:
+            frac = cfg.threshold_fraction
+            if frac is not None and not 0 < frac <= 1:
+                raise ConfigError(f"{where}.threshold_fraction: must be in (0, 1]")
+            keep = cfg.keep_last_messages
+            if keep is not None and keep < 1:
+                raise ConfigError(f"{where}.keep_last_messages: must be >= 1")
+            for name in ("threshold_tokens", "cut_step_tokens"):
+                value = getattr(cfg, name)
+                if value is not None and value < 0:
+                    raise ConfigError(f"{where}.{name}: must be >= 0")
+        if self.summarizer_upstream and not self.summarizer_model:
+            raise ConfigError("history.summarizer_model: required when summarizer_upstream is set")
+        if self.summarizer_timeout_ms <= 0 or self.stage_timeout_ms <= 0:
+            raise ConfigError("history: timeouts must be > 0")
+
+
+class DriftConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Drift detection: the latest ``window`` records against the ``window`` before, per model
+    and overall. ``*_warning`` / ``*_critical`` are how much worse a figure may get before an
+    alert: a rise of the input compression ratio (sent / raw, absolute), a relative drop of net
+    tokens saved per request, a drop of the cache hit share (absolute), a relative rise of the
+    p50 proxy overhead and upstream latency, a rise of the error and fail-open rates (absolute).
+    An episode clears when the change falls below ``clear_fraction`` of its warning threshold.
+    """
+
+    enabled: bool = True
+    window: int = 100
+    max_models: int = 50
+    clear_fraction: float = 0.5
+    alerts_file: str = "alerts.jsonl"
+    compression_ratio_warning: float = 0.10
+    compression_ratio_critical: float = 0.25
+    token_savings_warning: float = 0.25
+    token_savings_critical: float = 0.50
+    token_savings_min_delta: float = 10.0
+    cache_hit_share_warning: float = 0.10
+    cache_hit_share_critical: float = 0.30
+    latency_warning: float = 0.50
+    latency_critical: float = 1.00
+    latency_min_delta_ms: float = 2.0
+    error_rate_warning: float = 0.05
+    error_rate_critical: float = 0.20
+    fail_open_rate_warning: float = 0.05
+    fail_open_rate_critical: float = 0.20
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError("window must be at least 1")
+        if not 0 <= self.clear_fraction <= 1:
+            raise ValueError("clear_fraction must be between 0 and 1")
+        for kind in ("compression_ratio", "token_savings", "cache_hit_share", "latency", "error_rate",
+                     "fail_open_rate"):  # fmt: skip
+            warning, critical = getattr(self, f"{kind}_warning"), getattr(self, f"{kind}_critical")
+            if not 0 < warning <= critical:
+                raise ValueError(f"{kind}: need 0 < {kind}_warning <= {kind}_critical")
+
+
+class MetricsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``GET /metrics``: at most ``max_models`` distinct ``model`` label values (then ``other``)."""
+
+    max_models: int = 100
+
+
 def _default_upstreams() -> tuple[UpstreamConfig, ...]:
     return (
         UpstreamConfig(name="openai", base_url=OPENAI_PUBLIC, protocol="openai"),
@@ -115,6 +239,10 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     stages: StagesConfig = msgspec.field(default_factory=StagesConfig)
     compression: CompressionConfig = msgspec.field(default_factory=CompressionConfig)
+    sessions: SessionsConfig = msgspec.field(default_factory=SessionsConfig)
+    history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
+    drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         names = [u.name for u in self.upstreams]
@@ -131,6 +259,9 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 )
         if not 0 < self.server.port < 65536:
             raise ConfigError("server.port: must be between 1 and 65535")
+        summarizer = self.history.summarizer_upstream
+        if summarizer and summarizer not in names:
+            raise ConfigError(f"history.summarizer_upstream: no upstream named {summarizer!r}")
 
     def upstream_for(self, protocol: Protocol, model: str | None) -> UpstreamConfig | None:
         """The first upstream of ``protocol`` that serves ``model`` (any, when model is None)."""

@@ -2,10 +2,12 @@
 
 A stage is any async callable ``stage(prompt, ctx) -> Prompt``: it receives the request's
 segments and returns them, changed or not. It never talks HTTP; what it needs comes from the
-:class:`StageContext`. When a stage raises, overruns its time budget or returns something
-that is not a same-shaped ``Prompt``, its result is discarded (the prompt it received goes on
-to the next stage), whatever it added to the log is rolled back, and the failure is recorded
-in the TransactionLog's ``fail_open`` list.
+:class:`StageContext` (or is given to it when it is built, like the history stage's session
+store and summarizer). A stage may set its own time budget with a ``timeout_s`` attribute
+(seconds); the others get the pipeline's ``stage_timeout_s``. When a stage raises, overruns
+its time budget or returns something that is not a same-shaped ``Prompt``, its result is
+discarded (the prompt it received goes on to the next stage), whatever it added to the log is
+rolled back, and the failure is recorded in the TransactionLog's ``fail_open`` list.
 """
 
 from __future__ import annotations
@@ -64,12 +66,18 @@ class Pipeline:
     def __bool__(self) -> bool:
         return bool(self.stages)
 
+    def budget(self, stage: Stage) -> float:
+        """Seconds ``stage`` may run: its own ``timeout_s`` attribute (a stage that waits for
+        a summarizer call needs more), else the pipeline's ``stage_timeout_s``."""
+        own = getattr(stage, "timeout_s", None)
+        return float(own) if isinstance(own, int | float) and own > 0 else self.stage_timeout_s
+
     async def run(self, prompt: Prompt, ctx: StageContext) -> Prompt:
         """Pass ``prompt`` through every stage; return the last good result."""
         for stage in self.stages:
             mark = len(ctx.record.segments)
             try:
-                result = await asyncio.wait_for(stage(prompt, ctx), self.stage_timeout_s)
+                result = await asyncio.wait_for(stage(prompt, ctx), self.budget(stage))
                 if not _same_shape(prompt, result):
                     raise TypeError("stage returned a prompt of a different shape")
             except Exception as exc:  # fail open: the request must go through

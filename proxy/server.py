@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,11 +21,15 @@ import structlog
 from aiohttp import web
 
 from proxy.config import Settings
+from proxy.drift import DriftMonitor
 from proxy.exceptions import ModelNotFound, PayloadTooLarge, ProxyHTTPError
-from proxy.pipeline import Pipeline, Stage, StageContext
+from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.metrics import Metrics
+from proxy.pipeline import Pipeline, Stage, StageContext, stage_name
 from proxy.protocols import Adapter, GeminiAdapter, OpenAIChatAdapter, StreamSniffer, Usage
 from proxy.protocols._base import decode_json_object, encode_json
-from proxy.translog import TransactionLog, TransactionLogWriter
+from proxy.sessions import derive_session_id
+from proxy.translog import Finalizer, TransactionLog, TransactionLogWriter
 from proxy.upstream import UpstreamClient, apply_api_key, forward_headers, upstream_url
 
 _log = structlog.get_logger("nocp.server")
@@ -47,6 +52,8 @@ class ProxyState:
     upstream: UpstreamClient
     writer: TransactionLogWriter
     pipeline: Pipeline
+    metrics: Metrics
+    drift: DriftMonitor
 
 
 STATE = web.AppKey("nocp_state", ProxyState)
@@ -119,26 +126,42 @@ async def _relay(
     return out
 
 
+_OFFLOAD_BYTES = 64 * 1024
+
+
 def _finalizer(
     adapter: Adapter,
     record: TransactionLog,
     original: bytes,
-    sent: dict[str, Any] | None,
+    body: dict[str, Any],
+    changed: bool,
     model: str,
     query_chars: int,
-) -> Any:
-    """Token counts and previews, computed on the log writer's thread, off the request path."""
+) -> Finalizer:
+    """Previews and token counts, filled in by the log writer after the response is sent.
+
+    When nocp changed nothing, raw and sent tokens are the upstream's own ``prompt_tokens``
+    (what was billed) and no tokenizer runs; otherwise both versions are counted locally.
+    """
 
     def finalize() -> None:
-        body = decode_json_object(original)
-        prompt = adapter.prompt(body)
+        sent = body
+        received = decode_json_object(original) if changed else body
+        prompt = adapter.prompt(received, turns=False)
         if query_chars and (query := prompt.latest_user_text()):
             record.user_query = query[:query_chars]
-        record.tools_invoked = adapter.tools_invoked(body)
-        raw = adapter.count_prompt(body, model)
-        record.set_input_tokens(raw, adapter.count_prompt(sent, model) if sent is not None else raw)
+        record.tools_invoked = adapter.tools_invoked(prompt)
+        if not changed and record.prompt_tokens is not None:
+            record.set_input_tokens(record.prompt_tokens, record.prompt_tokens)
+            return
+        raw = adapter.count_prompt(received, model)
+        record.set_input_tokens(raw, adapter.count_prompt(sent, model) if changed else raw)
 
     return finalize
+
+
+def _needs_thread(record: TransactionLog, original: bytes, changed: bool) -> bool:
+    return changed or record.prompt_tokens is None or len(original) > _OFFLOAD_BYTES
 
 
 async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse:
@@ -149,10 +172,14 @@ async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse
     record = TransactionLog(
         endpoint=request.path, protocol=adapter.protocol, session_id=request.headers.get("X-Session-Id")
     )
-    finalize = None
+    log_context = structlog.contextvars.bind_contextvars(request_id=record.transaction_id)
+    finalize: Finalizer | None = None
+    original = b""
+    changed = False
     try:
         original = await _read_body(request, settings.server.max_body_bytes)
         body = adapter.parse(original, request.match_info)
+        record.session_id = derive_session_id(adapter.protocol, request.headers, body)
         model = record.model = adapter.model(body, request.match_info)
         stream = record.stream = adapter.is_stream(body, request.match_info)
         up = settings.upstream_for(adapter.protocol, model)
@@ -163,20 +190,21 @@ async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse
                 code="model_not_found",
             )
         record.upstream = up.name
-        changed = False
         if state.pipeline:
             t = time.perf_counter()
             before = adapter.prompt(body)
             ctx = StageContext(
-                model=model, protocol=adapter.protocol, record=record, query=before.latest_user_text()
+                model=model,
+                protocol=adapter.protocol,
+                record=record,
+                query=before.latest_user_text(),
+                extras={"api_key": _client_key(request)},
             )
             changed = adapter.apply(body, before, await state.pipeline.run(before, ctx))
             record.compression_latency_ms = round((time.perf_counter() - t) * 1000, 3)
         injected = adapter.prepare_upstream(body, stream)
         payload = encode_json(body) if changed or injected else original
-        finalize = _finalizer(
-            adapter, record, original, body if changed else None, model, settings.log.user_query_chars
-        )
+        finalize = _finalizer(adapter, record, original, body, changed, model, settings.log.user_query_chars)
         headers = forward_headers(request.headers, drop=("Content-Length", "Accept-Encoding"))
         apply_api_key(headers, up)
         sent_at = time.perf_counter()
@@ -188,7 +216,11 @@ async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse
                 record.outcome = "upstream_error"
             if stream and resp.status < 300:
                 sniffer = adapter.sniffer(body, injected)
-                result = await _relay(request, resp, sniffer, record, sent_at)
+                state.metrics.streams_in_flight.inc()
+                try:
+                    result = await _relay(request, resp, sniffer, record, sent_at)
+                finally:
+                    state.metrics.streams_in_flight.dec()
                 usage = sniffer.usage
             else:
                 data = await resp.read()
@@ -224,7 +256,10 @@ async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse
     finally:
         record.total_latency_ms = round((time.perf_counter() - started) * 1000, 3)
         record.proxy_overhead_ms = round(record.total_latency_ms - (record.llm_latency_ms or 0.0), 3)
-        state.writer.submit(record, finalize)
+        state.writer.submit(
+            record, finalize, offload=finalize is not None and _needs_thread(record, original, changed)
+        )
+        structlog.contextvars.reset_contextvars(**log_context)
 
 
 async def openai_chat(request: web.Request) -> web.StreamResponse:
@@ -278,11 +313,39 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus exposition format."""
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def alerts_endpoint(request: web.Request) -> web.Response:
+    """``GET /v1/nocp/alerts``: open drift episodes and the latest alerts, oldest first."""
+    snapshot = request.app[STATE].drift.snapshot()
+    return web.Response(body=_encoder.encode(snapshot), content_type="application/json")
+
+
+def _client_key(request: web.Request) -> str | None:
+    """The client's own API key (for a summarizer call made on its behalf), if it sent one."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("x-goog-api-key") or request.query.get("key") or None
+
+
 def default_stages(settings: Settings) -> list[Stage]:
-    """The stages ``settings`` switch on, in pipeline order."""
-    from proxy.stages import ToolOutputStage
+    """The stages ``settings`` switch on, in pipeline order.
+
+    History roll-up runs first: it decides which old turns are replaced by a summary, and it
+    summarizes the original tool outputs (not their compressed form), so the facts pass sees
+    every fact. Tool-output compression then works only on what is still sent, and since it
+    is deterministic the kept turns' outputs compress to the same bytes on every request.
+    """
+    from proxy.stages import HistoryStage, ToolOutputStage
 
     stages: list[Stage] = []
+    if settings.history.enabled:
+        stages.append(HistoryStage.from_settings(settings))
     if settings.stages.tool_output:
         stages.append(ToolOutputStage(settings.compression))
     return stages
@@ -302,19 +365,36 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
             default_stages(settings) if stages is None else stages,
             stage_timeout_s=settings.pipeline.stage_timeout_ms / 1000,
         ),
+        metrics=Metrics(max_models=settings.metrics.max_models),
+        drift=DriftMonitor(settings.drift, Path(log.dir) / settings.drift.alerts_file),
     )
+    state.metrics.track_writer(state.writer)
+    state.metrics.track_alerts(state.drift.detector.active)
+    state.drift.sinks.append(state.metrics.alert)
+    state.writer.observers.extend([state.metrics.observe, state.drift.observe])
     app[STATE] = state
 
     async def lifecycle(app: web.Application) -> Any:
         await state.upstream.start()
+        state.drift.start()
         await state.writer.start()
         yield
+        for stage in state.pipeline.stages:  # stages holding connections (session store)
+            close = getattr(stage, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    _log.exception("stage_close_failed", stage=stage_name(stage))
         await state.writer.close()
+        await state.drift.close()  # after the writer: its last records may raise alerts
         await state.upstream.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/v1/nocp/alerts", alerts_endpoint)
     app.router.add_post("/v1/chat/completions", openai_chat)
     app.router.add_post(
         r"/{version:v1beta|v1alpha|v1}/models/{model:[^/:]+}:{method:generateContent|"

@@ -1,0 +1,134 @@
+"""The embedded session store: one SQLite file in WAL mode, used from one worker thread.
+
+Every statement runs on a dedicated thread, so the event loop never waits on disk. Each
+read and write is a single SQL statement (atomic on its own), and writes are compare-and-set
+on the row's version, so several processes may share the file: ``busy_timeout`` makes a
+writer wait for another's lock instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from proxy.sessions._state import SessionState, decode_state, encode_state
+
+__all__ = ["SQLiteSessionStore"]
+
+T = TypeVar("T")
+_PURGE_EVERY_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    key TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
+"""
+
+
+class SQLiteSessionStore:
+    """:class:`~proxy.sessions.SessionStore` on an SQLite file (created on first use)."""
+
+    def __init__(self, path: str | Path, *, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nocp-sessions")
+        self._conn: sqlite3.Connection | None = None
+        self._last_purge = 0.0
+
+    # -------------------------------------------------------------- on the worker thread
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def _get(self, key: str) -> SessionState | None:
+        now = self.clock()
+        rows = (
+            self._db()
+            .execute(
+                "UPDATE sessions SET expires_at = ? WHERE key = ? AND expires_at > ? RETURNING data",
+                (now + self.ttl_s, key, now),
+            )
+            .fetchall()
+        )
+        return decode_state(rows[0][0]) if rows else None
+
+    def _put(self, key: str, state: SessionState, expected: int) -> bool:
+        now = self.clock()
+        db = self._db()
+        data = encode_state(state)
+        if expected == 0:
+            cur = db.execute(
+                "INSERT INTO sessions (key, version, data, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET version = excluded.version, data = excluded.data, "
+                "expires_at = excluded.expires_at WHERE sessions.expires_at <= ?",
+                (key, state.version, data, now + self.ttl_s, now),
+            )
+        else:
+            cur = db.execute(
+                "UPDATE sessions SET version = ?, data = ?, expires_at = ? "
+                "WHERE key = ? AND version = ? AND expires_at > ?",
+                (state.version, data, now + self.ttl_s, key, expected, now),
+            )
+        written = cur.rowcount == 1
+        if now - self._last_purge >= _PURGE_EVERY_S:
+            self._last_purge = now
+            db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+        return written
+
+    def _delete(self, key: str) -> None:
+        self._db().execute("DELETE FROM sessions WHERE key = ?", (key,))
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _count(self) -> int:
+        row = self._db().execute("SELECT count(*) FROM sessions").fetchone()
+        return int(row[0])
+
+    # -------------------------------------------------------------- on the event loop
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def get(self, key: str) -> SessionState | None:
+        """The live state under ``key`` (its idle timer restarted), or None."""
+        return await self._call(self._get, key)
+
+    async def put(self, key: str, state: SessionState, *, expected_version: int) -> bool:
+        """Compare-and-set ``state`` under ``key``; True when written."""
+        return await self._call(self._put, key, state, expected_version)
+
+    async def delete(self, key: str) -> None:
+        """Forget ``key``."""
+        await self._call(self._delete, key)
+
+    async def rows(self) -> int:
+        """Rows in the table, expired ones not yet purged included (for tests)."""
+        return await self._call(self._count)
+
+    async def aclose(self) -> None:
+        """Close the connection and stop the worker thread."""
+        try:
+            await self._call(self._close)
+        finally:
+            self._executor.shutdown(wait=True)
