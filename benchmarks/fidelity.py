@@ -3,9 +3,12 @@
 Run: ``.venv/bin/python benchmarks/fidelity.py`` (``make bench-fidelity``). Options: ``--quick``
 (fewer BFCL entries), ``--out PATH``, ``--show-misses N``.
 
-Every sample goes through the public :func:`compressors.compress`, twice: with the default
-:class:`~compressors.CompressionConfig`, and with a *lossy-forcing* config (lower thresholds,
-:data:`LOSSY_CONFIG`) so the lossy compressors really run on outputs of these sizes.
+Every sample goes through the public :func:`compressors.compress` three times: with the
+default :class:`~compressors.CompressionConfig`, and with two *lossy-forcing* configs (lower
+thresholds, budgets of 300 and 600 tokens: :data:`LOSSY_CONFIG`, :data:`MODERATE_CONFIG`) so
+the lossy compressors really run on outputs of these sizes (most are 200-2,500 tokens, under
+the default lossy threshold). The overall line per config covers the tool outputs
+(swe-agent, octokit, bfcl); bfcl-memory is reported on its own.
 
 Samples (a tool output, the query and tool arguments that produced it, and what later turns
 of the same episode did):
@@ -19,7 +22,9 @@ of the same episode did):
 - **octokit** (``$NOCP_EVAL_DATA/octokit/*.json``): each recorded ``response``, as the
   pretty-printed JSON (indent 2) an API tool returns; query/tool_args = method and path; later
   = the method, path and body of the later requests of the same scenario.
-- **bfcl** (the ``bfcl-eval`` package's data; skipped with a message if it is not installed):
+- **bfcl** (the ``bfcl-eval`` package's data; skipped with a message if it is not installed;
+  install it with ``pip install --no-deps bfcl-eval mpmath==1.3.0``: its own dependencies
+  include torch and model clients that this benchmark does not use):
   multi-turn ``base`` and ``long_context`` entries replayed on the package's own pure-Python
   tool simulators with the ground-truth calls; each call's result is a sample; query = the
   turn's user message, tool_args = the call, later = the ground-truth calls after it.
@@ -35,6 +40,9 @@ outputs the hard-token recall (:mod:`compressors._hardtokens`):
 - ``recall all``: of all hard tokens of the original, the share still in the output;
 - ``recall later``: of the original's hard tokens that a *later* turn of the same episode uses,
   the share still in the output. Target: >= 99 %.
+- ``values later`` (BFCL only): of the literal argument values of later ground-truth calls
+  that occur in the original output (a ticker, a file name, an id), the share still in the
+  output (substring test). Hard tokens miss some of these (``'NVDA'`` is a plain word).
 
 Recalls are micro-averages (token counts summed over samples). The numbers are also written
 to ``benchmarks/results/fidelity.json``.
@@ -103,6 +111,7 @@ class Sample:
     later: str
     tool_name: str | None = None
     answers: tuple[str, ...] = ()
+    later_values: tuple[str, ...] = ()
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -238,6 +247,30 @@ def _run_call(call: str, methods: dict[str, Any]) -> str:
     return str(result)
 
 
+def _call_values(call: str) -> list[str]:
+    """The literal argument values of a ground-truth call, as text (strings of 2+ characters
+    and numbers): what a later call copies out of an earlier tool output."""
+    try:
+        node = ast.parse(call.strip(), mode="eval").body
+    except SyntaxError:
+        return []
+    if not isinstance(node, ast.Call):
+        return []
+    out: list[str] = []
+    for arg in [*node.args, *(k.value for k in node.keywords)]:
+        try:
+            value = ast.literal_eval(arg)
+        except ValueError:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, str) and len(item) >= 2:
+                out.append(item)
+            elif isinstance(item, (int, float)) and not isinstance(item, bool):
+                out.append(str(item))
+    return out
+
+
 def load_bfcl(data: Path, limit: int | None, skipped: list[str]) -> Iterator[Sample]:
     answers_dir = data / "possible_answer"
     for category, long_context in (("multi_turn_base", False), ("multi_turn_long_context", True)):
@@ -261,6 +294,7 @@ def load_bfcl(data: Path, limit: int | None, skipped: list[str]) -> Iterator[Sam
                 skipped.append(f"bfcl {entry['id']}: {type(exc).__name__}: {exc}")
                 continue
             flat = [(t, c) for t, calls in enumerate(calls_by_turn) for c in calls]
+            values = [_call_values(c) for _, c in flat]
             for n, (turn, call) in enumerate(flat):
                 question = entry["question"][turn] if turn < len(entry["question"]) else []
                 query = "\n".join(_text_of(m.get("content")) for m in question if isinstance(m, dict))
@@ -272,6 +306,7 @@ def load_bfcl(data: Path, limit: int | None, skipped: list[str]) -> Iterator[Sam
                     tool_args=call,
                     later="\n".join(c for _, c in flat[n + 1 :]),
                     tool_name=call.split("(", 1)[0],
+                    later_values=tuple(dict.fromkeys(v for vs in values[n + 1 :] for v in vs)),
                 )
     yield from _load_bfcl_memory(data, answers_dir)
 
@@ -346,6 +381,8 @@ class Stats:
     lossy_samples_full_later: int = 0
     answers_total: int = 0
     answers_kept: int = 0
+    values_total: int = 0
+    values_kept: int = 0
     methods: dict[str, int] = field(default_factory=dict)
     misses: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -366,6 +403,8 @@ class Stats:
             "lossy_samples_full_later",
             "answers_total",
             "answers_kept",
+            "values_total",
+            "values_kept",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for m, n in other.methods.items():
@@ -391,6 +430,8 @@ class Stats:
             "hard_tokens_later": self.later_total,
             "lossy_samples_full_later_recall": self.lossy_samples_full_later,
             "answer_kept": ratio(self.answers_kept, self.answers_total),
+            "later_values_kept": ratio(self.values_kept, self.values_total),
+            "later_values": self.values_total,
             "methods": dict(sorted(self.methods.items())),
             "seconds": round(self.seconds, 3),
         }
@@ -429,6 +470,9 @@ def measure(sample: Sample, cfg: CompressionConfig, keep_misses: int) -> tuple[s
         st.answers_total = 1
         low = result.text.lower()
         st.answers_kept = int(any(a.lower() in low for a in sample.answers))
+    present = [v for v in sample.later_values if v in sample.text]
+    st.values_total = len(present)
+    st.values_kept = sum(1 for v in present if v in result.text)
     missed = sorted(later - out)
     if missed and keep_misses:
         st.misses.append({"origin": sample.origin, "method": result.method, "missed": missed[:20]})
@@ -458,6 +502,7 @@ def print_tables(console: Console, results: dict[str, dict[str, dict[str, Stats]
             "recall all",
             "recall later",
             "answer kept",
+            "values later",
         ):
             table.add_column(col, justify="left" if col in ("source", "type") else "right")
         for source, by_type in by_source.items():
@@ -478,6 +523,7 @@ def print_tables(console: Console, results: dict[str, dict[str, dict[str, Stats]
                     _pct(s["recall_all"]),
                     f"[{style}]{_pct(later)}[/{style}]" if style else _pct(later),
                     _pct(s["answer_kept"]),
+                    _pct(s["later_values_kept"]),
                 )
         console.print(table)
 
