@@ -77,7 +77,8 @@ class Pipeline:
         for stage in self.stages:
             mark = len(ctx.record.segments)
             try:
-                result = await asyncio.wait_for(stage(prompt, ctx), self.budget(stage))
+                async with asyncio.timeout(self.budget(stage)):  # no extra task, unlike wait_for
+                    result = await stage(prompt, ctx)
                 if not _same_shape(prompt, result):
                     raise TypeError("stage returned a prompt of a different shape")
             except Exception as exc:  # fail open: the request must go through
