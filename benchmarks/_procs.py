@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.upstream import HOP_BY_HOP
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -211,22 +213,7 @@ def cpu_seconds(pid: int) -> float:
 
 # --------------------------------------------------------------------------- the aiohttp floor
 
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
+_HOP_BY_HOP = HOP_BY_HOP | {"content-length"}
 
 
 def _floor_main(port: int, upstream: str) -> None:

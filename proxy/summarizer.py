@@ -129,17 +129,21 @@ def _reasoning_model(model: str) -> bool:
     return model.lower().rsplit("/", 1)[-1].startswith(("o1", "o3", "o4", "gpt-5"))
 
 
-class OpenAISummarizer:
-    """An OpenAI-compatible chat model behind ``upstream`` (the ``openai`` SDK)."""
-
-    name = "openai"
-    protocol = "openai"
+class _LLMSummarizer:
+    """What both LLM summarizers are configured with."""
 
     def __init__(self, upstream: UpstreamConfig, model: str, *, max_tokens: int, timeout_s: float) -> None:
         self.upstream = upstream
         self.model = model
         self.max_tokens = max_tokens
         self.timeout_s = timeout_s
+
+
+class OpenAISummarizer(_LLMSummarizer):
+    """An OpenAI-compatible chat model behind ``upstream`` (the ``openai`` SDK)."""
+
+    name = "openai"
+    protocol = "openai"
 
     async def summarize(
         self, previous: str, turns: Sequence[TurnText], *, api_key: str | None = None
@@ -173,17 +177,11 @@ class OpenAISummarizer:
         )
 
 
-class GeminiSummarizer:
+class GeminiSummarizer(_LLMSummarizer):
     """A Gemini model behind ``upstream`` (the ``google-genai`` SDK)."""
 
     name = "gemini"
     protocol = "gemini"
-
-    def __init__(self, upstream: UpstreamConfig, model: str, *, max_tokens: int, timeout_s: float) -> None:
-        self.upstream = upstream
-        self.model = model
-        self.max_tokens = max_tokens
-        self.timeout_s = timeout_s
 
     async def summarize(
         self, previous: str, turns: Sequence[TurnText], *, api_key: str | None = None

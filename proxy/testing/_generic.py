@@ -11,6 +11,7 @@ from typing import Any, Final
 from multidict import CIMultiDictProxy
 
 from compressors import tokens
+from proxy.upstream import HOP_BY_HOP
 
 __all__ = ["DEFAULT_MODELS", "echo", "embeddings", "model_list", "model_object"]
 
@@ -27,22 +28,7 @@ DEFAULT_EMBEDDING_DIMENSIONS: Final = 16
 MAX_EMBEDDING_DIMENSIONS: Final = 4096
 
 # Not echoed: they describe one hop (RFC 9110 section 7.6.1) or the framing of the body.
-_HOP_HEADERS: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
+_HOP_HEADERS: Final = HOP_BY_HOP | {"content-length"}
 
 
 def model_object(model: str, created: int) -> dict[str, Any]:
