@@ -34,16 +34,19 @@ async def test_non_streaming_equals_direct(fake: FakeUpstream, make_proxy: Any) 
 
 
 async def test_sync_client_through_proxy(fake: FakeUpstream, make_proxy: Any) -> None:
-    """The synchronous OpenAI client works by changing only its base URL."""
+    """The synchronous OpenAI client, plain and streaming, works by changing only its base URL."""
     proxy = await make_proxy()
 
-    def call(base: str) -> dict[str, Any]:
+    def call(base: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         with openai.OpenAI(base_url=f"{base}/v1", api_key="sk-x", max_retries=0) as client:
-            return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).model_dump()
+            plain = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).model_dump()
+            stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+            return plain, [chunk.model_dump() for chunk in stream]
 
     want = await asyncio.to_thread(call, fake.url)
     fake.reset()
-    assert await asyncio.to_thread(call, proxy.url) == want
+    got = await asyncio.to_thread(call, proxy.url)
+    assert got == want and len(got[1]) > 2
 
 
 async def test_streaming_with_usage_equals_direct(fake: FakeUpstream, make_proxy: Any) -> None:
