@@ -40,7 +40,9 @@ async def test_sync_client_through_proxy(fake: FakeUpstream, make_proxy: Any) ->
     def call(base: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         with openai.OpenAI(base_url=f"{base}/v1", api_key="sk-x", max_retries=0) as client:
             plain = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).model_dump()
-            stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+            stream = client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
             return plain, [chunk.model_dump() for chunk in stream]
 
     want = await asyncio.to_thread(call, fake.url)
