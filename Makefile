@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install run fake-upstream test lint bench bench-overhead bench-fidelity bench-speed bench-history clean
+.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,17 @@ lint: install  ## ruff + mypy --strict
 	$(BIN)/ruff format --check proxy compressors
 	$(BIN)/mypy --strict proxy compressors
 
-bench: bench-overhead bench-fidelity bench-speed bench-history  ## every benchmark
+bench: install  ## every benchmark: nocp bench (scenarios, traces, cost, overhead vs LiteLLM), then the rest
+	$(BIN)/nocp bench
+	$(BIN)/python benchmarks/fidelity.py
+	$(BIN)/python benchmarks/compress_speed.py
+	$(BIN)/python benchmarks/history.py
+	$(BIN)/python benchmarks/retrieval.py
 
-bench-overhead: install  ## added latency / RSS of the proxy vs direct, on loopback
+bench-quick: install  ## nocp bench on small sizes, a few traces, no peer (under a minute; run by CI)
+	$(BIN)/nocp bench --quick
+
+bench-overhead: install  ## added latency / RSS of the proxy vs direct and vs LiteLLM, on loopback
 	$(BIN)/python benchmarks/overhead.py
 
 bench-fidelity: install  ## compression savings and hard-token recall on ../shared/eval-data
@@ -45,6 +53,9 @@ bench-speed: install  ## compression and token-counting speed
 
 bench-history: install  ## history roll-up: fact retention, prefix stability (eval-data + bfcl-eval)
 	$(BIN)/python benchmarks/history.py
+
+bench-retrieval: install  ## reversible compression: omitted hard tokens recoverable, cost of retrieval rounds
+	$(BIN)/python benchmarks/retrieval.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -11,7 +11,14 @@ at the end (also on error or Ctrl-C):
   nothing to do): the number the targets are about;
 - ``nocp`` as ``nocp serve`` runs by default, when this build switches stages on by default;
 - the "aiohttp floor": a trivial aiohttp server that does nothing but forward (see
-  ``_procs.py``), i.e. the cost of one extra loopback HTTP hop through aiohttp in Python.
+  ``_procs.py``), i.e. the cost of one extra loopback HTTP hop through aiohttp in Python;
+- the peer, the LiteLLM proxy (``litellm[proxy]``, pinned in :data:`LITELLM_SPEC`): installed by
+  this script into its own virtual environment (``build/litellm-venv``, reused when present),
+  configured to route the model to the same fake upstream as an OpenAI-compatible provider,
+  one worker, ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (it would otherwise fetch a price list at
+  start-up), a master key equal to the client's key (LiteLLM refuses to start without one;
+  every request is then authenticated, as in a real deployment). Skipped with a message when
+  it cannot be installed or started, with ``--no-peer``, and always with ``--quick``.
 
 The load generator is this process: asyncio + one aiohttp ``ClientSession`` per target (a pool
 of keep-alive connections). Each scenario (non-streaming / streaming at concurrency 1 and 32)
@@ -64,6 +71,9 @@ RSS_LIMIT_BYTES = 80 * 10**6  # "80 MB"; MB here is 10^6 bytes (the stricter rea
 MB = 10**6
 
 MODEL = "gpt-4o-mini"
+LITELLM_SPEC = "litellm[proxy]==1.106.2"
+PEER_VENV = ROOT / "build" / "litellm-venv"
+PEER_INSTALL_TIMEOUT_S = 420  # a slow index must not blow the 10-minute budget of make bench
 SYSTEM_PROMPT = (
     "You are Ada, the support assistant of Northwind Outfitters, an online shop for hiking and "
     "camping gear. Answer in a friendly, concise tone and never invent order details: when you "
@@ -357,9 +367,113 @@ def probe_build(tmp: Path) -> Build:
     return Build(on, env, left, log_file)
 
 
+@dataclass(slots=True)
+class Peer:
+    """The LiteLLM proxy run beside nocp: where it is installed and whether it took part."""
+
+    status: str  # "measured", "skipped"
+    reason: str = ""
+    executable: Path | None = None
+    version: str | None = None
+    spec: str = LITELLM_SPEC
+    venv: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": "litellm",
+            "status": self.status,
+            "reason": self.reason,
+            "version": self.version,
+            "spec": self.spec,
+            "venv": self.venv,
+        }
+
+
+def ensure_litellm(venv: Path, spec: str, say: Callable[[str], None]) -> Peer:
+    """LiteLLM in its own virtual environment under the build directory: reused when it is
+    already there, else created with ``python -m venv`` and ``pip install`` (from PyPI)."""
+    peer = Peer("skipped", spec=spec, venv=str(venv))
+    exe = venv / "bin" / "litellm"
+    python = venv / "bin" / "python"
+
+    def version() -> str | None:
+        probe = subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return probe.stdout.strip() or None if probe.returncode == 0 else None
+
+    wanted = spec.partition("==")[2] or None
+    try:
+        if exe.exists() and python.exists() and (found := version()) and (wanted is None or found == wanted):
+            peer.executable, peer.version, peer.status = exe, found, "measured"
+            return peer
+        say(f"installing the peer ({spec}) into {venv} (once; later runs reuse it) ...")
+        started = time.perf_counter()
+        if not python.exists():
+            subprocess.run(
+                [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300
+            )
+        pip = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", spec],
+            capture_output=True,
+            text=True,
+            timeout=PEER_INSTALL_TIMEOUT_S,
+            check=False,
+        )
+        if pip.returncode != 0:
+            tail = (pip.stderr or pip.stdout).strip().splitlines()[-3:]
+            peer.reason = f"pip install {spec} failed: {' / '.join(tail)}"
+            return peer
+        found = version()
+        if not exe.exists() or found is None:
+            peer.reason = f"{spec} installed but {exe} is missing"
+            return peer
+        say(f"peer installed in {time.perf_counter() - started:.0f} s (litellm {found})")
+        peer.executable, peer.version, peer.status = exe, found, "measured"
+    except (OSError, subprocess.SubprocessError) as exc:
+        peer.reason = f"could not install {spec}: {exc}"
+    return peer
+
+
+def litellm_config(tmp: Path, fake_url: str) -> Path:
+    """A LiteLLM proxy config routing :data:`MODEL` to the fake upstream (OpenAI-compatible)."""
+    path = tmp / "litellm-config.yaml"
+    path.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {fake_url}/v1\n"
+        "      api_key: sk-fake-upstream\n"
+        "litellm_settings:\n"
+        "  drop_params: true\n",
+        "utf-8",
+    )
+    return path
+
+
+def _peer_answers(server: Server) -> str | None:
+    """None when the peer answers a chat completion with 200; else why not."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        server.url + "/v1/chat/completions", data=BODIES[False], headers=CLIENT_HEADERS, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # loopback only
+            return None if int(resp.status) == 200 else f"answered {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"request failed: {exc}"
+
+
 @contextlib.contextmanager
-def servers(tmp: Path, build: Build) -> Iterator[tuple[Server, list[Target]]]:
-    """Start the fake upstream, the proxies and the floor; stop every one of them at the end."""
+def servers(tmp: Path, build: Build, peer: Peer | None = None) -> Iterator[tuple[Server, list[Target]]]:
+    """Start the fake upstream, the proxies, the floor and the peer; stop every one of them at the end."""
     started: list[Server] = []
     nocp = nocp_binary()
     try:
@@ -436,6 +550,42 @@ def servers(tmp: Path, build: Build) -> Iterator[tuple[Server, list[Target]]]:
             server = start_server(label, argv, ready, log_dir=tmp, env_overrides=env)
             started.append(server)
             targets.append(Target(key, label, desc, server.url, server))
+        if peer is not None and peer.status == "measured" and peer.executable is not None:
+            argv = [str(peer.executable), "--config", str(litellm_config(tmp, fake.url))]
+            argv += ["--host", "127.0.0.1", "--port", "{port}", "--num_workers", "1"]
+            env = {
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_MASTER_KEY": CLIENT_HEADERS["Authorization"].removeprefix("Bearer "),
+                "LITELLM_LOG": "ERROR",
+                "NO_DOCS": "True",
+            }
+            try:
+                server = start_server(
+                    "LiteLLM",
+                    argv,
+                    "/health/liveliness",
+                    log_dir=tmp,
+                    env_overrides=env,
+                    timeout=120,
+                    attempts=2,
+                )
+            except ServerStartError as exc:
+                peer.status, peer.reason = (
+                    "skipped",
+                    "LiteLLM did not start: " + " ".join(str(exc).split())[-400:],
+                )
+            else:
+                started.append(server)
+                problem = _peer_answers(server)
+                if problem is None:
+                    desc = f"LiteLLM proxy {peer.version}, 1 worker, routing {MODEL} to the fake upstream"
+                    targets.append(Target("litellm", "LiteLLM", desc, server.url, server))
+                else:
+                    peer.status, peer.reason = (
+                        "skipped",
+                        f"LiteLLM {problem}: " + " ".join(server.log_tail(400).split()),
+                    )
+                    stop_process(server.proc)
         yield fake, targets
     finally:
         for server in reversed(started):
@@ -796,6 +946,11 @@ def report(result: dict[str, Any], *, style: str) -> None:
         print(f"{verdict}  {c['name']}: {fmt(c['value'])} {c['unit']} (limit {c['limit']} {c['unit']}{note})")
     for c in result["validity_checks"]:
         print(f"{'PASS' if c['pass'] else 'FAIL'}  check: {c['name']} ({c['detail']})")
+    peer = result.get("peer") or {}
+    if peer.get("status") == "measured":
+        print(f"peer: LiteLLM {peer.get('version')} ({peer.get('venv')})")
+    elif peer:
+        print(f"peer: LiteLLM not measured ({peer.get('reason')})")
     print(f"\nwritten to {result['json_path']}")
 
 
@@ -857,6 +1012,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
+        "--no-peer", action="store_true", help="leave the LiteLLM peer out (never in --quick)"
+    )
+    parser.add_argument(
+        "--peer-venv",
+        type=Path,
+        default=PEER_VENV,
+        help="virtual environment of the peer (default build/litellm-venv)",
+    )
+    parser.add_argument(
+        "--peer-spec", default=LITELLM_SPEC, help=f"pip requirement of the peer ({LITELLM_SPEC})"
+    )
+    parser.add_argument(
         "--markdown", action="store_true", help="print the tables as Markdown (for the README)"
     )
     args = parser.parse_args(argv)
@@ -880,11 +1047,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="nocp-bench-"))
+    if args.quick or args.no_peer:
+        peer = Peer(
+            "skipped", "--quick" if args.quick else "--no-peer", spec=args.peer_spec, venv=str(args.peer_venv)
+        )
+    else:
+        peer = ensure_litellm(args.peer_venv, args.peer_spec, say)
+    if peer.status != "measured":
+        say(f"peer LiteLLM skipped: {peer.reason}")
+    peer_planned = peer.status == "measured"
     try:
         build = probe_build(tmp)
         if build.stages_left:
             say(f"warning: stages {build.stages_left} could not be switched off; 'nocp' is not a passthrough")
-        with servers(tmp, build) as (fake, targets):
+        with servers(tmp, build, peer) as (fake, targets):
+            if peer_planned and peer.status != "measured":
+                say(f"peer LiteLLM skipped: {peer.reason}")
             say(
                 "started: "
                 + ", ".join(f"{t.label} pid {t.server.pid} on {t.base_url}" for t in targets if t.server)
@@ -1004,6 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "passthrough_env": build.passthrough_env,
             "stages_left_in_passthrough": build.stages_left,
         },
+        "peer": peer.as_dict(),
         "targets_check": target_checks,
         "validity_checks": validity,
         "errors": errors,

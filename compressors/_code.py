@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from compressors._markers import omitted_marker
-from compressors._select import MARKER_COST, Query, bm25, mention_budget, render, select, token_costs, words
+from compressors._select import MARKER_COST, Query, bm25_texts, mention_budget, render, select, token_costs
 from compressors._types import Compressed, CompressionConfig, CompressionContext
 
 __all__ = ["CONTEXT", "REGION", "compress_code", "compress_diff"]
@@ -88,11 +88,6 @@ def _enclosing(i: int, bodies: list[str], indents: list[int | None]) -> list[int
     return found
 
 
-def _numbered_view(lines: list[str]) -> bool:
-    numbered = sum(1 for line in lines if _NUMBERED.match(line))
-    return numbered * 2 >= len(lines)
-
-
 def compress_code(text: str, ctx: CompressionContext, cfg: CompressionConfig) -> Compressed | None:
     """Outline plus query regions of source code above ``cfg.budget_tokens``; ``None`` below
     it or when nothing is gained."""
@@ -100,13 +95,17 @@ def compress_code(text: str, ctx: CompressionContext, cfg: CompressionConfig) ->
     costs = [c + 1 for c in token_costs(lines, ctx.model)]
     if sum(costs) <= cfg.budget_tokens or len(lines) < 3:
         return None
-    numbered = _numbered_view(lines)
+    matches = list(map(_NUMBERED.match, lines))
+    numbered = (len(matches) - matches.count(None)) * 2 >= len(lines)  # an agent's numbered view
     numbers: list[int | None] = []
     bodies: list[str] = []
-    for line in lines:
-        m = _NUMBERED.match(line) if numbered else None
-        numbers.append(int(m.group(1)) if m else None)
-        bodies.append(line[m.end() :] if m else line)
+    if numbered:
+        for line, m in zip(lines, matches, strict=True):
+            numbers.append(int(m.group(1)) if m else None)
+            bodies.append(line[m.end() :] if m else line)
+    else:
+        numbers = [None] * len(lines)
+        bodies = lines
     query = Query(ctx)
     n = len(lines)
     must = [False] * n
@@ -115,8 +114,8 @@ def compress_code(text: str, ctx: CompressionContext, cfg: CompressionConfig) ->
         for i, number in enumerate(numbers):
             if number is None and _VIEW_HEADER.match(lines[i]):
                 must[i] = True
-    weight = [query.weight(line) for line in lines]
-    scores = bm25([words(b) for b in bodies], query.terms) if query.terms else [0.0] * n
+    weight = [query.weight(line) for line in lines] if query.hard else [0.0] * n
+    scores = bm25_texts(bodies, query.terms)
     priority: list[tuple[float, ...]] = [(5.0, 0.0, float(i)) for i in range(n)]
 
     def offer(i: int, key: tuple[float, ...]) -> None:
@@ -127,7 +126,7 @@ def compress_code(text: str, ctx: CompressionContext, cfg: CompressionConfig) ->
     for body in bodies:
         head = body[:_SCAN_CHARS]
         indents.append(len(head) - len(head.lstrip()) if _STRUCTURE.match(head) else None)
-    hit_lines = sorted(range(n), key=lambda i: (-weight[i], i))[:_MAX_HIT_LINES]
+    hit_lines = sorted(range(n), key=lambda i: (-weight[i], i))[:_MAX_HIT_LINES] if any(weight) else []
     for i in hit_lines:
         if not weight[i]:
             break

@@ -13,7 +13,8 @@ In order:
 5. The lossy compressor runs only with policy ``auto``, when the input is above
    ``cfg.lossy_threshold_tokens`` and the lossless result (if any) is still above
    ``cfg.budget_tokens``. A lossy result must carry an omission marker, and replaces the
-   lossless one only if it saves at least ``cfg.min_saving`` of the lossless size.
+   lossless one only if it saves at least ``cfg.min_saving`` of the lossless size. With
+   ``cfg.marker_ids`` its markers carry the content id of the input (``result.ref``).
 6. If the chosen candidate saves less than ``cfg.min_saving`` of the input (or nothing), the
    input goes out as it was (``not_justified``); a compressor with nothing to offer gives
    ``no_gain``.
@@ -43,7 +44,7 @@ from compressors._html import compress_html
 from compressors._json import compress_json, compress_ndjson
 from compressors._json_lossy import compress_json_lossy, compress_ndjson_lossy
 from compressors._logs import compress_logs
-from compressors._markers import MARKER_PREFIX
+from compressors._markers import MARKER_PREFIX, content_id, marker_id
 from compressors._table import compress_table
 from compressors._text import compress_text
 from compressors._types import (
@@ -237,6 +238,7 @@ def _compress(content: str, ctx: CompressionContext, cfg: CompressionConfig) -> 
         lossless=chosen.lossless,
         content_type=kind,
         omitted=chosen.omitted,
+        ref=content_id(content) if cfg.marker_ids and not chosen.lossless else None,
     )
 
 
@@ -281,7 +283,8 @@ def _best_candidate(
     lossy_allowed = policy is ToolPolicy.AUTO and before > cfg.lossy_threshold_tokens
     if not lossy_allowed or route.lossy is None or (best is not None and best[1] <= cfg.budget_tokens):
         return kind, best
-    lossy = _checked(route.lossy(content, ctx, cfg), lossy_allowed=True)
+    with marker_id(content_id(content) if cfg.marker_ids else None):
+        lossy = _checked(route.lossy(content, ctx, cfg), lossy_allowed=True)
     if lossy is None:
         return kind, best
     lossy_tokens = tokens.count(lossy.text, ctx.model)

@@ -216,6 +216,10 @@ class _Reducer:
         self.strings_cut = 0
         self.chars_cut = 0
 
+    def cut(self) -> bool:
+        """True once anything was cut (then there are notes for :func:`_finish`)."""
+        return bool(self.row_notes or self.empty_fields or self.strings_cut)
+
     def line_notes(self) -> list[str]:
         """Descriptions of the cuts that get a marker line of their own (rows, empty fields)."""
         out = list(self.row_notes)
@@ -341,6 +345,8 @@ def compress_json_lossy(text: str, ctx: CompressionContext, cfg: CompressionConf
     try:
         reducer = _Reducer(ctx, cfg, _ratio(compact(value), ctx, cfg))
         reduced = reducer.reduce(value)
+        if not reducer.cut():
+            return None  # nothing was cut: no lossy result (and no encoding to pay for)
         body, method = encode_best(reduced, ctx.model)
     except (ValueError, RecursionError, CompressorError):  # NaN cannot be encoded; too deep
         return None
@@ -361,6 +367,8 @@ def compress_ndjson_lossy(text: str, ctx: CompressionContext, cfg: CompressionCo
     try:
         reducer = _Reducer(ctx, cfg, _ratio("\n".join(_lines(values)), ctx, cfg))
         reduced = reducer.reduce(values)
+        if not reducer.cut():
+            return None
         lines = "\n".join(_lines(reduced))
         body, method = encode_best(
             reduced, ctx.model, baseline=lines, methods=(METHOD_NDJSON_COMPACT, METHOD_NDJSON_TOON)

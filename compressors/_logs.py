@@ -26,17 +26,16 @@ from compressors._markers import omitted_marker
 from compressors._select import (
     MARKER_COST,
     Query,
-    bm25,
+    bm25_texts,
     clip,
     mention_budget,
     render,
     select,
     token_costs,
-    words,
 )
 from compressors._types import Compressed, CompressionConfig, CompressionContext
 
-__all__ = ["compress_logs", "is_important_line", "mask_line"]
+__all__ = ["IMPORTANT_HINT", "compress_logs", "is_important_line", "mask_line"]
 
 MAX_LINE_CHARS: Final = 2000
 # Per bucket (same field count and first field), at most this many templates are compared
@@ -108,11 +107,15 @@ def mask_line(line: str) -> tuple[str, list[str]]:
     return _MASK.sub(repl, line), values
 
 
+# One pass finding any of the hints (21 substring tests cost 21 passes over the line).
+IMPORTANT_HINT: Final = re.compile("|".join(map(re.escape, _IMPORTANT_HINTS)))
+
+
 def is_important_line(line: str) -> bool:
-    """Error, warning, exception, failure and stack-frame lines: never dropped. (A substring
-    pre-check rejects most lines at C speed before the regex runs.)"""
-    low = line.lower()
-    if not any(hint in low for hint in _IMPORTANT_HINTS):
+    """Error, warning, exception, failure and stack-frame lines: never dropped. (A pre-check
+    for any of :data:`_IMPORTANT_HINTS` in the lower-cased line rejects most lines before the
+    slower regex runs.)"""
+    if IMPORTANT_HINT.search(line.lower()) is None:
         return False
     return _IMPORTANT.search(line) is not None
 
@@ -256,7 +259,7 @@ def _fit(
     for i, g in enumerate(groups):
         if g.lines[-1] == last_line or is_important_line(entries[i]) or query.hard_hits(entries[i]):
             must[i] = True
-    scores = bm25([words(e) for e in entries], query.terms)
+    scores = bm25_texts(entries, query.terms)
     priority: list[tuple[float, ...]] = []
     for i, g in enumerate(groups):
         tier = 0 if scores[i] > 0 else (1 if len(g.lines) > 1 else 2)

@@ -14,14 +14,27 @@ Everything here is deterministic and linear in the input size (sorting aside).
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import math
 import re
-from collections.abc import Callable, Sequence
-from typing import Final
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final, cast
 
 from compressors import tokens
-from compressors._hardtokens import hard_tokens, hard_tokens_by_kind
+from compressors._hardtokens import (
+    _HTTP_STATUS,
+    _LEAD_STRIP,
+    _RUN,
+    _TRAIL_STRIP,
+    _URL,
+    _URL_TRAIL,
+    KINDS,
+    MAX_RUN_CHARS,
+    _classify,
+    hard_tokens,
+)
 from compressors._markers import omitted_marker
 from compressors._types import CompressionContext
 
@@ -29,6 +42,7 @@ __all__ = [
     "MARKER_COST",
     "Query",
     "bm25",
+    "bm25_texts",
     "clip",
     "first_last_values",
     "mention_budget",
@@ -161,14 +175,142 @@ def bm25(
     return scores
 
 
+def bm25_texts(texts: Sequence[str], query: Sequence[str], k1: float = 1.2, b: float = 0.75) -> list[float]:
+    """``bm25([words(t) for t in texts], query)``, without splitting every text into words.
+
+    Only texts holding a form of a query term (a case-insensitive substring test over all
+    texts at once) can score above zero; only those are split. The others take part only
+    through the average length, and the total word count is taken over all texts in one pass
+    (no word, compound or camelCase part spans a newline, so joining the texts with newlines
+    changes nothing). The scores are the same floats as :func:`bm25` gives."""
+    n = len(texts)
+    if n == 0 or not query:
+        return [0.0] * n
+    joined = "\n".join(texts)
+    qset = dict.fromkeys(query)
+    holders = _holders(texts, joined, _query_forms(tuple(qset)))
+    if not holders:
+        return [0.0] * n
+    total_len = _word_total(joined)
+    df: dict[str, int] = dict.fromkeys(qset, 0)
+    found: list[tuple[int, int, dict[str, int]]] = []
+    for i in holders:
+        doc = words(texts[i])
+        tf: dict[str, int] = {}
+        for term in doc:
+            if term in qset:
+                tf[term] = tf.get(term, 0) + 1
+        for term in tf:
+            df[term] += 1
+        found.append((i, len(doc), tf))
+    scores = [0.0] * n
+    avg = total_len / n if total_len else 1.0
+    idf = {t: math.log(1.0 + (n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
+    for i, length, tf in found:
+        norm = k1 * (1.0 - b + b * length / avg)
+        s = 0.0
+        for term in qset:
+            f = tf.get(term)
+            if f:
+                s += idf[term] * f * (k1 + 1.0) / (f + norm)
+        scores[i] = s
+    return scores
+
+
+def _word_total(text: str) -> int:
+    """``len(words(text))``, without stemming or building the list."""
+    found = _WORD_RE.findall(text)
+    total = len(found) - sum(map(_STOPWORDS.__contains__, map(str.lower, found)))
+    compounds = _COMPOUND_RE.findall(text)
+    if compounds:
+        parts = _CAMEL_SPLIT.findall(" ".join(compounds).replace("_", " "))
+        total += sum(1 for p in parts if len(p) > 1 and p.lower() not in _STOPWORDS)
+    return total
+
+
+@functools.lru_cache(maxsize=256)
+def _query_forms(terms: tuple[str, ...]) -> tuple[str, ...]:
+    """Every word form that :func:`words` turns into one of ``terms``: the term itself, or the
+    term plus a suffix that :func:`_stem` strips (stop words excepted)."""
+    forms: set[str] = set()
+    for term in terms:
+        for form in (term, *(term + suffix for suffix in _SUFFIXES)):
+            if form not in _STOPWORDS and _stem(form) == term:
+                forms.add(form)
+    return tuple(sorted(forms))
+
+
+@functools.lru_cache(maxsize=256)
+def _forms_pattern(forms: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(map(re.escape, sorted(forms, key=lambda f: (-len(f), f)))), re.I | re.A)
+
+
+def _holders(texts: Sequence[str], joined: str, forms: tuple[str, ...]) -> list[int]:
+    """Indices (ascending) of the texts holding one of ``forms`` (lower case) as a
+    case-insensitive substring; ``joined`` is the texts joined with newlines."""
+    if not forms:
+        return []
+    low = joined.lower()
+    same_length = len(low) == len(joined)
+    if same_length and not any(form in low for form in forms):
+        return []
+    starts = list(itertools.accumulate((len(t) + 1 for t in texts), initial=0))
+    found: set[int] = set()
+    if same_length:
+        # No character grew when lowered, so positions still match. (A non-ASCII character
+        # lowered to ASCII, like the Kelvin sign, can only add a text to test in full.)
+        for form in forms:
+            at = low.find(form)
+            while at >= 0:
+                i = bisect.bisect_right(starts, at) - 1
+                found.add(i)
+                # the next text: a form does not span a newline
+                nxt = starts[i + 1] if i + 1 < len(starts) else len(low)
+                at = low.find(form, nxt)
+    else:
+        for m in _forms_pattern(forms).finditer(joined):
+            found.add(bisect.bisect_right(starts, m.start()) - 1)
+    return sorted(found)
+
+
+@functools.cache
+def _batch_counter(name: str) -> Callable[[list[str]], list[int]] | None:
+    """toktok-rs's batch counter for encoding ``name`` on one thread (same counts as
+    tiktoken's ``encode_ordinary``), or None when toktok is not usable here."""
+    try:
+        import toktok
+
+        tokenizer = toktok._encoding(name)
+    except (ImportError, AttributeError, KeyError):
+        return None
+    count_batch = tokenizer.count_batch
+
+    def counts(pieces: list[str]) -> list[int]:
+        return cast("list[int]", count_batch(pieces, 1, False))
+
+    return counts
+
+
 def token_costs(pieces: Sequence[str], model: str) -> list[int]:
     """Tokens of each piece (exact, batched), or an over-estimate (chars / 3) when the pieces
-    are huge in total."""
+    are huge in total.
+
+    Exact counts go through toktok-rs in one call on the calling thread (thousands of short
+    lines cost about a millisecond); tiktoken's ``encode_ordinary_batch`` would start a
+    thread pool and pay a future per piece, which cost far more than the counting itself.
+    """
     total = sum(len(p) for p in pieces)
     if total > EXACT_COUNT_MAX_CHARS:
         return [len(p) // 3 + 1 for p in pieces]
-    enc = tokens.get_encoding(tokens.encoding_for_model(model))
-    return [len(ids) for ids in enc.encode_ordinary_batch(list(pieces))]
+    name = tokens.encoding_for_model(model)
+    batch = _batch_counter(name)
+    if batch is not None:
+        try:
+            return batch(list(pieces))
+        except UnicodeEncodeError:  # lone surrogates: tiktoken counts them as U+FFFD
+            pass
+    enc = tokens.get_encoding(name)
+    return [len(enc.encode_ordinary(p)) for p in pieces]
 
 
 def select(
@@ -281,37 +423,143 @@ def render(
     return sep.join(out), tuple(omitted)
 
 
+# The hard tokens of a stripped run, shared by all inputs (a pure function of the run: the same
+# identifiers and paths come back in every output of a repository). Bounded: emptied when full.
+_STRIPPED_RUNS: dict[str, tuple[tuple[str, str], ...]] = {}
+_STRIPPED_RUNS_MAX: Final = 32768
+
+
+def clear_memo() -> None:
+    """Forget the remembered run classifications (benchmarks measuring cold runs)."""
+    _STRIPPED_RUNS.clear()
+    _stem.cache_clear()
+    _query_forms.cache_clear()
+    _forms_pattern.cache_clear()
+
+
+class _HardTokenMemo:
+    """:func:`~compressors._hardtokens.hard_tokens_by_kind` for many texts of one input (the
+    kept text, each gap, each listed token), classifying every distinct run only once.
+
+    The passes are those of ``hard_tokens_by_kind`` (URLs blanked out, HTTP status codes,
+    then each run of :data:`~compressors._hardtokens._RUN` stripped and classified whole): a
+    run classifies the same way wherever it occurs, so its tokens are remembered, and so are
+    those of its stripped form (``1551:`` and ``1551`` are classified once). Plain words and
+    digit strings, most of the runs, are recognised without the full classification. The
+    results are sets, equal to those of ``hard_tokens_by_kind`` for the same text."""
+
+    __slots__ = ("_plain", "_runs", "_tokens")
+
+    def __init__(self) -> None:
+        self._runs: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._plain: set[str] = set()  # runs that hold no hard token (most of them)
+        self._tokens: dict[str, set[str]] = {}
+
+    def _classify_run(self, run: str) -> tuple[tuple[str, str], ...]:
+        stripped = run.rstrip(_TRAIL_STRIP)
+        if not (stripped.startswith(("./", "../", "~/", "/")) and len(stripped) > 2):
+            stripped = stripped.lstrip(_LEAD_STRIP)
+        found = _STRIPPED_RUNS.get(stripped)
+        if found is not None:
+            return found
+        if stripped.isdigit():  # ASCII digits: a number, an id from 7 digits, one digit nothing
+            if len(stripped) >= 7:
+                found = (("id", stripped),)
+            else:
+                found = (("number", stripped),) if len(stripped) > 1 else ()
+        elif stripped.isalpha() and stripped[1:].islower():
+            # a plain word ("value", "Value") is never a hard token: no digit, no separator,
+            # no second capital, no underscore
+            found = ()
+        else:
+            out: dict[str, set[str]] = {kind: set() for kind in KINDS}
+            _classify(stripped, out, split=True)
+            found = tuple((kind, token) for kind in KINDS for token in out[kind])
+        if len(_STRIPPED_RUNS) >= _STRIPPED_RUNS_MAX:
+            _STRIPPED_RUNS.clear()
+        _STRIPPED_RUNS[stripped] = found
+        return found
+
+    def by_kind(self, text: str) -> dict[str, set[str]]:
+        """Equal to ``hard_tokens_by_kind(text)``."""
+        out: dict[str, set[str]] = {kind: set() for kind in KINDS}
+        rest = text
+        if "://" in text:
+            pieces: list[str] = []
+            pos = 0
+            for m in _URL.finditer(text):
+                url = m.group(0).rstrip(_URL_TRAIL)
+                if len(url) > len(m.group(0).split("://", 1)[0]) + 3:
+                    out["url"].add(url)
+                pieces.append(text[pos : m.start()])
+                pos = m.start() + len(url)
+            pieces.append(text[pos:])
+            rest = " ".join(pieces)
+        if "HTTP" in rest or "tatus" in rest:
+            for m in _HTTP_STATUS.finditer(rest):
+                out["error_code"].add(f"HTTP {m.group(1)}")
+        runs = set(_RUN.findall(rest))
+        runs -= self._plain
+        memo = self._runs
+        for run in runs:
+            found = memo.get(run)
+            if found is None:
+                if len(run) > MAX_RUN_CHARS:
+                    continue
+                found = self._classify_run(run)
+                if not found:
+                    self._plain.add(run)
+                    continue
+                memo[run] = found
+            for kind, token in found:
+                out[kind].add(token)
+        return out
+
+    def tokens(self, text: str) -> set[str]:
+        """Equal to ``hard_tokens(text)`` (do not modify the returned set)."""
+        result = self._tokens.get(text)
+        if result is None:
+            result = set()
+            for found in self.by_kind(text).values():
+                result |= found
+            self._tokens[text] = result
+        return result
+
+
 def _allocate_mentions(
     pieces: Sequence[str], keep: Sequence[bool], gaps: list[tuple[int, int]], sep: str, max_chars: int
 ) -> dict[int, list[str]]:
     """Which dropped hard tokens each gap's marker lists: round-robin over the gaps (each
-    gap's best candidate first) until ``max_chars`` are used; a token is listed once."""
+    gap's best candidate first) until ``max_chars`` are used; a token is listed once.
+
+    Each gap's candidates are produced lazily (a gap rarely gets more than a few listed), and
+    its runs are classified once for all the gaps and the kept text."""
     kept_text = sep.join(p for p, k in zip(pieces, keep, strict=True) if k)
     if not gaps or len(kept_text) > MENTION_MAX_CHARS:
         return {}
-    kept = hard_tokens(kept_text)
-    candidates: list[list[str]] = []
+    memo = _HardTokenMemo()
+    kept = memo.tokens(kept_text)
+    candidates: list[Iterator[str]] = []
     for start, end in gaps:
         dropped = sep.join(pieces[start:end])
         candidates.append(
-            mentions(dropped, kept, _MAX_MENTION_CANDIDATES) if len(dropped) <= MENTION_MAX_CHARS else []
+            _iter_mentions(dropped, kept, _MAX_MENTION_CANDIDATES, memo)
+            if len(dropped) <= MENTION_MAX_CHARS
+            else iter(())
         )
     named: dict[int, list[str]] = {start: [] for start, _ in gaps}
     listed: set[str] = set()
     used = 0
-    position = [0] * len(gaps)
     progress = True
     while progress:
         progress = False
         for g, (start, _) in enumerate(gaps):
-            while position[g] < len(candidates[g]):
-                token = candidates[g][position[g]]
-                position[g] += 1
+            for token in candidates[g]:
                 if token in listed:
                     continue
                 if used + len(token) + 2 <= max_chars:
                     named[start].append(token)
-                    listed |= hard_tokens(token)
+                    listed |= memo.tokens(token)
                     used += len(token) + 2
                     progress = True
                 break
@@ -323,8 +571,13 @@ def mentions(dropped: str, kept: set[str], limit: int) -> list[str]:
     gap marker: error codes, paths, URLs, identifiers, UUIDs, then ids (numbers are left out:
     alone they mean nothing), each kind in order of first occurrence. A token already carried
     by one listed before it (the parts of a path or dotted name) is skipped."""
-    by_kind = hard_tokens_by_kind(dropped)
-    out: list[str] = []
+    return list(_iter_mentions(dropped, kept, limit, _HardTokenMemo()))
+
+
+def _iter_mentions(dropped: str, kept: set[str], limit: int, memo: _HardTokenMemo) -> Iterator[str]:
+    """:func:`mentions`, one at a time: a kind's tokens are sorted only when reached."""
+    by_kind = memo.by_kind(dropped)
+    produced = 0
     covered: set[str] = set()
     for kind in _MENTION_KINDS:
         found = [t for t in by_kind[kind] if t not in kept and len(t) <= _MAX_MENTION_TOKEN]
@@ -335,11 +588,11 @@ def mentions(dropped: str, kept: set[str], limit: int) -> list[str]:
         for token in found:
             if token in covered:
                 continue
-            out.append(token)
-            if len(out) >= limit:
-                return out
-            covered |= hard_tokens(token)
-    return out
+            yield token
+            produced += 1
+            if produced >= limit:
+                return
+            covered |= memo.tokens(token)
 
 
 def mention_budget(budget_tokens: int) -> tuple[int, int]:

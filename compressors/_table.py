@@ -25,7 +25,7 @@ from collections import Counter
 from typing import Final
 
 from compressors._markers import omitted_marker
-from compressors._select import MARKER_COST, Query, bm25, mention_budget, render, select, token_costs, words
+from compressors._select import MARKER_COST, Query, bm25_texts, mention_budget, render, select, token_costs
 from compressors._types import Compressed, CompressionConfig, CompressionContext
 
 __all__ = ["HEAD_ROWS", "TAIL_ROWS", "column_summary", "compress_table"]
@@ -168,7 +168,7 @@ def compress_table(text: str, ctx: CompressionContext, cfg: CompressionConfig) -
     status_cols = frozenset(
         j for j, c in enumerate(table.columns) if "status" in c.lower() or "code" in c.lower()
     )
-    scores = [0.0] * h + bm25([words(p) for p in pieces[h:]], query.terms)
+    scores = [0.0] * h + bm25_texts(pieces[h:], query.terms)
     must = [i < h + HEAD_ROWS or i >= len(pieces) - TAIL_ROWS for i in range(len(pieces))]
     priority: list[tuple[float, ...]] = []
     for i, piece in enumerate(pieces):

@@ -22,11 +22,13 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from typing import Final
 
-from compressors._logs import is_important_line
-from compressors._select import MARKER_COST, Query, bm25, mention_budget, render, select, token_costs, words
+from compressors._logs import IMPORTANT_HINT, is_important_line
+from compressors._select import MARKER_COST, Query, bm25_texts, mention_budget, render, select, token_costs
 from compressors._types import Compressed, CompressionConfig, CompressionContext
 
 __all__ = ["chunk_text", "compress_text"]
@@ -131,6 +133,28 @@ def _has_important_line(chunk: list[str]) -> bool:
     return any(is_important_line(unit[:_SCAN_CHARS]) for unit in chunk)
 
 
+def _important_chunks(chunks: list[list[str]]) -> list[bool]:
+    """``[_has_important_line(c) for c in chunks]``, with the cheap pre-check of
+    :func:`~compressors._logs.is_important_line` made in one pass over the whole lower-cased
+    text: only the units it flags are checked one by one."""
+    units = [unit for chunk in chunks for unit in chunk]
+    whole = "".join(units)
+    low = whole.lower()
+    if len(low) != len(whole):  # a character grew when lowered: positions would not match
+        return [_has_important_line(c) for c in chunks]
+    starts = list(itertools.accumulate(map(len, units), initial=0))
+    flagged: set[int] = set()
+    for m in IMPORTANT_HINT.finditer(low):
+        flagged.add(bisect.bisect_right(starts, m.start()) - 1)
+    out: list[bool] = []
+    u = 0
+    for chunk in chunks:
+        end = u + len(chunk)
+        out.append(any(is_important_line(units[i][:_SCAN_CHARS]) for i in range(u, end) if i in flagged))
+        u = end
+    return out
+
+
 def _heading_of(chunk: list[str]) -> str | None:
     for unit in chunk:
         stripped = unit.strip()
@@ -146,9 +170,9 @@ def _scores(pieces: list[str], chunks: list[list[str]], query: Query) -> list[fl
     bonus counts only the query tokens no better chunk holds, and a chunk whose hits are all
     held by better chunks keeps half its BM25 (agent outputs often repeat a block, e.g. the
     edited and the original view of the same lines)."""
-    base = bm25([words(p) for p in pieces], query.terms)
+    base = bm25_texts(pieces, query.terms)
     hits = [query.hits(p) for p in pieces]
-    errors = [_ERROR_BONUS if _has_important_line(c) else 0.0 for c in chunks]
+    errors = [_ERROR_BONUS if important else 0.0 for important in _important_chunks(chunks)]
     first = [
         b + _HARD_BONUS * (len(h) + len(h & query.args_hard)) + e
         for b, h, e in zip(base, hits, errors, strict=True)

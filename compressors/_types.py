@@ -44,6 +44,9 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
       compressing it would cost more than it saves; its token count is then an estimate).
     - ``tool_policies``: per tool name, ``never`` / ``lossless-only`` / ``auto``;
       ``default_policy`` for every other tool.
+    - ``marker_ids``: lossy markers carry the content id of the original
+      (``[nocp omitted: ...; id=3f9a1c0b2e]``) so that it can be fetched back; the result's
+      ``ref`` is that id. Set by the proxy when retrieval is on.
     """
 
     min_tokens: int = 500
@@ -54,6 +57,7 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     max_input_chars: int = 1_000_000
     default_policy: ToolPolicy = ToolPolicy.AUTO
     tool_policies: dict[str, ToolPolicy] = msgspec.field(default_factory=dict)
+    marker_ids: bool = False
 
     def policy_for(self, tool_name: str | None) -> ToolPolicy:
         """The policy for ``tool_name`` (the default policy when it has none of its own)."""
@@ -89,7 +93,8 @@ class CompressionResult(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of :func:`compressors.compress`.
 
     ``text`` is what to send (the input itself when ``method == "none"``); ``tokens_after``
-    is never larger than ``tokens_before``. ``omitted`` describes every lossy cut.
+    is never larger than ``tokens_before``. ``omitted`` describes every lossy cut. ``ref`` is
+    the content id the markers carry (a lossy result under ``marker_ids``), else None.
     """
 
     text: str
@@ -100,6 +105,7 @@ class CompressionResult(msgspec.Struct, frozen=True, kw_only=True):
     content_type: ContentType
     omitted: tuple[str, ...] = ()
     skipped_reason: str | None = None
+    ref: str | None = None
 
     @property
     def changed(self) -> bool:

@@ -1,5 +1,6 @@
 """The ``nocp`` command line: ``serve`` the proxy, run a ``fake-upstream`` for demos, read the
-TransactionLog (``logs tail``, ``logs stats``) and replay it through drift detection (``drift``)."""
+TransactionLog (``logs tail``, ``logs stats``), replay it through drift detection (``drift``) and
+run the benchmark suite (``bench``)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.logview import add_cli as add_log_commands
 
     add_log_commands(sub)  # logs tail, logs stats, drift
+    from proxy.bench.cli import add_cli as add_bench_command
+
+    add_bench_command(sub)  # bench
     return parser
 
 

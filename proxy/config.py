@@ -175,6 +175,35 @@ class HistoryConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
             raise ConfigError("history: timeouts must be > 0")
 
 
+class RetrievalConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Reversible compression: the model can fetch what a lossy cut removed.
+
+    Every lossy cut (tool output, history summary) stores its original in the session store,
+    content-addressed, forgotten ``ttl_s`` seconds after its last use, and its markers carry
+    the id. A request sent upstream with at least one such marker gets one extra tool,
+    ``tool_name``; nocp answers its calls itself and sends the conversation on, at most
+    ``max_rounds`` times per request. A tool result holds at most ``max_result_chars``
+    characters (the model can ask for a part with ``query``).
+    """
+
+    enabled: bool = True
+    ttl_s: float = 3600.0
+    max_rounds: int = 3
+    tool_name: str = "nocp_retrieve"
+    max_result_chars: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.ttl_s <= 0:
+            raise ConfigError("retrieval.ttl_s: must be > 0")
+        if self.max_rounds < 1:
+            raise ConfigError("retrieval.max_rounds: must be >= 1")
+        if self.max_result_chars < 1000:
+            raise ConfigError("retrieval.max_result_chars: must be >= 1000")
+        name = self.tool_name
+        if not name or len(name) > 64 or not all(c.isascii() and (c.isalnum() or c in "_-") for c in name):
+            raise ConfigError("retrieval.tool_name: 1-64 characters of a-z, A-Z, 0-9, _ and -")
+
+
 class DriftConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Drift detection: the latest ``window`` records against the ``window`` before, per model
     and overall. ``*_warning`` / ``*_critical`` are how much worse a figure may get before an
@@ -222,6 +251,29 @@ class MetricsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
     max_models: int = 100
 
 
+class ModelPriceConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """USD per 1M tokens: fresh input, cached input (default: the input price), output."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+class PricingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Prices for the TransactionLog's cost fields (see :mod:`proxy.pricing`). ``models`` maps
+    model-name globs to prices and is tried before the built-in table, first match wins.
+    ``enabled: false`` leaves the cost fields null."""
+
+    enabled: bool = True
+    models: dict[str, ModelPriceConfig] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for pattern, price in self.models.items():
+            values = (price.input, price.output, price.cached_input or 0.0)
+            if any(v < 0 for v in values):
+                raise ConfigError(f"pricing.models[{pattern}]: prices must be >= 0")
+
+
 def _default_upstreams() -> tuple[UpstreamConfig, ...]:
     return (
         UpstreamConfig(name="openai", base_url=OPENAI_PUBLIC, protocol="openai"),
@@ -241,8 +293,10 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     compression: CompressionConfig = msgspec.field(default_factory=CompressionConfig)
     sessions: SessionsConfig = msgspec.field(default_factory=SessionsConfig)
     history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
+    retrieval: RetrievalConfig = msgspec.field(default_factory=RetrievalConfig)
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
 
     def __post_init__(self) -> None:
         names = [u.name for u in self.upstreams]

@@ -210,6 +210,32 @@ class Metrics:
             "nocp_streams_in_flight", "Streamed LLM responses being relayed right now.", registry=r
         )
         self.alerts = Counter("nocp_alerts", "Drift alerts raised.", ["kind", "severity"], registry=r)
+        self.retrievals = Counter(
+            "nocp_retrievals",
+            "Retrieval-tool calls nocp answered, by the tool whose output was cut ('history': a "
+            "roll-up; 'unknown': the id was not stored) and its content type. A high rate for a tool "
+            "means its outputs are compressed too aggressively.",
+            ["tool", "content_type"],
+            registry=r,
+        )
+        self.retrieval_misses = Counter(
+            "nocp_retrieval_misses",
+            "Retrieval-tool calls for an id that was not (or no longer) stored.",
+            registry=r,
+        )
+        self.retrieval_rounds = Counter(
+            "nocp_retrieval_rounds",
+            "Extra upstream calls nocp made to answer retrieval-tool calls.",
+            by_model,
+            registry=r,
+        )
+        self.retrieval_offered = Counter(
+            "nocp_retrieval_offered",
+            "Requests sent upstream with the retrieval tool (they carried a lossy marker).",
+            by_model,
+            registry=r,
+        )
+        self._tools: set[str] = set()
         for kind in KINDS:  # export zeros, so increase() works from the first alert on
             for severity in ("warning", "critical"):
                 self.alerts.labels(kind, severity)
@@ -232,6 +258,25 @@ class Metrics:
             return model
         return OTHER
 
+    def _tool(self, tool: str) -> str:
+        if tool in self._tools:
+            return tool
+        if len(self._tools) < self.max_models:
+            self._tools.add(tool)
+            return tool
+        return OTHER
+
+    def _observe_retrieval(self, rec: TransactionLog, model: str) -> None:
+        if rec.retrieval_offered:
+            self.retrieval_offered.labels(model).inc()
+        if rec.retrieval_rounds:
+            self.retrieval_rounds.labels(model).inc(rec.retrieval_rounds)
+        for r in rec.retrievals:
+            if not r.found:
+                self.retrieval_misses.inc()
+            tool = r.tool or ("history" if r.content_type == "history" else "unknown")
+            self.retrievals.labels(self._tool(tool), r.content_type).inc()
+
     def _series(self, model: str) -> _ModelSeries:
         series = self._by_model.get(model)
         if series is None:
@@ -249,6 +294,8 @@ class Metrics:
         ).inc()
         for stage in {f.stage for f in rec.fail_open}:
             self.fail_opens.labels(stage).inc()
+        if rec.retrieval_offered or rec.retrievals:
+            self._observe_retrieval(rec, model)
         if rec.total_latency_ms:
             m.duration.observe(rec.total_latency_ms / 1000)
         if rec.outcome != "ok":

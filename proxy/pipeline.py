@@ -15,25 +15,33 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from proxy.protocols import Prompt
 from proxy.translog import FailOpen, TransactionLog
 
+if TYPE_CHECKING:
+    from proxy.retrieval import RetrievalRequest
+
 _log = structlog.get_logger("nocp.pipeline")
 
 
 @dataclass(slots=True)
 class StageContext:
-    """What a stage may read (and the log record it may add segment details to)."""
+    """What a stage may read (and the log record it may add segment details to).
+
+    ``retrieval`` is set when reversible compression is on: a lossy stage then makes
+    id-carrying markers, records each cut's original there, and leaves whole the content the
+    session already retrieved (see :mod:`proxy.retrieval`)."""
 
     model: str
     protocol: str
     record: TransactionLog
     query: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    retrieval: RetrievalRequest | None = None
 
 
 Stage = Callable[[Prompt, StageContext], Awaitable[Prompt]]

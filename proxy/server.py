@@ -8,9 +8,10 @@ relay steps with no parsing, no stages and no log line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,15 @@ from aiohttp import web
 
 from proxy.config import Settings
 from proxy.drift import DriftMonitor
-from proxy.exceptions import ModelNotFound, PayloadTooLarge, ProxyHTTPError
+from proxy.exceptions import ModelNotFound, PayloadTooLarge, ProxyHTTPError, UpstreamUnavailable
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics
 from proxy.pipeline import Pipeline, Stage, StageContext, stage_name
+from proxy.pricing import CostModel
 from proxy.protocols import Adapter, GeminiAdapter, OpenAIChatAdapter, StreamSniffer, Usage
-from proxy.protocols._base import decode_json_object, encode_json
-from proxy.sessions import derive_session_id
+from proxy.protocols._base import RetrievalSniffer, decode_json_object, encode_json
+from proxy.retrieval import Retrieval, RetrievalRequest
+from proxy.sessions import SessionStore, derive_session_id, open_store
 from proxy.translog import Finalizer, TransactionLog, TransactionLogWriter
 from proxy.upstream import UpstreamClient, apply_api_key, forward_headers, upstream_url
 
@@ -54,6 +57,8 @@ class ProxyState:
     pipeline: Pipeline
     metrics: Metrics
     drift: DriftMonitor
+    cost: CostModel | None = None  # None: pricing switched off, cost fields stay null
+    retrieval: Retrieval | None = None  # None: reversible compression switched off
 
 
 STATE = web.AppKey("nocp_state", ProxyState)
@@ -89,20 +94,41 @@ def _response_headers(resp: aiohttp.ClientResponse, *, stream: bool) -> dict[str
     return headers
 
 
+async def _send_raw(request: web.Request, resp: aiohttp.ClientResponse, data: bytes) -> web.StreamResponse:
+    """A streamed response that nocp held back whole, sent as it came (fail-open)."""
+    out = web.StreamResponse(
+        status=resp.status, reason=resp.reason, headers=_response_headers(resp, stream=True)
+    )
+    await out.prepare(request)
+    if data:
+        await out.write(data)
+    await out.write_eof()
+    return out
+
+
 async def _relay(
     request: web.Request,
     resp: aiohttp.ClientResponse,
     sniffer: StreamSniffer | None,
     record: TransactionLog | None,
     started: float,
-) -> web.StreamResponse:
-    """Relay a streamed upstream response chunk by chunk as it arrives."""
+    *,
+    before_end: Callable[[], Awaitable[None]] | None = None,
+) -> web.StreamResponse | None:
+    """Relay a streamed upstream response chunk by chunk as it arrives.
+
+    A sniffer that ``holds`` (a retrieval round may be kept from the client) gets the response
+    headers sent only with the first bytes it releases; if it releases none, nothing is sent
+    and None is returned. ``before_end`` runs when the upstream stream has ended, before the
+    sniffer's last held bytes go out."""
     out = web.StreamResponse(
         status=resp.status, reason=resp.reason, headers=_response_headers(resp, stream=sniffer is not None)
     )
     if sniffer is None and resp.content_length is not None:
         out.content_length = resp.content_length
-    await out.prepare(request)
+    lazy = sniffer is not None and sniffer.holds
+    if not lazy:
+        await out.prepare(request)
     chunks = resp.content.iter_any().__aiter__()
     while True:
         try:
@@ -114,14 +140,26 @@ async def _relay(
                 record.outcome = "upstream_error"
                 record.error_message = f"upstream stream broke: {type(exc).__name__}"
             _log.warning("upstream_stream_broken", error=type(exc).__name__)
-            return out
-        if record is not None and record.ttft_ms is None:
+            return out if out.prepared else None
+        if record is not None and record.ttft_ms is None and not lazy:
             record.ttft_ms = round((time.perf_counter() - started) * 1000, 3)
         data = sniffer.feed(chunk) if sniffer is not None else chunk
         if data:
+            if not out.prepared:
+                await out.prepare(request)
+                if record is not None and record.ttft_ms is None:
+                    record.ttft_ms = round((time.perf_counter() - started) * 1000, 3)
             await out.write(data)  # raises ConnectionResetError when our client is gone
+    if before_end is not None:
+        await before_end()
     if sniffer is not None and (tail := sniffer.close()):
+        if not out.prepared:
+            await out.prepare(request)
+            if record is not None and record.ttft_ms is None:
+                record.ttft_ms = round((time.perf_counter() - started) * 1000, 3)
         await out.write(tail)
+    if not out.prepared:
+        return None
     await out.write_eof()
     return out
 
@@ -137,11 +175,13 @@ def _finalizer(
     changed: bool,
     model: str,
     query_chars: int,
+    cost: CostModel | None = None,
 ) -> Finalizer:
     """Previews and token counts, filled in by the log writer after the response is sent.
 
     When nocp changed nothing, raw and sent tokens are the upstream's own ``prompt_tokens``
     (what was billed) and no tokenizer runs; otherwise both versions are counted locally.
+    The cost fields come last: they need both the upstream's usage and the token counts.
     """
 
     def finalize() -> None:
@@ -153,9 +193,11 @@ def _finalizer(
         record.tools_invoked = adapter.tools_invoked(prompt)
         if not changed and record.prompt_tokens is not None:
             record.set_input_tokens(record.prompt_tokens, record.prompt_tokens)
-            return
-        raw = adapter.count_prompt(received, model)
-        record.set_input_tokens(raw, adapter.count_prompt(sent, model) if changed else raw)
+        else:
+            raw = adapter.count_prompt(received, model)
+            record.set_input_tokens(raw, adapter.count_prompt(sent, model) if changed else raw)
+        if cost is not None:
+            cost.apply(record)
 
     return finalize
 
@@ -176,6 +218,8 @@ async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse
     finalize: Finalizer | None = None
     original = b""
     changed = False
+    retr: RetrievalRequest | None = None
+    hops: RetrievalRequest | None = None  # set when the retrieval tool is offered
     try:
         original = await _read_body(request, settings.server.max_body_bytes)
         body = adapter.parse(original, request.match_info)
@@ -192,6 +236,9 @@ async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse
         record.upstream = up.name
         if state.pipeline:
             t = time.perf_counter()
+            if state.retrieval is not None:
+                retr = state.retrieval.begin(adapter, record, body, model)
+                changed = await retr.insert_pending(body)  # answers owed from earlier turns
             before = adapter.prompt(body)
             ctx = StageContext(
                 model=model,
@@ -199,41 +246,85 @@ async def _rewrite(request: web.Request, adapter: Adapter) -> web.StreamResponse
                 record=record,
                 query=before.latest_user_text(),
                 extras={"api_key": _client_key(request)},
+                retrieval=retr,
             )
-            changed = adapter.apply(body, before, await state.pipeline.run(before, ctx))
+            after = await state.pipeline.run(before, ctx)
+            if retr is not None:
+                after = await retr.prepare(body, before, after)
+            changed = adapter.apply(body, before, after) or changed
+            if retr is not None and retr.offered:
+                adapter.add_tool(body, retr.app.spec)
+                hops, changed = retr, True
             record.compression_latency_ms = round((time.perf_counter() - t) * 1000, 3)
         injected = adapter.prepare_upstream(body, stream)
         payload = encode_json(body) if changed or injected else original
-        finalize = _finalizer(adapter, record, original, body, changed, model, settings.log.user_query_chars)
+        finalize = _finalizer(
+            adapter, record, original, body, changed, model, settings.log.user_query_chars, state.cost
+        )
         headers = forward_headers(request.headers, drop=("Content-Length", "Accept-Encoding"))
         apply_api_key(headers, up)
+        url = upstream_url(up, request.raw_path)
+        if hops is not None:
+            hops.start(body)
         sent_at = time.perf_counter()
-        async with state.upstream.request(
-            "POST", upstream_url(up, request.raw_path), headers, payload
-        ) as resp:
-            record.status = resp.status
-            if resp.status >= 400:
-                record.outcome = "upstream_error"
-            if stream and resp.status < 300:
-                sniffer = adapter.sniffer(body, injected)
-                state.metrics.streams_in_flight.inc()
-                try:
-                    result = await _relay(request, resp, sniffer, record, sent_at)
-                finally:
-                    state.metrics.streams_in_flight.dec()
-                usage = sniffer.usage
-            else:
-                data = await resp.read()
-                record.ttft_ms = round((time.perf_counter() - sent_at) * 1000, 3)
+        result: web.StreamResponse | None = None
+        # One upstream call, or more when the model calls the retrieval tool: nocp answers
+        # it and continues the conversation (``hops``); the client sees only the last answer.
+        while result is None:
+            if (
+                hops is not None
+                and hops.rounds
+                and (request.transport is None or request.transport.is_closing())
+            ):
+                raise ConnectionResetError("client went away during a retrieval round")
+            async with state.upstream.request("POST", url, headers, payload) as resp:
+                record.status = resp.status
                 if resp.status >= 400:
-                    record.error_message = redact(data[:300].decode("utf-8", "replace"))
-                usage = adapter.usage(data) if resp.status < 300 else Usage()
-                result = web.Response(
-                    body=data,
-                    status=resp.status,
-                    reason=resp.reason,
-                    headers=_response_headers(resp, stream=False),
-                )
+                    record.outcome = "upstream_error"
+                if stream and resp.status < 300:
+                    sniffer = hops.sniffer(injected) if hops is not None else adapter.sniffer(body, injected)
+                    end = None
+                    if hops is not None and isinstance(sniffer, RetrievalSniffer):
+                        end = functools.partial(hops.before_end, sniffer)
+                    state.metrics.streams_in_flight.inc()
+                    try:
+                        result = await _relay(request, resp, sniffer, record, sent_at, before_end=end)
+                    finally:
+                        state.metrics.streams_in_flight.dec()
+                    usage = sniffer.usage
+                    if hops is not None and isinstance(sniffer, RetrievalSniffer):
+                        hops.record_hop(usage)
+                        if result is None and record.outcome == "upstream_error":
+                            raise UpstreamUnavailable("upstream stream broke before the answer began")
+                        if result is None and sniffer.is_round:
+                            follow = await hops.on_round(sniffer)
+                            if follow is not None:
+                                payload = encode_json(follow)
+                                continue
+                        if result is None:  # fail-open, or an empty stream: send what came
+                            result = await _send_raw(request, resp, bytes(sniffer.raw))
+                        hops.stream_done(sniffer)
+                else:
+                    data = await resp.read()
+                    record.ttft_ms = round((time.perf_counter() - sent_at) * 1000, 3)
+                    if resp.status >= 400:
+                        record.error_message = redact(data[:300].decode("utf-8", "replace"))
+                    usage = adapter.usage(data) if resp.status < 300 else Usage()
+                    if hops is not None:
+                        hops.record_hop(usage)
+                        if resp.status < 300:
+                            data, follow = await hops.on_reply(data)
+                            if follow is not None:
+                                payload = encode_json(follow)
+                                continue
+                    result = web.Response(
+                        body=data,
+                        status=resp.status,
+                        reason=resp.reason,
+                        headers=_response_headers(resp, stream=False),
+                    )
+        if hops is not None:
+            usage = hops.finish()
         record.llm_latency_ms = round((time.perf_counter() - sent_at) * 1000, 3)
         record.prompt_tokens = usage.prompt_tokens
         record.cached_tokens = usage.cached_tokens
@@ -294,7 +385,9 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         async with state.upstream.request(
             request.method, upstream_url(up, request.raw_path), headers, data
         ) as resp:
-            return await _relay(request, resp, None, None, time.perf_counter())
+            out = await _relay(request, resp, None, None, time.perf_counter())
+            assert out is not None  # without a holding sniffer the response is always sent
+            return out
     except ProxyHTTPError as err:
         return _error(adapter, err)
 
@@ -333,7 +426,7 @@ def _client_key(request: web.Request) -> str | None:
     return request.headers.get("x-goog-api-key") or request.query.get("key") or None
 
 
-def default_stages(settings: Settings) -> list[Stage]:
+def default_stages(settings: Settings, store: SessionStore | None = None) -> list[Stage]:
     """The stages ``settings`` switch on, in pipeline order.
 
     History roll-up runs first: it decides which old turns are replaced by a summary, and it
@@ -345,7 +438,7 @@ def default_stages(settings: Settings) -> list[Stage]:
 
     stages: list[Stage] = []
     if settings.history.enabled:
-        stages.append(HistoryStage.from_settings(settings))
+        stages.append(HistoryStage.from_settings(settings, store))
     if settings.stages.tool_output:
         stages.append(ToolOutputStage(settings.compression))
     return stages
@@ -355,6 +448,8 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
     """Build the proxy application for ``settings``; ``stages`` replaces the configured ones."""
     app = web.Application(client_max_size=settings.server.max_body_bytes + 1)
     log = settings.log
+    # One session store (connected on first use) for the history stage and retrieval.
+    store = open_store(settings) if settings.retrieval.enabled else None
     state = ProxyState(
         settings=settings,
         upstream=UpstreamClient(settings),
@@ -362,11 +457,13 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
             log.path, max_bytes=log.max_bytes, backups=log.backups, queue_size=log.queue_size
         ),
         pipeline=Pipeline(
-            default_stages(settings) if stages is None else stages,
+            default_stages(settings, store) if stages is None else stages,
             stage_timeout_s=settings.pipeline.stage_timeout_ms / 1000,
         ),
         metrics=Metrics(max_models=settings.metrics.max_models),
         drift=DriftMonitor(settings.drift, Path(log.dir) / settings.drift.alerts_file),
+        cost=CostModel.from_settings(settings),
+        retrieval=Retrieval.from_settings(settings, store) if store is not None else None,
     )
     state.metrics.track_writer(state.writer)
     state.metrics.track_alerts(state.drift.detector.active)
@@ -386,6 +483,11 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
                     await close()
                 except Exception:
                     _log.exception("stage_close_failed", stage=stage_name(stage))
+        if store is not None:  # closing twice (a stage closed it) does nothing
+            try:
+                await store.aclose()
+            except Exception:
+                _log.exception("session_store_close_failed")
         await state.writer.close()
         await state.drift.close()  # after the writer: its last records may raise alerts
         await state.upstream.close()

@@ -28,7 +28,14 @@ from typing import Literal
 import msgspec
 import structlog
 
-__all__ = ["FailOpen", "SegmentRecord", "TransactionLog", "TransactionLogWriter"]
+__all__ = [
+    "FailOpen",
+    "HopUsage",
+    "RetrievalRecord",
+    "SegmentRecord",
+    "TransactionLog",
+    "TransactionLogWriter",
+]
 
 SCHEMA_VERSION = 1
 Outcome = Literal["ok", "upstream_error", "client_error", "cancelled", "proxy_error"]
@@ -53,6 +60,29 @@ class FailOpen(msgspec.Struct, kw_only=True):
 
     stage: str
     reason: str
+
+
+class RetrievalRecord(msgspec.Struct, kw_only=True):
+    """One call of the retrieval tool that nocp answered: the content id asked for, what the
+    original was (the tool whose output was cut, None for a history summary; its content
+    type), whether it was still stored, and the tokens of the tool result nocp added.
+    ``deferred``: the model called it beside a client tool, so the answer goes into the
+    client's next request instead of a new round."""
+
+    id: str
+    tool: str | None = None
+    content_type: str = "unknown"
+    found: bool = False
+    deferred: bool = False
+    tokens: int = 0
+
+
+class HopUsage(msgspec.Struct, kw_only=True):
+    """One upstream call of a request that took retrieval rounds, as the upstream reported it."""
+
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def _now() -> str:
@@ -110,6 +140,15 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
     total_token_savings: int = 0
     compression_overhead_tokens: int = 0
     efficiency_delta: float = 0.0
+    # retrieval (reversible compression): whether the retrieval tool was offered, how many
+    # rounds nocp answered itself, each retrieval, the tokens of the tool results it added, and
+    # the upstream's usage per call when there was more than one (prompt_tokens etc. above are
+    # the sums over the calls, as the client sees them)
+    retrieval_offered: bool = False
+    retrieval_rounds: int = 0
+    retrievals: list[RetrievalRecord] = msgspec.field(default_factory=list)
+    retrieval_tokens: int = 0
+    retrieval_hops: list[HopUsage] = msgspec.field(default_factory=list)
 
     def set_input_tokens(self, raw: int, optimized: int) -> None:
         """Record raw and sent input tokens and everything derived from them."""

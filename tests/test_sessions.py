@@ -256,3 +256,68 @@ async def test_open_store_follows_settings(tmp_path: Path, redis_url: str) -> No
         assert await store.put("settings-test", state(1), expected_version=0)
     finally:
         await store.aclose()
+
+
+# ------------------------------------------------------------------------------ blobs
+
+
+async def test_blobs_put_get_touch(store: SessionStore) -> None:
+    """Blobs round-trip, missing keys read None, touch reports live keys, no clash with states."""
+    big = ("Résumé — 日本語 ✓ " * 20_000).encode()
+    assert await store.get_blobs(["a", "b"], ttl_s=60) == [None, None]
+    assert await store.touch_blobs(["a"], ttl_s=60) == [False]
+    await store.put_blobs({"a": b"one", "big": big, "k": b"blob"}, ttl_s=60)
+    assert await store.get_blobs(["big", "missing", "a", "a"], ttl_s=60) == [big, None, b"one", b"one"]
+    assert await store.touch_blobs(["a", "missing", "k"], ttl_s=60) == [True, False, True]
+    await store.put_blobs({"a": b"two"}, ttl_s=60)
+    assert await store.get_blobs(["a"], ttl_s=60) == [b"two"]
+    assert await store.get("k") is None  # a blob is not a session state
+    assert await store.put("k", state(1), expected_version=0)
+    assert await store.get_blobs(["k"], ttl_s=60) == [b"blob"]
+    assert await store.get_blobs([], ttl_s=60) == [] and await store.touch_blobs([], ttl_s=60) == []
+    await store.put_blobs({}, ttl_s=60)
+
+
+async def test_blobs_many_keys(store: SessionStore) -> None:
+    """Reads of more keys than one SQL statement takes are split and keep their order."""
+    items = {f"k{i}": str(i).encode() for i in range(1200)}
+    await store.put_blobs(items, ttl_s=60)
+    keys = [f"k{i}" for i in range(1199, -1, -1)] + ["nope"]
+    assert await store.get_blobs(keys, ttl_s=60) == [items[k] for k in keys[:-1]] + [None]
+
+
+async def test_redis_blob_ttl_restarts_on_use(redis_url: str) -> None:
+    """A Redis blob is forgotten ttl_s after its last use; a read or a touch restarts the timer."""
+    store = RedisSessionStore(redis_url, ttl_s=60, prefix=f"blobttl:{next(_counter)}:")
+    try:
+        await store.put_blobs({"read": b"1", "touched": b"2", "idle": b"3"}, ttl_s=0.6)
+        for _ in range(4):
+            await asyncio.sleep(0.25)
+            assert await store.get_blobs(["read"], ttl_s=0.6) == [b"1"]
+            assert await store.touch_blobs(["touched"], ttl_s=0.6) == [True]
+        assert await store.get_blobs(["idle", "read", "touched"], ttl_s=0.6) == [None, b"1", b"2"]
+    finally:
+        await store.aclose()
+        await store.aclose()  # closing twice is harmless
+
+
+async def test_sqlite_blob_ttl_restarts_on_use(tmp_path: Path) -> None:
+    """An SQLite blob expires ttl_s after last use; reads and touches restart it; purge works."""
+    now = [1000.0]
+    store = SQLiteSessionStore(tmp_path / "s.db", ttl_s=3600, clock=lambda: now[0])
+    try:
+        await store.put_blobs({"read": b"1", "touched": b"2", "idle": b"3"}, ttl_s=10)
+        for _ in range(3):
+            now[0] += 6
+            assert await store.get_blobs(["read"], ttl_s=10) == [b"1"]
+            assert await store.touch_blobs(["touched"], ttl_s=10) == [True]
+        assert await store.get_blobs(["idle", "read", "touched"], ttl_s=10) == [None, b"1", b"2"]
+        assert await store.touch_blobs(["idle"], ttl_s=10) == [False]
+        now[0] += 100
+        await store.put_blobs({"fresh": b"4"}, ttl_s=10)  # a write purges what expired
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            assert conn.execute("SELECT key FROM blobs").fetchall() == [("fresh",)]
+        conn.close()
+    finally:
+        await store.aclose()
+        await store.aclose()

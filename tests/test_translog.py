@@ -24,6 +24,8 @@ DESIGN_FIELDS = {
     "serialization_format", "total_latency_ms", "compression_latency_ms", "serialization_latency_ms",
     "proxy_overhead_ms", "estimated_cost_usd", "baseline_cost_usd", "cost_savings_usd", "total_token_savings",
     "compression_overhead_tokens", "efficiency_delta",
+    # added with reversible compression (schema_version stays 1: fields only added)
+    "retrieval_offered", "retrieval_rounds", "retrievals", "retrieval_tokens", "retrieval_hops",
 }  # fmt: skip
 
 

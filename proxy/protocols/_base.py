@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -94,7 +94,13 @@ class Usage(msgspec.Struct, kw_only=True):
 
 
 class StreamSniffer(abc.ABC):
-    """Watches a streamed response go by. ``feed`` returns the bytes to forward now."""
+    """Watches a streamed response go by. ``feed`` returns the bytes to forward now.
+
+    ``holds`` is True for a sniffer that may keep a whole response back (a retrieval round
+    the client never sees): the relay then sends the response headers only with the first
+    bytes it has to forward."""
+
+    holds: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -107,6 +113,144 @@ class StreamSniffer(abc.ABC):
     def close(self) -> bytes:
         """The stream ended; return anything still held back."""
         return b""
+
+
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A function tool nocp adds to a request: its name, what it is for, and its string
+    parameters (name -> description; ``required`` ones first)."""
+
+    name: str
+    description: str
+    parameters: tuple[tuple[str, str], ...]
+    required: tuple[str, ...]
+
+
+class Call(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool call in a model's answer. ``arguments`` is JSON text; ``raw`` is the
+    protocol's own object (an OpenAI ``tool_calls`` item, a Gemini part)."""
+
+    name: str
+    arguments: str
+    id: str | None = None
+    raw: Any = None
+
+    def args(self) -> dict[str, Any]:
+        """The arguments as an object (``{}`` when they are not a JSON object)."""
+        try:
+            value = json.loads(self.arguments) if self.arguments else {}
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+class ModelTurn(msgspec.Struct, kw_only=True):
+    """What the model answered (its one choice / candidate): the message as it goes into a
+    follow-up request, its tool calls in order, and the raw usage object of the response."""
+
+    message: dict[str, Any]
+    calls: list[Call]
+    usage: dict[str, Any] | None = None
+
+
+def add_usage(usage: Mapping[str, Any] | None, prior: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``usage`` plus ``prior``, field by field: integers are summed (nested objects too, and
+    lists of ``{"modality", "tokenCount"}`` per modality); other values are ``usage``'s."""
+    out: dict[str, Any] = dict(usage or {})
+    for key, old in (prior or {}).items():
+        new = out.get(key)
+        if key not in out or new is None:
+            out[key] = old
+        elif isinstance(new, int) and not isinstance(new, bool) and isinstance(old, int):
+            out[key] = new + old
+        elif isinstance(new, Mapping) and isinstance(old, Mapping):
+            out[key] = add_usage(new, old)
+        elif isinstance(new, list) and isinstance(old, list):
+            out[key] = _add_modalities(new, old)
+    return out
+
+
+def _add_modalities(new: list[Any], old: list[Any]) -> list[Any]:
+    if not all(isinstance(x, Mapping) and "modality" in x for x in (*new, *old)):
+        return new
+    merged: dict[Any, dict[str, Any]] = {}
+    for item in (*new, *old):
+        key = item["modality"]
+        merged[key] = add_usage(item, merged.get(key)) if key in merged else dict(item)
+        merged[key]["modality"] = key
+    return list(merged.values())
+
+
+def anchor_digest(text: str, calls: list[tuple[str, str, str]]) -> str:
+    """A digest of an assistant message as the client holds it: its text and its tool calls
+    (id, name, arguments), in a normal form so the client's re-serialisation does not matter."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(text.encode("utf-8", "surrogatepass"))
+    for call in calls:
+        for field in call:
+            h.update(b"\0" + field.encode("utf-8", "surrogatepass"))
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+class RetrievalSniffer(StreamSniffer):
+    """Relays a streamed answer to a request that offers the retrieval tool.
+
+    It holds the stream back until it can tell what the model does (the first delta that
+    carries text or a tool call). A retrieval call first (and a round still allowed): the
+    whole response is kept (``mode == "consume"``); nothing reaches the client unless the
+    model also called a client tool, in which case the kept response is released at the end
+    without the retrieval calls. Anything else: relayed as it arrives (``mode == "relay"``),
+    with any retrieval call taken out. Tool-call indexes are renumbered, a finish reason
+    that no longer has a tool call becomes ``stop``, and usage gets ``prior`` (the earlier
+    rounds) added. The events from the finish reason on are held until the upstream ends,
+    so that an answer owed to the next request is stored before the client has the end.
+
+    A failure inside the sniffer is not the request's: from then on bytes pass unchanged
+    (``failed`` says why; a response still held back is released as received).
+    """
+
+    holds: ClassVar[bool] = True
+
+    def __init__(
+        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
+    ):
+        super().__init__()
+        self.tool = tool
+        self.drop_usage_chunk = drop_usage_chunk
+        self.prior = dict(prior) if prior else None
+        self.allow_round = allow_round
+        self.mode: Literal["undecided", "relay", "consume"] = "undecided"
+        self.failed: str | None = None
+        self.raw = bytearray()  # every byte received, for the fail-open path
+        self.usage_raw: dict[str, Any] | None = None
+        self.released = False
+
+    @abc.abstractmethod
+    def turn(self) -> ModelTurn:
+        """The whole answer as the model gave it (every call, ours included)."""
+
+    @abc.abstractmethod
+    def ours(self) -> list[Call]:
+        """The retrieval calls in the answer."""
+
+    @abc.abstractmethod
+    def client_message(self) -> tuple[str, list[tuple[str, str, str]]]:
+        """The answer as the client receives it: text, and tool calls (id, name, arguments)."""
+
+    @abc.abstractmethod
+    def client_calls(self) -> int:
+        """How many client tool calls the answer holds."""
+
+    @property
+    def is_round(self) -> bool:
+        """True when the answer is a retrieval round: kept whole, with only retrieval calls."""
+        return (
+            self.failed is None
+            and self.mode == "consume"
+            and not self.released
+            and bool(self.ours())
+            and not self.client_calls()
+        )
 
 
 class SSESplitter:
@@ -249,6 +393,53 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def error_body(self, err: ProxyHTTPError) -> dict[str, Any]:
         """Our own error, in this protocol's error shape."""
+
+    # --- retrieval: offer a tool of nocp's own, answer its calls, continue the conversation
+
+    def retrieval_blocker(self, body: Mapping[str, Any], tool: str) -> str | None:
+        """Why nocp must not add its tool to this request (the client forbids tools or
+        forces one of its own, asks for several answers, ...), or None when it may."""
+        return "not supported by this protocol"
+
+    def add_tool(self, body: dict[str, Any], spec: ToolSpec) -> None:
+        """Add ``spec`` to the request's tools, after the client's own."""
+        raise NotImplementedError
+
+    def model_turn(self, data: bytes) -> ModelTurn | None:
+        """The answer in a whole response body, or None when it has no single answer."""
+        return None
+
+    def client_reply(self, data: bytes, tool: str, prior: Mapping[str, Any] | None) -> bytes:
+        """The response body as the client gets it: ``tool``'s calls taken out (a finish
+        reason left without calls becomes ``stop``), usage plus ``prior``."""
+        raise NotImplementedError
+
+    def client_message(self, data: bytes, tool: str) -> tuple[str, list[tuple[str, str, str]]]:
+        """What :meth:`client_reply` leaves of the answer: its text and tool calls."""
+        raise NotImplementedError
+
+    def follow_up(
+        self, body: Mapping[str, Any], turn: ModelTurn, answers: Sequence[tuple[Call, str]]
+    ) -> dict[str, Any]:
+        """A copy of ``body`` continued with ``turn`` and the results of its calls."""
+        raise NotImplementedError
+
+    def assistant_anchors(self, body: Mapping[str, Any]) -> list[tuple[int, str]]:
+        """(index, :func:`anchor_digest`) of each assistant message of the conversation."""
+        return []
+
+    def insert_answers(
+        self, body: dict[str, Any], index: int, calls: Sequence[Any], answers: Sequence[str]
+    ) -> None:
+        """Put retrieval ``calls`` (their raw objects) back into the assistant message at
+        ``index`` and their ``answers`` after the tool results that follow it."""
+        raise NotImplementedError
+
+    def retrieval_sniffer(
+        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
+    ) -> RetrievalSniffer:
+        """A :class:`RetrievalSniffer` for this protocol's streams."""
+        raise NotImplementedError
 
     @staticmethod
     def tools_invoked(prompt: Prompt) -> list[str]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -13,14 +14,21 @@ from compressors import tokens
 from proxy.exceptions import BadRequest, ProxyHTTPError
 from proxy.protocols._base import (
     Adapter,
+    Call,
+    ModelTurn,
     Prompt,
+    RetrievalSniffer,
     Segment,
     SSESplitter,
     StreamSniffer,
+    ToolSpec,
     Turn,
     Usage,
+    add_usage,
+    anchor_digest,
     decode_json_object,
     digest,
+    encode_json,
     sse_data,
 )
 
@@ -104,6 +112,283 @@ class GeminiSniffer(StreamSniffer):
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _fcall(part: Any) -> dict[str, Any] | None:
+    if not isinstance(part, dict):
+        return None
+    fc = part.get("functionCall", part.get("function_call"))
+    return fc if isinstance(fc, dict) else None
+
+
+def _is_ours(part: Any, tool: str) -> bool:
+    fc = _fcall(part)
+    return fc is not None and fc.get("name") == tool
+
+
+def _call(part: dict[str, Any]) -> Call:
+    fc = _fcall(part) or {}
+    return Call(
+        name=str(fc.get("name", "")),
+        arguments=_compact(fc.get("args") or {}),
+        id=fc.get("id") if isinstance(fc.get("id"), str) else None,
+        raw=part,
+    )
+
+
+def _visible_text(parts: Sequence[Any]) -> str:
+    return "".join(
+        p["text"]
+        for p in parts
+        if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
+    )
+
+
+def _client_view(parts: Sequence[Any], tool: str) -> tuple[str, list[tuple[str, str, str]]]:
+    calls = [
+        ("", str(fc.get("name", "")), _canonical(fc.get("args") or {}))
+        for p in parts
+        if (fc := _fcall(p)) is not None and fc.get("name") != tool
+    ]
+    return _visible_text(parts), calls
+
+
+def _candidate(response: Any) -> dict[str, Any] | None:
+    cands = response.get("candidates") if isinstance(response, dict) else None
+    if isinstance(cands, list) and len(cands) == 1 and isinstance(cands[0], dict):
+        return cands[0]
+    return None
+
+
+def _parts_of(cand: dict[str, Any] | None) -> list[Any]:
+    content = cand.get("content") if cand is not None else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return parts if isinstance(parts, list) else []
+
+
+class JSONArraySplitter:
+    """Splits a streamed top-level JSON array into its elements' bytes as each completes."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0  # next byte to scan
+        self._start: int | None = None  # start of the element being read
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        self._opened = False
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        self._buf += chunk
+        buf = self._buf
+        i = self._pos
+        while i < len(buf):
+            c = buf[i]
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif c == 0x5C:  # backslash
+                    self._escape = True
+                elif c == 0x22:
+                    self._in_string = False
+            elif not self._opened:
+                if c == 0x5B:  # the array's [
+                    self._opened = True
+            elif c == 0x22:
+                self._in_string = True
+                if self._start is None:
+                    self._start = i
+            elif c in (0x7B, 0x5B):  # { [
+                if self._start is None:
+                    self._start = i
+                self._depth += 1
+            elif c in (0x7D, 0x5D):  # } ]
+                if self._depth == 0:  # the array's closing ]
+                    i += 1
+                    continue
+                self._depth -= 1
+                if self._depth == 0 and self._start is not None:
+                    yield bytes(buf[self._start : i + 1])
+                    self._start = None
+            i += 1
+        if self._start is None:  # nothing pending: drop what was scanned
+            del buf[:i]
+            i = 0
+        self._pos = i
+
+
+class GeminiRetrievalSniffer(RetrievalSniffer):
+    """:class:`RetrievalSniffer` for ``streamGenerateContent``: SSE (``alt=sse``) or a JSON
+    array (re-framed as ``[`` + elements joined by ``,\\r\\n`` + ``]``)."""
+
+    def __init__(
+        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
+    ) -> None:
+        super().__init__(tool, drop_usage_chunk=drop_usage_chunk, prior=prior, allow_round=allow_round)
+        self._sse: bool | None = None
+        self._events = SSESplitter()
+        self._array = JSONArraySplitter()
+        self._emitted = 0  # array elements sent so far
+        self._held: list[tuple[bytes, Any]] = []
+        self._tail = False
+        self._parts: list[Any] = []  # every part of the answer, in order
+        self._sep = b"\r\n\r\n"
+
+    def turn(self) -> ModelTurn:
+        return ModelTurn(
+            message={"role": "model", "parts": list(self._parts)},
+            calls=[_call(p) for p in self._parts if _fcall(p) is not None],
+            usage=self.usage_raw,
+        )
+
+    def ours(self) -> list[Call]:
+        return [_call(p) for p in self._parts if _is_ours(p, self.tool)]
+
+    def client_calls(self) -> int:
+        return sum(1 for p in self._parts if _fcall(p) is not None and not _is_ours(p, self.tool))
+
+    def client_message(self) -> tuple[str, list[tuple[str, str, str]]]:
+        return _client_view(self._parts, self.tool)
+
+    def _observe(self, response: Any) -> None:
+        if not isinstance(response, dict):
+            return
+        meta = response.get("usageMetadata")
+        decided: str | None = None
+        if isinstance(meta, dict):
+            self.usage_raw = meta
+            with contextlib.suppress(msgspec.ValidationError):
+                self.usage = _to_usage(msgspec.convert(meta, _UsageMeta))
+        cands = response.get("candidates")
+        if not isinstance(cands, list) or not cands:
+            decided = "other"
+        cand = _candidate(response)
+        for part in _parts_of(cand):
+            self._parts.append(part)
+            if _fcall(part) is not None:
+                decided = decided or ("ours" if _is_ours(part, self.tool) else "call")
+            elif isinstance(part, dict) and _visible_text([part]):
+                decided = decided or "text"
+        if cand is not None and isinstance(cand.get("finishReason"), str):
+            self.finish_reasons.append(cand["finishReason"])
+            decided = decided or "finish"
+        if self.mode == "undecided" and decided is not None:
+            self.mode = "consume" if decided == "ours" and self.allow_round else "relay"
+
+    def _rewrite(self, raw: bytes, response: Any) -> bytes | None:
+        """One element / event as the client gets it; None: drop it."""
+        if not isinstance(response, dict):
+            return raw
+        changed = False
+        cand = _candidate(response)
+        parts = _parts_of(cand)
+        if any(_is_ours(p, self.tool) for p in parts):
+            kept = [p for p in parts if not _is_ours(p, self.tool)]
+            finishing = cand is not None and "finishReason" in cand
+            if not kept and not finishing:
+                return None
+            assert cand is not None
+            cand["content"]["parts"] = kept or [{"text": ""}]
+            changed = True
+        meta = response.get("usageMetadata")
+        if self.prior and isinstance(meta, dict):
+            response["usageMetadata"] = add_usage(meta, self.prior)
+            changed = True
+        if not changed:
+            return raw
+        data = encode_json(response)
+        return b"data: " + data + self._sep if self._sse else data
+
+    def _frame(self, items: list[tuple[bytes, Any]]) -> bytes:
+        out = []
+        for raw, response in items:
+            data = self._rewrite(raw, response)
+            if data is None:
+                continue
+            if not self._sse:
+                data = (b"[" if self._emitted == 0 else b",\r\n") + data
+                self._emitted += 1
+            out.append(data)
+        return b"".join(out)
+
+    def _items(self, chunk: bytes) -> Iterator[tuple[bytes, Any]]:
+        if self._sse is None and chunk.strip():
+            self._sse = chunk.lstrip().startswith(b"data:")
+        if self._sse:
+            for event in self._events.feed(chunk):
+                if b"\r\n\r\n" not in event:
+                    self._sep = b"\n\n"
+                data = sse_data(event)
+                yield event, self._decode(data) if data else None
+        elif self._sse is False:
+            for element in self._array.feed(chunk):
+                yield element, self._decode(element)
+
+    @staticmethod
+    def _decode(data: bytes) -> Any:
+        try:
+            return msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return None
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.raw += chunk
+        if self.failed is not None:
+            return chunk
+        try:
+            out: list[bytes] = []
+            for raw, response in self._items(chunk):
+                self._observe(response)
+                finishing = isinstance(c := _candidate(response), dict) and "finishReason" in c
+                if self.mode == "relay" and not self._tail:
+                    if self._held:
+                        out.append(self._frame(self._held))
+                        self._held.clear()
+                    if finishing:
+                        self._tail = True
+                        self._held.append((raw, response))
+                    else:
+                        out.append(self._frame([(raw, response)]))
+                else:
+                    self._held.append((raw, response))
+            data = b"".join(out)
+            if data:
+                self.released = True
+            return data
+        except Exception as exc:  # fail open: from here on, pass the stream through
+            return self._fail(exc, chunk)
+
+    def _fail(self, exc: Exception, chunk: bytes) -> bytes:
+        self.failed = f"{type(exc).__name__}: {exc}"[:300]
+        if self.released:
+            return chunk
+        self.released = True
+        return bytes(self.raw)
+
+    def close(self) -> bytes:
+        if self.failed is not None:
+            return b""
+        try:
+            if self._sse and (rest := self._events.rest()):
+                data = sse_data(rest)
+                response = self._decode(data) if data else None
+                self._observe(response)
+                self._held.append((rest, response))
+            if self.mode == "consume" and self.ours() and not self.client_calls() and not self.released:
+                return b""  # a retrieval round: the client never sees it
+            data = self._frame(self._held)
+            self._held.clear()
+            if self._sse is False:
+                data += b"]" if self._emitted else b"[]"
+            if data:
+                self.released = True
+            return data
+        except Exception as exc:
+            return self._fail(exc, b"")
 
 
 class GeminiAdapter(Adapter):
@@ -228,3 +513,141 @@ class GeminiAdapter(Adapter):
                 "status": _STATUS_NAMES.get(err.status, "UNKNOWN"),
             }
         }
+
+    # --- retrieval
+
+    def retrieval_blocker(self, body: Mapping[str, Any], tool: str) -> str | None:
+        if body.get("cachedContent") or body.get("cached_content"):
+            return "cachedContent (its tools are fixed)"
+        gen = body.get("generationConfig", body.get("generation_config"))
+        if isinstance(gen, dict):
+            count = gen.get("candidateCount", gen.get("candidate_count"))
+            if isinstance(count, int) and count > 1:
+                return "candidateCount > 1"
+        tools = body.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            return "tools is not a list"
+        for t in tools or ():
+            if not isinstance(t, dict) or set(t) - {"functionDeclarations", "function_declarations"}:
+                return "built-in tools"
+            for decl in t.get("functionDeclarations", t.get("function_declarations")) or ():
+                if isinstance(decl, dict) and decl.get("name") == tool:
+                    return f"the client has a tool named {tool}"
+        config = body.get("toolConfig", body.get("tool_config"))
+        fcc = (
+            config.get("functionCallingConfig", config.get("function_calling_config"))
+            if isinstance(config, dict)
+            else None
+        )
+        if isinstance(fcc, dict):
+            if str(fcc.get("mode", "")).upper() == "NONE":
+                return "function calling mode NONE"
+            if fcc.get("allowedFunctionNames") or fcc.get("allowed_function_names"):
+                return "allowedFunctionNames restricts tools"
+        return None
+
+    def add_tool(self, body: dict[str, Any], spec: ToolSpec) -> None:
+        decl = {
+            "name": spec.name,
+            "description": spec.description,
+            "parameters": {
+                "type": "OBJECT",
+                "properties": {n: {"type": "STRING", "description": d} for n, d in spec.parameters},
+                "required": list(spec.required),
+            },
+        }
+        tools = body.get("tools")
+        if isinstance(tools, list):
+            for t in tools:
+                for key in ("functionDeclarations", "function_declarations"):
+                    if isinstance(t, dict) and isinstance(t.get(key), list):
+                        t[key] = [*t[key], decl]
+                        return
+        body["tools"] = [*(tools or []), {"functionDeclarations": [decl]}]
+
+    @staticmethod
+    def _response(data: bytes) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        try:
+            parsed = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return None
+        cand = _candidate(parsed)
+        return (parsed, cand) if cand is not None else None
+
+    def model_turn(self, data: bytes) -> ModelTurn | None:
+        found = self._response(data)
+        if found is None:
+            return None
+        parsed, cand = found
+        parts = _parts_of(cand)
+        meta = parsed.get("usageMetadata")
+        return ModelTurn(
+            message={"role": "model", "parts": list(parts)},
+            calls=[_call(p) for p in parts if _fcall(p) is not None],
+            usage=meta if isinstance(meta, dict) else None,
+        )
+
+    def client_reply(self, data: bytes, tool: str, prior: Mapping[str, Any] | None) -> bytes:
+        found = self._response(data)
+        if found is None:
+            return data
+        parsed, cand = found
+        parts = _parts_of(cand)
+        if any(_is_ours(p, tool) for p in parts):
+            cand["content"]["parts"] = [p for p in parts if not _is_ours(p, tool)] or [{"text": ""}]
+        if prior and isinstance(parsed.get("usageMetadata"), dict):
+            parsed["usageMetadata"] = add_usage(parsed["usageMetadata"], prior)
+        return encode_json(parsed)
+
+    def client_message(self, data: bytes, tool: str) -> tuple[str, list[tuple[str, str, str]]]:
+        found = self._response(data)
+        return _client_view(_parts_of(found[1]), tool) if found else ("", [])
+
+    def follow_up(
+        self, body: Mapping[str, Any], turn: ModelTurn, answers: Sequence[tuple[Call, str]]
+    ) -> dict[str, Any]:
+        parts = [self._response_part(call.name, call.id, text) for call, text in answers]
+        return {**body, "contents": [*body["contents"], turn.message, {"role": "user", "parts": parts}]}
+
+    @staticmethod
+    def _response_part(name: str, call_id: str | None, text: str) -> dict[str, Any]:
+        resp: dict[str, Any] = {"name": name}
+        if call_id:
+            resp["id"] = call_id
+        resp["response"] = {"content": text}
+        return {"functionResponse": resp}
+
+    def assistant_anchors(self, body: Mapping[str, Any]) -> list[tuple[int, str]]:
+        out = []
+        for i, block in enumerate(body["contents"]):
+            if block.get("role") == "model":
+                text, calls = _client_view(block.get("parts") or [], "")
+                out.append((i, anchor_digest(text, calls)))
+        return out
+
+    def insert_answers(
+        self, body: dict[str, Any], index: int, calls: Sequence[Any], answers: Sequence[str]
+    ) -> None:
+        contents = body["contents"]
+        block = contents[index]
+        block["parts"] = [*(block.get("parts") or []), *copy.deepcopy(list(calls))]
+        parts = []
+        for part, text in zip(calls, answers, strict=True):
+            fc = _fcall(part) or {}
+            parts.append(self._response_part(str(fc.get("name", "")), fc.get("id"), text))
+        nxt = contents[index + 1] if index + 1 < len(contents) else None
+        if isinstance(nxt, dict) and nxt.get("role", "user") == "user":
+            rest = nxt.get("parts") or []
+            n = 0  # after the function responses already there, before the user's own text
+            while n < len(rest) and isinstance(rest[n], dict) and "functionResponse" in rest[n]:
+                n += 1
+            nxt["parts"] = [*rest[:n], *parts, *rest[n:]]
+        else:
+            contents.insert(index + 1, {"role": "user", "parts": parts})
+
+    def retrieval_sniffer(
+        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
+    ) -> RetrievalSniffer:
+        return GeminiRetrievalSniffer(
+            tool, drop_usage_chunk=drop_usage_chunk, prior=prior, allow_round=allow_round
+        )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -11,16 +13,23 @@ from compressors import tokens
 from proxy.exceptions import BadRequest, ProxyHTTPError
 from proxy.protocols._base import (
     Adapter,
+    Call,
+    ModelTurn,
     PathKey,
     Prompt,
+    RetrievalSniffer,
     Segment,
     SegmentKind,
     SSESplitter,
     StreamSniffer,
+    ToolSpec,
     Turn,
     Usage,
+    add_usage,
+    anchor_digest,
     decode_json_object,
     digest,
+    encode_json,
     sse_data,
 )
 
@@ -107,6 +116,253 @@ class OpenAIChatSniffer(StreamSniffer):
     def close(self) -> bytes:
         rest = self._events.rest()
         return rest if self._drop else b""
+
+
+def _text(content: Any) -> str:
+    """The text of a message ``content``: a string, text parts joined, or ``""``."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _call_of(raw: Any) -> Call | None:
+    if not isinstance(raw, dict):
+        return None
+    fn = raw.get("function")
+    if not isinstance(fn, dict):
+        return None
+    args = fn.get("arguments")
+    return Call(
+        name=str(fn.get("name", "")),
+        arguments=args if isinstance(args, str) else encode_json(args or {}).decode(),
+        id=raw.get("id") if isinstance(raw.get("id"), str) else None,
+        raw=_raw_call(raw.get("id"), fn.get("name"), args),
+    )
+
+
+def _raw_call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _client_calls(calls: Sequence[Call]) -> list[tuple[str, str, str]]:
+    return [(c.id or "", c.name, c.arguments) for c in calls]
+
+
+def _name_of(call: dict[str, Any]) -> Any:
+    fn = call.get("function")
+    return fn.get("name") if isinstance(fn, dict) else None
+
+
+def _event(chunk: Any) -> bytes:
+    return b"data: " + encode_json(chunk) + b"\n\n"
+
+
+class OpenAIRetrievalSniffer(RetrievalSniffer):
+    """:class:`RetrievalSniffer` for chat-completions SSE streams (one choice)."""
+
+    def __init__(
+        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
+    ) -> None:
+        super().__init__(tool, drop_usage_chunk=drop_usage_chunk, prior=prior, allow_round=allow_round)
+        self._events = SSESplitter()
+        self._held: list[tuple[bytes, Any]] = []  # (event, parsed chunk or None), kept back
+        self._tail = False  # relay mode: from the finish reason on, events wait for close()
+        self._text: list[str] = []
+        self._calls: dict[int, dict[str, Any]] = {}  # index -> {"id", "name", "arguments"}
+        self._ours: set[int] = set()
+        self._renumber: dict[int, int] = {}
+
+    # ----------------------------------------------------------------- what was answered
+
+    def turn(self) -> ModelTurn:
+        calls = [self._as_call(i) for i in sorted(self._calls)]
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self._text) or None}
+        if calls:
+            message["tool_calls"] = [c.raw for c in calls]
+        return ModelTurn(message=message, calls=calls, usage=self.usage_raw)
+
+    def _as_call(self, index: int) -> Call:
+        c = self._calls[index]
+        raw = {
+            "id": c["id"],
+            "type": "function",
+            "function": {"name": c["name"], "arguments": c["arguments"]},
+        }
+        return Call(name=c["name"], arguments=c["arguments"], id=c["id"], raw=raw)
+
+    def ours(self) -> list[Call]:
+        return [self._as_call(i) for i in sorted(self._ours)]
+
+    def client_calls(self) -> int:
+        return len(self._calls) - len(self._ours)
+
+    def client_message(self) -> tuple[str, list[tuple[str, str, str]]]:
+        calls = [self._as_call(i) for i in sorted(self._calls) if i not in self._ours]
+        return "".join(self._text), _client_calls(calls)
+
+    # ----------------------------------------------------------------- the stream
+
+    def _observe(self, chunk: Any) -> None:
+        """Record what one chunk says, and decide the mode when it tells."""
+        if not isinstance(chunk, dict):
+            return
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage_raw = usage
+            with contextlib.suppress(msgspec.ValidationError):
+                self.usage = _to_usage(msgspec.convert(usage, _UsageIn))
+        decided_by: str | None = "usage" if isinstance(usage, dict) else None
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                self._text.append(content)
+                decided_by = decided_by or "text"
+            if isinstance(delta.get("refusal"), str) and delta["refusal"]:
+                decided_by = decided_by or "text"
+            for tc in delta.get("tool_calls") or ():
+                index = tc.get("index", 0)
+                fn = tc.get("function") or {}
+                call = self._calls.get(index)
+                if call is None:
+                    name = str(fn.get("name") or "")
+                    call = self._calls[index] = {"id": tc.get("id"), "name": name, "arguments": ""}
+                    if name == self.tool:
+                        self._ours.add(index)
+                        decided_by = decided_by or "ours"
+                    else:
+                        self._renumber[index] = len(self._renumber)
+                        decided_by = decided_by or "call"
+                if isinstance(fn.get("arguments"), str):
+                    call["arguments"] += fn["arguments"]
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str):
+                self.finish_reasons.append(reason)
+                decided_by = decided_by or "finish"
+        if self.mode == "undecided" and decided_by is not None:
+            self.mode = "consume" if decided_by == "ours" and self.allow_round else "relay"
+
+    def _rewrite(self, event: bytes, chunk: Any) -> bytes | None:
+        """``event`` as the client gets it: retrieval calls out, usage summed; None: drop it."""
+        if not isinstance(chunk, dict):
+            return event
+        changed = False
+        has_finish = False
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and delta.get("tool_calls"):
+                kept = []
+                for tc in delta["tool_calls"]:
+                    index = tc.get("index", 0)
+                    if index in self._ours:
+                        changed = True
+                        continue
+                    new = self._renumber.get(index, index)
+                    if new != index:
+                        tc = {**tc, "index": new}
+                        changed = True
+                    kept.append(tc)
+                if kept:
+                    delta["tool_calls"] = kept
+                else:
+                    del delta["tool_calls"]
+            if choice.get("finish_reason") == "tool_calls" and self._ours and not self.client_calls():
+                choice["finish_reason"] = "stop"
+                changed = True
+            has_finish = has_finish or choice.get("finish_reason") is not None
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            if self.drop_usage_chunk and not chunk.get("choices"):
+                return None
+            if self.prior:
+                chunk["usage"] = add_usage(usage, self.prior)
+                changed = True
+        if not changed:
+            return event
+        choices = chunk.get("choices") or []
+        if choices and not has_finish and not usage and all(not c.get("delta") for c in choices):
+            return None  # nothing left but an empty delta
+        return _event(chunk)
+
+    def _parse(self, event: bytes) -> Any:
+        data = sse_data(event)
+        if not data or data == b"[DONE]":
+            return None
+        try:
+            return msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return None
+
+    def _release(self, items: list[tuple[bytes, Any]]) -> bytes:
+        out = []
+        for event, chunk in items:
+            data = self._rewrite(event, chunk)
+            if data:
+                out.append(data)
+        return b"".join(out)
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.raw += chunk
+        if self.failed is not None:
+            return chunk
+        try:
+            out: list[bytes] = []
+            for event in self._events.feed(chunk):
+                parsed = self._parse(event)
+                self._observe(parsed)
+                if self.mode == "relay" and not self._tail:
+                    if self._held:
+                        out.append(self._release(self._held))
+                        self._held.clear()
+                    if any(isinstance(c, dict) and c.get("finish_reason") for c in _choices(parsed)):
+                        self._tail = True
+                        self._held.append((event, parsed))
+                    else:
+                        out.append(self._release([(event, parsed)]))
+                else:
+                    self._held.append((event, parsed))
+            data = b"".join(out)
+            if data:
+                self.released = True
+            return data
+        except Exception as exc:  # fail open: from here on, pass the stream through
+            return self._fail(exc, chunk)
+
+    def _fail(self, exc: Exception, chunk: bytes) -> bytes:
+        self.failed = f"{type(exc).__name__}: {exc}"[:300]
+        if self.released:
+            return chunk
+        self.released = True
+        return bytes(self.raw)
+
+    def close(self) -> bytes:
+        if self.failed is not None:
+            return b""
+        try:
+            rest = self._events.rest()
+            if rest:
+                parsed = self._parse(rest)
+                self._observe(parsed)
+                self._held.append((rest, parsed))
+            if self.mode == "consume" and self.ours() and not self.client_calls() and not self.released:
+                return b""  # a retrieval round: the client never sees it
+            data = self._release(self._held)
+            self._held.clear()
+            if data:
+                self.released = True
+            return data
+        except Exception as exc:
+            return self._fail(exc, b"")
+
+
+def _choices(chunk: Any) -> list[Any]:
+    if isinstance(chunk, dict) and isinstance(chunk.get("choices"), list):
+        return list(chunk["choices"])
+    return []
 
 
 class OpenAIChatAdapter(Adapter):
@@ -219,6 +475,135 @@ class OpenAIChatAdapter(Adapter):
 
     def count_prompt(self, body: Mapping[str, Any], model: str) -> int:
         return tokens.count_chat_request(body, model)
+
+    # --- retrieval
+
+    def retrieval_blocker(self, body: Mapping[str, Any], tool: str) -> str | None:
+        if "functions" in body or "function_call" in body:
+            return "legacy functions"
+        n = body.get("n")
+        if isinstance(n, int) and n > 1:
+            return "n > 1"
+        tools = body.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            return "tools is not a list"
+        for t in tools or ():
+            fn = t.get("function") if isinstance(t, dict) else None
+            if isinstance(fn, dict) and fn.get("name") == tool:
+                return f"the client has a tool named {tool}"
+        choice = body.get("tool_choice")
+        if choice == "none":
+            return "tool_choice none"
+        if isinstance(choice, dict):
+            return "tool_choice forces or restricts tools"
+        return None
+
+    def add_tool(self, body: dict[str, Any], spec: ToolSpec) -> None:
+        props = {name: {"type": "string", "description": desc} for name, desc in spec.parameters}
+        tool = {
+            "type": "function",
+            "function": {
+                "name": spec.name,
+                "description": spec.description,
+                "parameters": {
+                    "type": "object",
+                    "properties": props,
+                    "required": list(spec.required),
+                    "additionalProperties": False,
+                },
+            },
+        }
+        body["tools"] = [*(body.get("tools") or []), tool]
+
+    @staticmethod
+    def _message(data: bytes) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+        try:
+            parsed = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return None
+        choices = parsed.get("choices") if isinstance(parsed, dict) else None
+        if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+            return None
+        message = choices[0].get("message")
+        return (parsed, choices[0], message) if isinstance(message, dict) else None
+
+    def model_turn(self, data: bytes) -> ModelTurn | None:
+        found = self._message(data)
+        if found is None:
+            return None
+        parsed, _, message = found
+        calls = [c for raw in message.get("tool_calls") or () if (c := _call_of(raw)) is not None]
+        turn_message: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+        if calls:
+            turn_message["tool_calls"] = [c.raw for c in calls]
+        usage = parsed.get("usage")
+        return ModelTurn(message=turn_message, calls=calls, usage=usage if isinstance(usage, dict) else None)
+
+    def client_reply(self, data: bytes, tool: str, prior: Mapping[str, Any] | None) -> bytes:
+        found = self._message(data)
+        if found is None:
+            return data
+        parsed, choice, message = found
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            kept = [
+                c
+                for c in calls
+                if not (isinstance(c, dict) and (c.get("function") or {}).get("name") == tool)
+            ]
+            if len(kept) != len(calls):
+                if kept:
+                    message["tool_calls"] = kept
+                else:
+                    del message["tool_calls"]
+                    if choice.get("finish_reason") == "tool_calls":
+                        choice["finish_reason"] = "stop"
+        if prior and isinstance(parsed.get("usage"), dict):
+            parsed["usage"] = add_usage(parsed["usage"], prior)
+        return encode_json(parsed)
+
+    def client_message(self, data: bytes, tool: str) -> tuple[str, list[tuple[str, str, str]]]:
+        turn = self.model_turn(data)
+        if turn is None:
+            return "", []
+        return _text(turn.message.get("content")), _client_calls([c for c in turn.calls if c.name != tool])
+
+    def follow_up(
+        self, body: Mapping[str, Any], turn: ModelTurn, answers: Sequence[tuple[Call, str]]
+    ) -> dict[str, Any]:
+        results = [{"role": "tool", "tool_call_id": call.id or "", "content": text} for call, text in answers]
+        return {**body, "messages": [*body["messages"], turn.message, *results]}
+
+    def assistant_anchors(self, body: Mapping[str, Any]) -> list[tuple[int, str]]:
+        out = []
+        for i, msg in enumerate(body["messages"]):
+            if msg.get("role") != "assistant":
+                continue
+            calls = [c for raw in msg.get("tool_calls") or () if (c := _call_of(raw)) is not None]
+            out.append((i, anchor_digest(_text(msg.get("content")), _client_calls(calls))))
+        return out
+
+    def insert_answers(
+        self, body: dict[str, Any], index: int, calls: Sequence[Any], answers: Sequence[str]
+    ) -> None:
+        messages = body["messages"]
+        msg = messages[index]
+        msg["tool_calls"] = [*(msg.get("tool_calls") or []), *copy.deepcopy(list(calls))]
+        end = index + 1
+        while end < len(messages) and messages[end].get("role") == "tool":
+            end += 1
+        results = [
+            {"role": "tool", "tool_call_id": str(call.get("id") or ""), "content": text}
+            for call, text in zip(calls, answers, strict=True)
+        ]
+        messages[end:end] = results
+
+    def retrieval_sniffer(
+        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
+    ) -> RetrievalSniffer:
+        return OpenAIRetrievalSniffer(
+            tool, drop_usage_chunk=drop_usage_chunk, prior=prior, allow_round=allow_round
+        )
 
     def error_body(self, err: ProxyHTTPError) -> dict[str, Any]:
         return {

@@ -1,8 +1,10 @@
-"""Session state for the history roll-up: ids, the state kept per conversation, and stores.
+"""Session state: ids, the state kept per conversation, and stores.
 
 ``open_store(settings)`` gives the configured :class:`SessionStore`: embedded SQLite (the
 default; one file, WAL mode) or Redis (several replicas). Both are compare-and-set on a
-version number and forget sessions idle for ``sessions.ttl_s``.
+version number and forget sessions idle for ``sessions.ttl_s``. Beside the history roll-up's
+states they keep blobs with their own idle TTL: the originals of lossy cuts and the rest of
+what reversible compression needs (see :mod:`proxy.retrieval`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +31,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
+CREATE TABLE IF NOT EXISTS blobs (
+    key TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS blobs_expires_at ON blobs (expires_at);
 """
+_BATCH = 500  # keys per statement (SQLite allows 32766 variables; stay far below)
 
 
 class SQLiteSessionStore:
@@ -44,6 +51,7 @@ class SQLiteSessionStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nocp-sessions")
         self._conn: sqlite3.Connection | None = None
         self._last_purge = 0.0
+        self._closed = False
 
     # -------------------------------------------------------------- on the worker thread
 
@@ -88,10 +96,48 @@ class SQLiteSessionStore:
                 (state.version, data, now + self.ttl_s, key, expected, now),
             )
         written = cur.rowcount == 1
+        self._maybe_purge(db, now)
+        return written
+
+    def _maybe_purge(self, db: sqlite3.Connection, now: float) -> None:
         if now - self._last_purge >= _PURGE_EVERY_S:
             self._last_purge = now
             db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-        return written
+            db.execute("DELETE FROM blobs WHERE expires_at <= ?", (now,))
+
+    def _refresh(self, keys: Sequence[str], ttl_s: float, what: str) -> dict[str, Any]:
+        """Restart the timers of the live ``keys``; their ``what`` column by key."""
+        now = self.clock()
+        db = self._db()
+        found: dict[str, Any] = {}
+        for i in range(0, len(keys), _BATCH):
+            batch = list(dict.fromkeys(keys[i : i + _BATCH]))
+            marks = ",".join("?" * len(batch))
+            rows = db.execute(
+                f"UPDATE blobs SET expires_at = ? WHERE key IN ({marks}) AND expires_at > ? "
+                f"RETURNING key, {what}",
+                (now + ttl_s, *batch, now),
+            ).fetchall()
+            found.update((row[0], row[1]) for row in rows)
+        return found
+
+    def _get_blobs(self, keys: Sequence[str], ttl_s: float) -> list[bytes | None]:
+        found = self._refresh(keys, ttl_s, "data")
+        return [bytes(found[k]) if k in found else None for k in keys]
+
+    def _touch_blobs(self, keys: Sequence[str], ttl_s: float) -> list[bool]:
+        found = self._refresh(keys, ttl_s, "1")
+        return [k in found for k in keys]
+
+    def _put_blobs(self, items: Mapping[str, bytes], ttl_s: float) -> None:
+        now = self.clock()
+        db = self._db()
+        db.executemany(
+            "INSERT INTO blobs (key, data, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET data = excluded.data, expires_at = excluded.expires_at",
+            [(k, v, now + ttl_s) for k, v in items.items()],
+        )
+        self._maybe_purge(db, now)
 
     def _delete(self, key: str) -> None:
         self._db().execute("DELETE FROM sessions WHERE key = ?", (key,))
@@ -122,12 +168,28 @@ class SQLiteSessionStore:
         """Forget ``key``."""
         await self._call(self._delete, key)
 
+    async def get_blobs(self, keys: Sequence[str], *, ttl_s: float) -> list[bytes | None]:
+        """The live blob under each key (its idle timer restarted to ``ttl_s``), or None."""
+        return await self._call(self._get_blobs, list(keys), ttl_s) if keys else []
+
+    async def touch_blobs(self, keys: Sequence[str], *, ttl_s: float) -> list[bool]:
+        """Restart the idle timer of each live blob; True where the key is live."""
+        return await self._call(self._touch_blobs, list(keys), ttl_s) if keys else []
+
+    async def put_blobs(self, items: Mapping[str, bytes], *, ttl_s: float) -> None:
+        """Write each blob, to be forgotten ``ttl_s`` after its last use."""
+        if items:
+            await self._call(self._put_blobs, dict(items), ttl_s)
+
     async def rows(self) -> int:
         """Rows in the table, expired ones not yet purged included (for tests)."""
         return await self._call(self._count)
 
     async def aclose(self) -> None:
-        """Close the connection and stop the worker thread."""
+        """Close the connection and stop the worker thread (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             await self._call(self._close)
         finally:

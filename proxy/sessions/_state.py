@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -50,6 +51,16 @@ class SessionStore(Protocol):
     - ``put`` writes ``state`` only if the stored version is still ``expected_version``
       (0: no live state); it returns False, writing nothing, when another writer got there
       first. A whole state is replaced at once: a reader never sees half of one.
+
+    Beside the states, a store keeps *blobs*: opaque bytes under a key, each with its own
+    idle TTL (``ttl_s``: forgotten that long after its last use). Retrieval keeps there the
+    originals of lossy cuts (content-addressed), which ids a session retrieved, and answers
+    owed to the next request. Blob keys live apart from state keys.
+
+    - ``get_blobs`` returns the live value of each key (None: missing or expired) and restarts
+      the idle timer of those found.
+    - ``touch_blobs`` only restarts the timers; it says which keys are live.
+    - ``put_blobs`` writes (or overwrites) values; each write is atomic per key.
     """
 
     async def get(self, key: str) -> SessionState | None:
@@ -62,6 +73,18 @@ class SessionStore(Protocol):
 
     async def delete(self, key: str) -> None:
         """Forget ``key``."""
+        ...
+
+    async def get_blobs(self, keys: Sequence[str], *, ttl_s: float) -> list[bytes | None]:
+        """The live blob under each key (its idle timer restarted to ``ttl_s``), or None."""
+        ...
+
+    async def touch_blobs(self, keys: Sequence[str], *, ttl_s: float) -> list[bool]:
+        """Restart the idle timer of each live blob; True where the key is live."""
+        ...
+
+    async def put_blobs(self, items: Mapping[str, bytes], *, ttl_s: float) -> None:
+        """Write each blob, to be forgotten ``ttl_s`` after its last use."""
         ...
 
     async def aclose(self) -> None:

@@ -17,6 +17,10 @@ summary lost. A history that diverged from the stored one (edited, truncated) st
 
 A summarizer that fails or times out leaves the request unsummarized beyond the stored cut
 (fail-open, recorded in ``fail_open``); its tokens are compression overhead in the log.
+
+With retrieval on, the summary sent ends with a marker whose id fetches the replaced messages
+back (:func:`original_text`); it is added when the state is applied, not stored, so stored
+summaries stay byte-stable.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 import structlog
 
 from compressors import tokens
+from compressors._markers import content_id, marker_id, omitted_marker
 from compressors._summary import TurnText, facts_pass
 from proxy.config import HistoryConfig, Settings
 from proxy.pipeline import StageContext
@@ -39,7 +44,7 @@ from proxy.sessions import SessionState, SessionStore, open_store
 from proxy.summarizer import Summarizer, SummaryResult, make_summarizer
 from proxy.translog import FailOpen, SegmentRecord
 
-__all__ = ["CONTEXT_WINDOWS", "HistoryStage", "Policy", "context_window", "policy_for"]
+__all__ = ["CONTEXT_WINDOWS", "HistoryStage", "Policy", "context_window", "original_text", "policy_for"]
 
 _log = structlog.get_logger("nocp.history")
 
@@ -260,9 +265,10 @@ class HistoryStage:
         self.timeout_s = max(config.stage_timeout_ms / 1000, self.summarizer_timeout_s + 2.0)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HistoryStage:
-        """The stage with the configured store and summarizer (both connect on first use)."""
-        return cls(settings.history, open_store(settings), make_summarizer(settings))
+    def from_settings(cls, settings: Settings, store: SessionStore | None = None) -> HistoryStage:
+        """The stage with the configured store (or ``store``, shared) and summarizer (both
+        connect on first use)."""
+        return cls(settings.history, store or open_store(settings), make_summarizer(settings))
 
     async def aclose(self) -> None:
         """Close the session store."""
@@ -368,4 +374,43 @@ class HistoryStage:
         if "history_rollup" not in record.input_compression_methods:
             record.input_compression_methods.append("history_rollup")
         record.compression_justified = True
-        return prompt.with_rollup(state.start, state.end, state.summary)
+        summary = state.summary
+        if ctx.retrieval is not None:
+            # Reversible: the messages the summary replaces can be fetched back by id. The
+            # marker is appended here, not stored, so the stored summary (and a following
+            # roll-up that extends it) stays byte-stable; it is the same on every request
+            # that applies this state, since the summarized turns are checked by digest.
+            original = original_text(prompt, state.start, state.end)
+            ref = content_id(original)
+            ctx.retrieval.add_cut(ref, original, tool=None, content_type="history", kind="history")
+            with marker_id(ref):
+                marker = omitted_marker(f"the {state.end - state.start} messages this summary replaces")
+            summary = f"{summary}\n\n{marker}"
+        return prompt.with_rollup(state.start, state.end, summary)
+
+
+def original_text(prompt: Prompt, start: int, end: int) -> str:
+    """The messages ``start`` to ``end - 1`` as plain text: each message's role, its texts,
+    its tool calls and tool outputs, in order. What a history marker's id fetches back."""
+    by_turn: dict[int, list[Segment]] = {}
+    for seg in prompt.segments:
+        by_turn.setdefault(seg.index, []).append(seg)
+    blocks: list[str] = []
+    for turn in prompt.turns[start:end]:
+        segs = by_turn.get(turn.index, [])
+        tool = next((s.tool_name for s in segs if s.kind == "tool_output" and s.tool_name), None)
+        head = f"[message {turn.index}, {turn.role}" + (f", output of {tool}" if tool else "") + "]"
+        lines = [head]
+        for seg in segs:
+            if seg.kind == "tool_call":
+                lines.append(f"call {seg.tool_name}({seg.text})")
+            else:
+                if (
+                    seg.kind == "tool_output"
+                    and seg.tool_args
+                    and not any(s.kind == "tool_call" for s in segs)
+                ):
+                    lines.append(f"call {seg.tool_name}({seg.tool_args})")
+                lines.append(seg.text)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -5,15 +5,23 @@ arguments and the last user message before it as context. Results are determinis
 content, so a tool output resent on the next turn becomes the same bytes again and the
 provider's prompt cache keeps working. Large requests are compressed on a worker thread so
 the event loop keeps serving other requests and the stage's time budget can take effect.
+
+With retrieval on (``ctx.retrieval``), lossy markers carry the original's content id and each
+lossy cut is recorded there (its original is stored once the request is ready to go). An
+output the session already retrieved is sent whole from then on (it changes once, on the
+turn after the retrieval), and the retrieval tool's own results are never compressed.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import msgspec
+
 from compressors import CompressionConfig, CompressionContext, CompressionResult, compress
 from proxy.pipeline import StageContext
 from proxy.protocols import Prompt, Segment
+from proxy.retrieval import RetrievalRequest
 from proxy.translog import SegmentRecord
 
 _THREAD_CHARS = 64 * 1024  # below this, a thread hop costs more than the work
@@ -26,15 +34,18 @@ class ToolOutputStage:
 
     def __init__(self, config: CompressionConfig) -> None:
         self.config = config
+        self.config_with_ids = msgspec.structs.replace(config, marker_ids=True)
 
-    def _run(self, work: list[tuple[int, Segment, str]], model: str) -> list[CompressionResult]:
+    def _run(
+        self, work: list[tuple[int, Segment, str]], model: str, config: CompressionConfig
+    ) -> list[CompressionResult]:
         return [
             compress(
                 seg.text,
                 CompressionContext(
                     model=model, query=query, tool_name=seg.tool_name, tool_args=seg.tool_args
                 ),
-                self.config,
+                config,
             )
             for _, seg, query in work
         ]
@@ -45,6 +56,8 @@ class ToolOutputStage:
         # compresses to the same bytes on every later turn and the prompt cache keeps hitting.
         # Outputs in turns rolled up into a summary are not sent at all and are skipped.
         r = prompt.rollup
+        retrieval = ctx.retrieval
+        own_tool = retrieval.tool_name if retrieval is not None else None
         work: list[tuple[int, Segment, str]] = []
         query = ""
         for i, seg in enumerate(prompt.segments):
@@ -54,14 +67,18 @@ class ToolOutputStage:
                 seg.kind == "tool_output"
                 and seg.text
                 and not (r is not None and r.start <= seg.index < r.end)
+                and (own_tool is None or seg.tool_name != own_tool)
             ):
                 work.append((i, seg, query))
         if not work:
             return prompt
+        config = self.config_with_ids if retrieval is not None else self.config
         if sum(len(s.text) for _, s, _ in work) > _THREAD_CHARS:
-            results = await asyncio.to_thread(self._run, work, ctx.model)
+            results = await asyncio.to_thread(self._run, work, ctx.model, config)
         else:
-            results = self._run(work, ctx.model)
+            results = self._run(work, ctx.model, config)
+        if retrieval is not None:
+            results = await self._keep_retrieved(work, results, retrieval)
         record = ctx.record
         for (i, seg, _), result in zip(work, results, strict=True):
             record.segments.append(
@@ -75,9 +92,48 @@ class ToolOutputStage:
                     lossless=result.lossless,
                 )
             )
+            if result.ref is not None and retrieval is not None:
+                retrieval.add_cut(
+                    result.ref,
+                    seg.text,
+                    tool=seg.tool_name,
+                    content_type=result.content_type.value,
+                    kind="tool_output",
+                )
             if result.changed:
                 prompt = prompt.with_text(i, result.text)
                 if result.method not in record.input_compression_methods:
                     record.input_compression_methods.append(result.method)
                 record.compression_justified = True
         return prompt
+
+    @staticmethod
+    async def _keep_retrieved(
+        work: list[tuple[int, Segment, str]], results: list[CompressionResult], retrieval: RetrievalRequest
+    ) -> list[CompressionResult]:
+        """``results`` with each lossy cut the session already retrieved undone."""
+        refs = [res.ref for res in results if res.ref is not None]
+        if not refs:
+            return results
+        try:
+            done = await retrieval.retrieved(refs)
+        except Exception as exc:  # the store is down: compress as usual rather than not at all
+            retrieval.fail_open("retrieved ids", exc)
+            return results
+        if not done:
+            return results
+        return [
+            msgspec.structs.replace(
+                res,
+                text=seg.text,
+                tokens_after=res.tokens_before,
+                method="none",
+                lossless=True,
+                omitted=(),
+                ref=None,
+                skipped_reason="retrieved",
+            )
+            if res.ref in done
+            else res
+            for (_, seg, _), res in zip(work, results, strict=True)
+        ]

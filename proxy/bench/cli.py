@@ -1,0 +1,276 @@
+"""``nocp bench``: run the benchmark suite and write its report.
+
+    nocp bench                 # everything: seed scenarios, real traces, overhead vs LiteLLM
+    nocp bench --quick         # small sizes, a few traces, overhead without the peer (CI)
+    nocp bench --no-peer --out /tmp/bench --scenarios 'db-*,bfcl-*'
+
+The suite lives in the installed package (``proxy.bench``), so ``nocp bench`` works from a
+wheel: the seed scenarios need nothing else; the SWE-agent traces need the evaluation data
+(``$NOCP_EVAL_DATA`` or ``../shared/eval-data``), the BFCL traces the ``bfcl-eval`` package, the
+charts ``matplotlib``, and the overhead comparison a checkout (``benchmarks/overhead.py``);
+whatever is missing is skipped with a note in the report. In a checkout the results go to
+``benchmarks/results/`` (``bench.json``, ``bench.md``, ``bench-*.png``) and the README's
+headline table is updated; ``--quick`` writes to ``build/bench-quick/`` and leaves both alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fnmatch
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_cli", "run"]
+
+DEFAULT_MODEL = "gpt-4.1"
+QUICK = {"swe_limit": 1, "bfcl_per_set": 2}
+FULL = {"swe_limit": None, "bfcl_per_set": None}
+
+
+def repo_root() -> Path | None:
+    """The source checkout this package runs from (editable install), if any."""
+    root = Path(__file__).resolve().parents[2]
+    return (
+        root
+        if (root / "benchmarks" / "overhead.py").is_file() and (root / "pyproject.toml").is_file()
+        else None
+    )
+
+
+def add_cli(sub: Any) -> None:
+    """Add ``bench`` to the ``nocp`` sub-commands."""
+    p = sub.add_parser("bench", help="benchmark suite: baseline vs nocp on seed scenarios and real traces")
+    p.add_argument("--quick", action="store_true", help="small sizes, a few traces, no peer (under a minute)")
+    p.add_argument("--no-peer", action="store_true", help="overhead benchmark without the LiteLLM peer")
+    p.add_argument("--no-overhead", action="store_true", help="skip the overhead benchmark")
+    p.add_argument("--no-traces", action="store_true", help="seed scenarios only")
+    p.add_argument(
+        "--scenarios", help="comma-separated globs of scenario names to run (e.g. 'rag-*,bfcl-base')"
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model sent and priced (default {DEFAULT_MODEL})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated scenarios (default 0)")
+    p.add_argument("--bfcl", type=int, help="BFCL entries per set (default: all 200; quick 2)")
+    p.add_argument("--config", type=Path, help="nocp config for the proxy under test (stages, pricing)")
+    p.add_argument(
+        "--out", type=Path, help="output folder (default benchmarks/results, quick build/bench-quick)"
+    )
+    p.add_argument("--no-readme", action="store_true", help="leave the README's headline table alone")
+    p.set_defaults(func=run)
+
+
+def _git(root: Path | None) -> dict[str, Any]:
+    if root is None:
+        return {}
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "head": git("rev-parse", "HEAD") or None,
+        "dirty": bool(git("status", "--porcelain", "--", "proxy", "compressors")),
+    }
+
+
+def _scenarios(args: argparse.Namespace, root: Path | None, notes: list[str]) -> list[Any]:
+    from proxy.bench.scenarios import SIZES, seed_scenarios
+    from proxy.bench.traces import bfcl_data_dir, bfcl_scenarios, eval_data_root, swe_agent_scenarios
+
+    plan = QUICK if args.quick else FULL
+    scenarios: list[Any] = list(seed_scenarios(("small",) if args.quick else SIZES, args.seed))
+    if not args.no_traces:
+        eval_root = eval_data_root(root)
+        if (eval_root / "swe-agent").is_dir():
+            scenarios += swe_agent_scenarios(eval_root, limit=plan["swe_limit"])
+        else:
+            notes.append(
+                f"SWE-agent traces skipped: {eval_root / 'swe-agent'} not found (set NOCP_EVAL_DATA)"
+            )
+        data = bfcl_data_dir()
+        if data is None:
+            notes.append("BFCL traces skipped: the bfcl-eval package is not installed")
+        else:
+            per_set = args.bfcl if args.bfcl is not None else plan["bfcl_per_set"]
+            scenarios += list(bfcl_scenarios(data, per_set=per_set, notes=notes))
+    if args.scenarios:
+        globs = [g.strip() for g in args.scenarios.split(",") if g.strip()]
+        scenarios = [s for s in scenarios if any(fnmatch.fnmatchcase(s.name, g) for g in globs)]
+    return scenarios
+
+
+def _overhead(
+    args: argparse.Namespace, root: Path | None, out: Path, notes: list[str]
+) -> dict[str, Any] | None:
+    """Run ``benchmarks/overhead.py`` (with the LiteLLM peer unless told otherwise); its JSON."""
+    if args.no_overhead:
+        notes.append("overhead benchmark skipped (--no-overhead)")
+        return None
+    if root is None:
+        notes.append("overhead benchmark skipped: benchmarks/overhead.py needs a source checkout")
+        return None
+    path = out / ("overhead-quick.json" if args.quick else "overhead.json")
+    argv = [sys.executable, str(root / "benchmarks" / "overhead.py"), "--json", str(path)]
+    if args.quick:
+        argv.append("--quick")
+    elif args.no_peer:
+        argv.append("--no-peer")
+    print(f"\n== overhead: {' '.join(argv[1:])}", file=sys.stderr, flush=True)
+    code = subprocess.run(argv, cwd=root, check=False).returncode
+    if code != 0 or not path.is_file():
+        notes.append(f"overhead benchmark failed (exit code {code})")
+        return None
+    data: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    peer = data.get("peer") or {}
+    if peer.get("status") != "measured":
+        notes.append(f"LiteLLM peer not measured: {peer.get('reason')}")
+    return data
+
+
+def _progress(total: int, tty: bool) -> tuple[Callable[[str, int], None], Callable[[Any], None], Any]:
+    """(per-request callback, per-scenario callback, context manager) for the progress display."""
+    if tty:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(
+            TextColumn("{task.description:<22}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        overall = bar.add_task("all requests", total=total)
+        tasks: dict[str, Any] = {}
+        last: dict[str, int] = {}
+
+        def step(name: str, n: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=None)
+            bar.update(tasks[name], completed=n)
+            bar.advance(overall, n - last.get(name, 0))
+            last[name] = n
+
+        def done(result: Any) -> None:
+            task = tasks.get(result.scenario.name)
+            if task is not None:
+                bar.update(task, total=result.scenario.requests, completed=result.scenario.requests)
+
+        return step, done, bar
+    started = time.perf_counter()
+    count = {"scenarios": 0}
+
+    def plain_done(result: Any) -> None:
+        count["scenarios"] += 1
+        b, n = result.base, result.nocp
+        saved = 1 - n.prompt_tokens / b.prompt_tokens if b.prompt_tokens else 0.0
+        print(
+            f"[{time.perf_counter() - started:6.1f}s] {result.scenario.name}: "
+            f"{result.scenario.requests} requests, "
+            f"input {b.prompt_tokens} -> {n.prompt_tokens} tokens ({saved:.1%} saved), {result.seconds:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    class _Null:
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    return (lambda name, n: None), plain_done, _Null()
+
+
+def run(args: argparse.Namespace) -> int:
+    """``nocp bench``: measure, then write the JSON, the Markdown report, the charts, the README."""
+    from proxy.bench import report
+    from proxy.bench.runner import proxy_settings, run_suite
+    from proxy.exceptions import ConfigError
+    from proxy.pricing import PriceTable
+
+    started = time.perf_counter()
+    root = repo_root()
+    if args.out is not None:
+        out = args.out
+    elif root is not None:
+        out = root / ("build/bench-quick" if args.quick else "benchmarks/results")
+    else:
+        out = Path("nocp-bench-quick" if args.quick else "nocp-bench")
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    try:
+        prices = PriceTable.from_config(proxy_settings(args.config).pricing)
+    except ConfigError as exc:
+        print(f"nocp bench: {exc}", file=sys.stderr)
+        return 2
+    if prices.lookup(args.model) is None:
+        print(f"nocp bench: no price for model {args.model!r} (add it under pricing.models)", file=sys.stderr)
+        return 2
+    scenarios = _scenarios(args, root, notes)
+    if not scenarios:
+        print("nocp bench: no scenario selected", file=sys.stderr)
+        return 2
+    total = sum(s.requests for s in scenarios)
+    tty = sys.stderr.isatty()
+    print(
+        f"nocp bench: {len(scenarios)} scenarios, {total} requests, each sent twice (baseline and nocp); "
+        f"model {args.model}",
+        file=sys.stderr,
+        flush=True,
+    )
+    for note in notes:
+        print(f"  note: {note}", file=sys.stderr)
+    step, done, display = _progress(total, tty)
+    with tempfile.TemporaryDirectory(prefix="nocp-bench-") as tmp, display:
+        suite = asyncio.run(
+            run_suite(
+                scenarios,
+                model=args.model,
+                prices=prices,
+                folder=Path(tmp),
+                config=args.config,
+                progress=step,
+                scenario_done=done,
+            )
+        )
+    errors = sum(r.base.errors + r.nocp.errors for r in suite.results)
+    if errors:
+        notes.append(f"{errors} requests failed (see errors per scenario)")
+    overhead = _overhead(args, root, out, notes)
+    result = report.build_result(
+        suite,
+        quick=args.quick,
+        seed=args.seed,
+        duration_s=time.perf_counter() - started,
+        overhead=overhead,
+        notes=notes,
+        git=_git(root),
+    )
+    stem = "bench-quick" if args.quick else "bench"
+    charts, why = report.write_charts(result, out, prefix=stem)
+    if why:
+        result["notes"].append(why)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+    (out / f"{stem}.md").write_text(report.markdown_report(result, charts), "utf-8")
+    print(file=sys.stderr)
+    report.console_summary(result, rich=sys.stdout.isatty())
+    written = [out / f"{stem}.json", out / f"{stem}.md", *(out / f for f in charts.values())]
+    readme = root / "README.md" if root is not None else None
+    default_out = root is not None and out.resolve() == (root / "benchmarks" / "results").resolve()
+    if readme is not None and readme.is_file() and not args.quick and not args.no_readme and default_out:
+        link = "benchmarks/results/bench.md"
+        if report.update_readme(readme, report.readme_block(result, link)):
+            written.append(readme)
+    print("written: " + ", ".join(str(p) for p in written))
+    return 1 if errors else 0

@@ -1,0 +1,761 @@
+"""The benchmark's outputs: one JSON file with every number, a Markdown report with tables and
+PNG charts (matplotlib, when installed), the README's headline table, and a console summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy.bench.criteria import CRITERIA, Criterion, Totals, evaluate, reduction, suite_verdict
+from proxy.bench.runner import ScenarioResult, SuiteRun, percentile
+from proxy.pricing import PRICES_AS_OF
+
+__all__ = [
+    "README_END",
+    "README_START",
+    "build_result",
+    "console_summary",
+    "headline_table",
+    "markdown_report",
+    "update_readme",
+    "write_charts",
+]
+
+README_START = "<!-- bench:start (written by `nocp bench`; edits here are overwritten) -->"
+README_END = "<!-- bench:end -->"
+_CRITERIA_KEYS = tuple(CRITERIA)
+
+
+# ------------------------------------------------------------------------------ numbers
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _r(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def _side(t: Totals, latencies: Sequence[float]) -> dict[str, Any]:
+    out = t.as_dict()
+    out["latency_ms_p50"] = _ms(percentile(latencies, 50))
+    out["latency_ms_p95"] = _ms(percentile(latencies, 95))
+    out["latency_ms_mean"] = _ms(t.latency_s / t.requests) if t.requests else None
+    return out
+
+
+def _figures(
+    base: Totals, nocp: Totals, base_lat: Sequence[float], nocp_lat: Sequence[float]
+) -> dict[str, Any]:
+    added = [n - b for n, b in zip(nocp_lat, base_lat, strict=False)]
+    b_mean = base.latency_s / base.requests if base.requests else 0.0
+    n_mean = nocp.latency_s / nocp.requests if nocp.requests else 0.0
+    return {
+        "input_reduction": _r(reduction(base.prompt_tokens, nocp.prompt_tokens)),
+        "uncached_input_reduction": _r(
+            reduction(base.prompt_tokens - base.cached_tokens, nocp.prompt_tokens - nocp.cached_tokens)
+        ),
+        "output_reduction": _r(reduction(base.completion_tokens, nocp.completion_tokens)),
+        "cost_reduction": _r(reduction(base.total_cost_usd, nocp.total_cost_usd)),
+        "cost_reduction_without_cache": _r(reduction(base.cost_uncached_usd, nocp.cost_uncached_usd)),
+        "latency_ratio": _r(nocp.latency_s / base.latency_s) if base.latency_s > 0 else None,
+        "added_latency_ms_p50": _ms(percentile(added, 50)),
+        "added_latency_ms_mean": _ms(n_mean - b_mean) if base.requests and nocp.requests else None,
+        # The provider time per request above which nocp stays under 2x: (T + n) < 2 (T + b).
+        "break_even_provider_ms": _ms(max(0.0, n_mean - 2 * b_mean)) if base.requests else None,
+    }
+
+
+def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
+    sc = r.scenario
+    fid = r.fidelity
+    return {
+        "name": sc.name,
+        "title": sc.title,
+        "kind": sc.kind,
+        "family": sc.family,
+        "size": sc.size,
+        "params": dict(sc.params),
+        "structured_output": sc.structured_output,
+        "notes": list(sc.notes),
+        "conversations": len(sc.conversations),
+        "requests": sc.requests,
+        "seconds": round(r.seconds, 3),
+        "baseline": _side(r.base, r.base_latencies),
+        "nocp": _side(r.nocp, r.nocp_latencies),
+        **_figures(r.base, r.nocp, r.base_latencies, r.nocp_latencies),
+        "fidelity": {
+            "recall": _r(fid.recall),
+            "needed": fid.needed,
+            "kept": fid.kept,
+            "requests": fid.requests,
+            "requests_with_full_recall": fid.requests_full,
+            "missed_examples": list(dict.fromkeys(fid.missed_examples)),
+        },
+        "nocp_log": r.log,
+        "prefix_stability": r.stability,
+        "criteria": [c.as_dict() for c in r.criteria],
+    }
+
+
+def _aggregate(name: str, title: str, results: Sequence[ScenarioResult]) -> dict[str, Any]:
+    base, nocp, s_base, s_nocp = Totals(), Totals(), Totals(), Totals()
+    base_lat: list[float] = []
+    nocp_lat: list[float] = []
+    needed = kept = 0
+    for r in results:
+        base.add(r.base)
+        nocp.add(r.nocp)
+        if r.scenario.structured_output:
+            s_base.add(r.base)
+            s_nocp.add(r.nocp)
+        base_lat += r.base_latencies
+        nocp_lat += r.nocp_latencies
+        needed += r.fidelity.needed
+        kept += r.fidelity.kept
+    criteria = evaluate(base, nocp, structured_output=False)
+    if s_base.requests:  # output reduction over the scenarios with structured output only
+        out = next(c for c in evaluate(s_base, s_nocp, structured_output=True) if c.key == "output_reduction")
+        criteria = [out if c.key == "output_reduction" else c for c in criteria]
+    return {
+        "name": name,
+        "title": title,
+        "scenarios": [r.scenario.name for r in results],
+        "requests": base.requests,
+        "baseline": _side(base, base_lat),
+        "nocp": _side(nocp, nocp_lat),
+        **_figures(base, nocp, base_lat, nocp_lat),
+        "fidelity": {"recall": _r(kept / needed) if needed else None, "needed": needed, "kept": kept},
+        "criteria": [c.as_dict() for c in criteria],
+    }
+
+
+def build_result(
+    run: SuiteRun,
+    *,
+    quick: bool,
+    seed: int,
+    duration_s: float,
+    overhead: Mapping[str, Any] | None,
+    notes: Sequence[str],
+    git: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Everything of one ``nocp bench`` run as a JSON-ready dict."""
+    results = run.results
+    groups = [
+        ("seed", "all seed scenarios", [r for r in results if r.scenario.kind == "seed"]),
+        ("traces", "all real traces", [r for r in results if r.scenario.kind == "trace"]),
+        ("all", "everything", list(results)),
+    ]
+    verdict = suite_verdict((r.scenario.name, r.criteria) for r in results)
+    return {
+        "benchmark": "nocp-bench",
+        "schema": 1,
+        "timestamp": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "quick": quick,
+        "seed": seed,
+        "duration_s": round(duration_s, 1),
+        "model": run.model,
+        "price_usd_per_1m_tokens": {
+            "input": run.price.input,
+            "cached_input": run.price.cached_input,
+            "output": run.price.output,
+            "as_of": PRICES_AS_OF,
+        },
+        "nocp_stages": run.stages,
+        "history_threshold_tokens": run.history_threshold,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "git": dict(git),
+        "criteria_definitions": {
+            k: {"label": v[0], "threshold": v[1], "meaning": v[2]} for k, v in CRITERIA.items()
+        },
+        "scenarios": [_scenario_json(r) for r in results],
+        "aggregates": [_aggregate(n, t, rs) for n, t, rs in groups if rs],
+        "suite_criteria": [verdict.as_dict()],
+        "overhead": dict(overhead) if overhead is not None else None,
+        "notes": list(notes),
+    }
+
+
+# ------------------------------------------------------------------------------ formatting
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x * 100:.{digits}f}%"
+
+
+def _usd(x: float | None) -> str:
+    if x is None:
+        return "-"
+    sign = "-" if x < 0 else ""
+    return f"{sign}${abs(x):.4f}" if abs(x) < 10 else f"{sign}${abs(x):.2f}"
+
+
+def _int(x: int | float | None) -> str:
+    return "-" if x is None else f"{int(x):,}"
+
+
+def _status(row: Mapping[str, Any], key: str) -> str:
+    for c in row["criteria"]:
+        if c["key"] == key:
+            return str(c["status"])
+    return "-"
+
+
+def _rows(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [*result["scenarios"], *result["aggregates"]]
+
+
+def headline_table(result: Mapping[str, Any]) -> str:
+    """The Markdown headline table: one row per scenario and per group."""
+    head = [
+        "scenario",
+        "requests",
+        "billed input tokens (baseline -> nocp)",
+        "input saved",
+        "cost, cached prices (baseline -> nocp)",
+        "cost saved",
+        "latency x",
+        "fidelity",
+        *(CRITERIA[k][0] for k in _CRITERIA_KEYS),
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for row in _rows(result):
+        b, n = row["baseline"], row["nocp"]
+        name = row["name"] if "kind" in row else f"**{row['title']}**"
+        cells = [
+            name,
+            _int(row["requests"]),
+            f"{_int(b['prompt_tokens'])} -> {_int(n['prompt_tokens'])}",
+            _pct(row["input_reduction"]),
+            f"{_usd(b['total_cost_usd'])} -> {_usd(n['total_cost_usd'])}",
+            _pct(row["cost_reduction"]),
+            "-" if row["latency_ratio"] is None else f"{row['latency_ratio']:.2f}",
+            _pct(row["fidelity"]["recall"]),
+            *(_status(row, k) for k in _CRITERIA_KEYS),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _overhead_rows(overhead: Mapping[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    labels = {t["key"]: t["label"] for t in overhead.get("targets", [])}
+    mem = overhead.get("memory", {})
+    for sc in overhead.get("scenarios", []):
+        for key, r in sc["targets"].items():
+            peak = (mem.get(key) or {}).get("VmHWM")
+            rows.append(
+                [
+                    f"{sc['mode']} c={sc['concurrency']}",
+                    labels.get(key, key),
+                    f"{r['p50_ms']:.2f}" if r.get("p50_ms") is not None else "-",
+                    f"{r['added_p50_ms']:+.2f}" if r.get("added_p50_ms") is not None else "-",
+                    f"{r['added_p99_ms']:+.2f}" if r.get("added_p99_ms") is not None else "-",
+                    f"{r['requests_per_s']:.0f}" if r.get("requests_per_s") is not None else "-",
+                    f"{r['ttfc_p50_ms']:.2f}" if r.get("ttfc_p50_ms") is not None else "-",
+                    f"{peak / 1e6:.0f}" if peak else "-",
+                ]
+            )
+    return rows
+
+
+def overhead_table(overhead: Mapping[str, Any]) -> str:
+    head = ["load", "target", "p50 ms", "added p50 ms", "added p99 ms", "req/s", "TTFC p50 ms", "peak RSS MB"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    lines += ["| " + " | ".join(r) + " |" for r in _overhead_rows(overhead)]
+    return "\n".join(lines)
+
+
+def _overhead_summary(overhead: Mapping[str, Any]) -> str:
+    """One sentence: added p50 at c=1 non-streaming for nocp (with stages) and the peer."""
+    by = {(s["mode"], s["concurrency"]): s["targets"] for s in overhead.get("scenarios", [])}
+    c1 = by.get(("non-streaming", 1), {})
+    c32 = by.get(("non-streaming", 32), {})
+    parts: list[str] = []
+    for key, label in (
+        ("nocp_stages", "nocp (default stages)"),
+        ("nocp", "nocp passthrough"),
+        ("litellm", "LiteLLM"),
+    ):
+        if key in c1 and c1[key].get("added_p50_ms") is not None:
+            rps = c32.get(key, {}).get("requests_per_s")
+            peak = (overhead.get("memory", {}).get(key) or {}).get("VmHWM")
+            extra = f", {rps:.0f} req/s at c=32" if rps else ""
+            extra += f", {peak / 1e6:.0f} MB peak RSS" if peak else ""
+            parts.append(f"{label} +{c1[key]['added_p50_ms']:.2f} ms p50{extra}")
+    peer = overhead.get("peer") or {}
+    tail = "" if peer.get("status") == "measured" else f" (LiteLLM not measured: {peer.get('reason', 'n/a')})"
+    return (
+        ("Overhead per request on loopback, non-streaming, concurrency 1: " + "; ".join(parts) + "." + tail)
+        if parts
+        else ""
+    )
+
+
+def _findings(result: Mapping[str, Any]) -> list[str]:
+    """Plain statements read off the numbers (nothing here is assumed)."""
+    out: list[str] = []
+    scen = result["scenarios"]
+    for key in _CRITERIA_KEYS:
+        statuses = [_status(s, key) for s in scen]
+        judged = [x for x in statuses if x != "N/A"]
+        if not judged:
+            continue
+        failed = [s["name"] for s in scen if _status(s, key) == "FAIL"]
+        label = CRITERIA[key][2]
+        if failed:
+            out.append(
+                f"{label}: met in {len(judged) - len(failed)} of {len(judged)} scenarios; "
+                f"missed in {', '.join(failed)}."
+            )
+        else:
+            out.append(f"{label}: met in all {len(judged)} scenarios where it applies.")
+    low = [s for s in scen if s["fidelity"]["recall"] is not None and s["fidelity"]["recall"] < 0.99]
+    if low:
+        worst = min(low, key=lambda s: s["fidelity"]["recall"])
+        out.append(
+            f"Fidelity below 99% in {len(low)} scenarios ({', '.join(s['name'] for s in low)}); lowest "
+            f"{_pct(worst['fidelity']['recall'])} in {worst['name']}: lossy tool-output compression dropped "
+            "values that later turns quote (e.g. "
+            + ", ".join(worst["fidelity"]["missed_examples"][:5])
+            + ")."
+        )
+    broken = [s for s in scen if s["prefix_stability"]["breaks"]]
+    if broken:
+        reasons: dict[str, int] = {}
+        for s in broken:
+            for why, n in s["prefix_stability"]["reasons"].items():
+                reasons[why] = reasons.get(why, 0) + n
+        out.append(
+            "What nocp sent did not start with what it sent for the previous request in "
+            + ", ".join(
+                f"{s['name']} ({s['prefix_stability']['breaks']} of {s['prefix_stability']['checked']})"
+                for s in broken
+            )
+            + ": "
+            + "; ".join(f"{why}: {n}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            + ". The provider's prefix cache misses from the first changed byte on, so those requests "
+            "are billed mostly at the uncached price."
+        )
+    same_out = [s["name"] for s in scen if s["structured_output"] and (s["output_reduction"] or 0) == 0]
+    if same_out:
+        out.append(
+            "Output tokens are unchanged in every scenario: nocp has no output-side stage yet, and the fake "
+            "provider replays the recorded answer, so the completion is the same by construction."
+        )
+    slow = [s for s in scen if (s["latency_ratio"] or 0) >= 2]
+    if slow:
+        worst_be = max(s["break_even_provider_ms"] or 0 for s in slow)
+        out.append(
+            "Latency is measured against a fake provider that answers in about a millisecond, so the "
+            f"ratio is the proxy's own cost; in {len(slow)} scenarios it is 2x or more, but a provider "
+            f"taking longer than {worst_be:.1f} ms per request (any real LLM) brings every scenario under 2x."
+        )
+    return out
+
+
+def _method(result: Mapping[str, Any]) -> list[str]:
+    largest = max(
+        (s["baseline"]["prompt_tokens"] / max(1, s["requests"]) for s in result["scenarios"]), default=0
+    )
+    rollups = sum(s["nocp_log"].get("history_rollups", 0) for s in result["scenarios"])
+    threshold = result.get("history_threshold_tokens")
+    lines = [
+        "## Method and caveats",
+        "",
+        "- nocp under test: `nocp serve` as a subprocess, the way it is deployed (its own event loop and "
+        "core), with the stages `proxy.server.default_stages` builds from its settings: "
+        f"{', '.join(result['nocp_stages']) or 'none'}. The two fake providers run in the benchmark's "
+        "process, which reads their billing records directly; nocp's TransactionLog is read after it "
+        "stops (SIGTERM flushes it).",
+        f"- Model `{result['model']}`: the large scenarios' prompts exceed a 128k-token context window "
+        f"(largest mean prompt here {largest:,.0f} tokens per request), so the baseline needs a "
+        "long-context model.",
+    ]
+    if threshold is not None:
+        lines.append(
+            f"- History roll-up acts above {threshold:,} prompt tokens for this model (default: 60% of its "
+            f"context window); it rolled up {rollups} time(s) in this run. `make bench-history` measures "
+            "it with a low threshold."
+        )
+    lines += [
+        "- Output tokens: the fake provider answers every request with the recorded assistant turn, "
+        "so completions are the same on both paths; nocp has no output-side stage yet.",
+        "- Latency: the fake answers in about a millisecond, so the ratio shows the proxy's own cost "
+        "in the worst case; real providers take hundreds of milliseconds or more per request.",
+        "- nocp's own per-request estimate of the saving (in its TransactionLog) assumes the same "
+        "cached share for the uncompressed prompt; the measured saving uses the baseline's real cache "
+        "hits, so the two differ where compression changed how much of the prompt was cached.",
+        "",
+    ]
+    return lines
+
+
+def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str:
+    """The full report: run facts, tables, charts, findings and method."""
+    price = result["price_usd_per_1m_tokens"]
+    lines = [
+        "# nocp benchmark" + (" (quick)" if result["quick"] else ""),
+        "",
+        f"Run {result['timestamp']}, {result['duration_s']} s, seed {result['seed']}, "
+        f"model `{result['model']}` "
+        f"(USD per 1M tokens: input {price['input']}, cached input {price['cached_input']}, output "
+        f"{price['output']}; list prices as of {price['as_of']}). nocp stages: "
+        f"{', '.join(result['nocp_stages']) or 'none'} (default settings). Machine: "
+        f"{result['machine']['cpus']} CPUs, Python {result['machine']['python']}.",
+        "",
+        "Every request is sent twice through real HTTP on loopback: straight to a fake provider "
+        "(baseline) and through `nocp serve` to a second one. Both bill like OpenAI: prompt tokens, "
+        "cached tokens from a prefix-cache simulation (1024-token minimum, 128-token steps), "
+        "completion tokens. Cost uses cached-input prices and adds the summarizer's tokens "
+        "(compression overhead) to nocp's side.",
+        "",
+        "## Headline",
+        "",
+        headline_table(result),
+        "",
+    ]
+    for c in result["suite_criteria"]:
+        lines += [f"**{c['label']}: {c['status']}** ({c['detail']}).", ""]
+    findings = _findings(result)
+    if findings:
+        lines += ["## Findings", ""] + [f"- {f}" for f in findings] + [""]
+    if "savings" in charts:
+        lines += [f"![savings per scenario]({charts['savings']})", ""]
+    lines += [
+        "## Tokens and cost per scenario",
+        "",
+        "| scenario | cached share (baseline / nocp) | uncached input saved "
+        "| cost without caching (baseline -> nocp) | saved | cost with caching (baseline -> nocp) | saved "
+        "| output tokens (baseline -> nocp) | summarizer tokens | nocp's own estimate of the saving |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in result["scenarios"]:
+        b, n, log = s["baseline"], s["nocp"], s["nocp_log"]
+        measured = b["total_cost_usd"] - n["total_cost_usd"]
+        cells = [
+            s["name"],
+            f"{_pct(b['cached_share'], 0)} / {_pct(n['cached_share'], 0)}",
+            _pct(s["uncached_input_reduction"]),
+            f"{_usd(b['cost_uncached_usd'])} -> {_usd(n['cost_uncached_usd'])}",
+            _pct(s["cost_reduction_without_cache"]),
+            f"{_usd(b['total_cost_usd'])} -> {_usd(n['total_cost_usd'])}",
+            _pct(s["cost_reduction"]),
+            f"{_int(b['completion_tokens'])} -> {_int(n['completion_tokens'])}",
+            _int(n["overhead_tokens"]),
+            f"{_usd(log.get('cost_savings_usd'))} (measured {_usd(measured)})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if "cost" in charts:
+        lines += [f"![cost per scenario]({charts['cost']})", ""]
+    lines += [
+        "## Latency and fidelity",
+        "",
+        "| scenario | latency p50 ms (baseline / nocp) | added p50 ms | ratio | break-even provider ms "
+        "| fidelity | facts kept / needed | nocp compression p50 ms | methods | fail-open |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for s in result["scenarios"]:
+        b, n, log, fid = s["baseline"], s["nocp"], s["nocp_log"], s["fidelity"]
+        methods = ", ".join(f"{k} {v}" for k, v in (log.get("segment_methods") or {}).items() if k != "none")
+        fail = ", ".join(f"{k} {v}" for k, v in (log.get("fail_open") or {}).items()) or "-"
+        comp = log.get("compression_latency_ms_p50")
+        cells = [
+            s["name"],
+            f"{b['latency_ms_p50'] or 0:.2f} / {n['latency_ms_p50'] or 0:.2f}",
+            f"{s['added_latency_ms_p50'] or 0:+.2f}",
+            f"{s['latency_ratio'] or 0:.2f}",
+            f"{s['break_even_provider_ms'] or 0:.1f}",
+            _pct(fid["recall"]),
+            f"{fid['kept']} / {fid['needed']}",
+            "-" if comp is None else f"{comp:.2f}",
+            methods or "-",
+            fail,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Fidelity: of the hard tokens (ids, numbers, paths, codes, identifiers) in a request's tool outputs "
+        "that a later assistant turn uses, the share still present in what nocp sent; summed over requests. "
+        "Break-even provider ms: the time a provider would need per request for nocp to stay under 2x the "
+        "baseline's latency.",
+        "",
+    ]
+    overhead = result.get("overhead")
+    lines += ["## Overhead vs a peer (LiteLLM)", ""]
+    if overhead:
+        summary = _overhead_summary(overhead)
+        if summary:
+            lines += [summary, ""]
+        lines += [overhead_table(overhead), ""]
+        if "overhead" in charts:
+            lines += [f"![overhead vs peer]({charts['overhead']})", ""]
+        lines += [
+            "From `benchmarks/overhead.py`: a minimal request (system + user message) through each target, "
+            "blocks interleaved in rotating order; added = target minus direct.",
+            "",
+        ]
+    else:
+        lines += ["Not run (`--quick` without overhead, or `benchmarks/overhead.py` not found).", ""]
+    lines += _method(result)
+    lines += ["## Scenarios", ""]
+    for s in result["scenarios"]:
+        params = ", ".join(f"{k} {v}" for k, v in s["params"].items())
+        note = f" {' '.join(s['notes'])}." if s["notes"] else ""
+        lines.append(
+            f"- **{s['name']}**: {s['title']}; {s['conversations']} conversation(s), {s['requests']} requests"
+            f"{'; structured output (response_format)' if s['structured_output'] else ''}; {params}.{note}"
+        )
+    lines.append("")
+    if result["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def console_summary(result: Mapping[str, Any], *, rich: bool) -> None:
+    """The headline as a table on the terminal (``rich``) or plain text."""
+    short = {
+        "input_reduction": "in>50%",
+        "output_reduction": "out>30%",
+        "latency": "lat<2x",
+        "cost_reduction": "cost>40%",
+        "cost_not_higher": "cost<=base",
+    }
+    head = ["scenario", "req", "input -", "cost -", "lat x", "fidelity", *(short[k] for k in _CRITERIA_KEYS)]
+    rows = [
+        [
+            str(r["name"]),
+            _int(r["requests"]),
+            _pct(r["input_reduction"]),
+            _pct(r["cost_reduction"]),
+            "-" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}",
+            _pct(r["fidelity"]["recall"]),
+            *(_status(r, k) for k in _CRITERIA_KEYS),
+        ]
+        for r in _rows(result)
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    console = None
+    if rich:
+        from rich.console import Console
+
+        console = Console()
+    # A table wider than the terminal is printed as plain text (wrapped, never cut).
+    if console is not None and console.width >= sum(widths) + 3 * len(widths) + 1:
+        from rich.table import Table
+
+        table = Table(title="nocp bench: baseline vs nocp", title_justify="left")
+        for i, h in enumerate(head):
+            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+        colour = {"PASS": "[green]PASS[/]", "FAIL": "[red]FAIL[/]"}
+        for row in rows:
+            table.add_row(*(colour.get(c, c) for c in row))
+        console.print(table)
+    else:
+        print(
+            "  ".join(
+                h.ljust(w) if i == 0 else h.rjust(w)
+                for i, (h, w) in enumerate(zip(head, widths, strict=True))
+            )
+        )
+        for row in rows:
+            print(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
+                )
+            )
+    for c in result["suite_criteria"]:
+        print(f"{c['label']}: {c['status']} ({c['detail']})")
+
+
+# ------------------------------------------------------------------------------ charts
+
+
+def write_charts(
+    result: Mapping[str, Any], out: Path, prefix: str = "bench"
+) -> tuple[dict[str, str], str | None]:
+    """PNG charts next to the report; (name -> file name, None) or ({}, why not)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}, "matplotlib is not installed (pip install 'nocp[dev]'): no charts"
+    files: dict[str, str] = {}
+    scen = result["scenarios"]
+    names = [s["name"] for s in scen]
+    y = list(range(len(scen)))
+
+    # 1. savings per scenario
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(scen) + 1.8), dpi=110)
+    h = 0.27
+    series = (
+        ("billed input tokens saved", [s["input_reduction"] or 0 for s in scen], "#2b6cb0", -h),
+        ("cost saved (cached prices)", [s["cost_reduction"] or 0 for s in scen], "#38a169", 0.0),
+        (
+            "fidelity (facts kept)",
+            [s["fidelity"]["recall"] if s["fidelity"]["recall"] is not None else math.nan for s in scen],
+            "#d69e2e",
+            h,
+        ),
+    )
+    for label, values, colour, off in series:
+        ys = [i + off for i in y]
+        ax.barh(ys, [v * 100 for v in values], height=h, label=label, color=colour)
+        for yy, val in zip(ys, values, strict=True):
+            if not math.isnan(val):
+                text = f"{val * 100:.0f}" if abs(val) >= 0.01 or val == 0 else f"{val * 100:.1f}"
+                ax.annotate(text, (max(val * 100, 0) + 0.8, yy), va="center", fontsize=6.5)
+    ax.axvline(50, color="#2b6cb0", linestyle=":", linewidth=1)
+    ax.axvline(40, color="#38a169", linestyle=":", linewidth=1)
+    ax.annotate("input 50%", (50, -0.6), color="#2b6cb0", fontsize=7, ha="left")
+    ax.annotate("cost 40%", (40, -0.6), color="#38a169", fontsize=7, ha="right")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, names)
+    ax.set_ylim(len(scen) - 0.5, -0.9)
+    ax.set_xlabel("% of the baseline (dotted lines: the criteria)")
+    ax.set_xlim(
+        min(-10.0, min(min(v for _, vals, _, _ in series for v in vals if not math.isnan(v)) * 100 - 5, 0)),
+        105,
+    )
+    ax.set_title(f"nocp vs baseline per scenario ({result['model']})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3, fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    files["savings"] = f"{prefix}-savings.png"
+    fig.savefig(out / files["savings"], bbox_inches="tight")
+    plt.close(fig)
+
+    # 2. cost per scenario: baseline vs nocp, with and without prompt caching
+    fig, ax = plt.subplots(figsize=(10, 4.6), dpi=110)
+    w = 0.2
+    bars = (
+        ("baseline, no caching", [s["baseline"]["cost_uncached_usd"] for s in scen], "#cbd5e0", -1.5),
+        ("baseline, cached prices", [s["baseline"]["total_cost_usd"] for s in scen], "#718096", -0.5),
+        (
+            "nocp, no caching",
+            [s["nocp"]["cost_uncached_usd"] + s["nocp"]["overhead_cost_usd"] for s in scen],
+            "#9ae6b4",
+            0.5,
+        ),
+        ("nocp, cached prices", [s["nocp"]["total_cost_usd"] for s in scen], "#2f855a", 1.5),
+    )
+    for label, values, colour, off in bars:
+        ax.bar([i + off * w for i in y], [max(v, 1e-6) for v in values], width=w, label=label, color=colour)
+    ax.set_yscale("log")
+    ax.set_xticks(y, names, rotation=35, ha="right")
+    ax.set_ylabel("USD per scenario (log scale)")
+    ax.set_title(f"Cost per scenario, {result['model']} list prices")
+    ax.legend(fontsize=8, ncols=2)
+    ax.grid(axis="y", alpha=0.3, which="both")
+    fig.tight_layout()
+    files["cost"] = f"{prefix}-cost.png"
+    fig.savefig(out / files["cost"])
+    plt.close(fig)
+
+    # 3. overhead vs peer
+    overhead = result.get("overhead")
+    if overhead and overhead.get("scenarios"):
+        labels = {t["key"]: t["label"] for t in overhead.get("targets", [])}
+        keys = [k for k in ("floor", "nocp", "nocp_stages", "litellm") if k in labels]
+        loads = [f"{s['mode']}\nc={s['concurrency']}" for s in overhead["scenarios"]]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, gridspec_kw={"width_ratios": [3, 1]})
+        colours = {"floor": "#a0aec0", "nocp": "#63b3ed", "nocp_stages": "#2b6cb0", "litellm": "#dd6b20"}
+        w = 0.8 / max(1, len(keys))
+        for j, key in enumerate(keys):
+            vals = [
+                max(s["targets"].get(key, {}).get("added_p50_ms") or 0.0, 0.01) for s in overhead["scenarios"]
+            ]
+            xs = [i - 0.4 + w * (j + 0.5) for i in range(len(loads))]
+            ax1.bar(xs, vals, width=w, label=labels[key], color=colours.get(key))
+            for x, val in zip(xs, vals, strict=True):
+                ax1.annotate(f"{val:.1f}", (x, val), ha="center", va="bottom", fontsize=7)
+        ax1.set_yscale("log")
+        ax1.set_xticks(range(len(loads)), loads)
+        ax1.set_ylabel("added latency p50, ms (log scale)")
+        ax1.set_title("Latency added over a direct call")
+        ax1.legend(fontsize=8)
+        ax1.grid(axis="y", alpha=0.3, which="both")
+        mem = overhead.get("memory", {})
+        peaks = [((mem.get(k) or {}).get("VmHWM") or 0) / 1e6 for k in keys]
+        ax2.bar(range(len(keys)), peaks, color=[colours.get(k) for k in keys])
+        for i, val in enumerate(peaks):
+            ax2.annotate(f"{val:.0f}", (i, val), ha="center", va="bottom", fontsize=8)
+        ax2.set_xticks(range(len(keys)), [labels[k] for k in keys], rotation=30, ha="right")
+        ax2.set_ylabel("peak RSS, MB")
+        ax2.set_title("Memory")
+        fig.tight_layout()
+        files["overhead"] = f"{prefix}-overhead.png"
+        fig.savefig(out / files["overhead"])
+        plt.close(fig)
+    return files, None
+
+
+# ------------------------------------------------------------------------------ README
+
+
+def readme_block(result: Mapping[str, Any], report_link: str) -> str:
+    """What goes between the README markers."""
+    parts = [
+        README_START,
+        "",
+        f"Latest `nocp bench` ({result['timestamp'][:10]}, model `{result['model']}`, cached-input "
+        f"prices, default stages: {', '.join(result['nocp_stages'])}). Baseline = client -> provider; "
+        "nocp = client -> nocp -> provider; both billed by the fake provider's prefix-cache simulation. "
+        f"Full report, charts and method: [{report_link}]({report_link}).",
+        "",
+        headline_table(result),
+        "",
+    ]
+    for c in result["suite_criteria"]:
+        parts += [f"{c['label']}: **{c['status']}** ({c['detail']}).", ""]
+    overhead = result.get("overhead")
+    if overhead:
+        summary = _overhead_summary(overhead)
+        if summary:
+            parts += [summary, ""]
+    parts.append(README_END)
+    return "\n".join(parts)
+
+
+_PLACEHOLDER = re.compile(
+    r"<!-- overhead-table -->\n\(filled in from the latest `make bench-overhead` run\)\n?"
+)
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Put ``block`` between the markers (or in place of the old placeholder); True if written."""
+    text = readme.read_text("utf-8")
+    start, end = text.find(README_START), text.find(README_END)
+    if start != -1 and end > start:
+        new = text[:start] + block + text[end + len(README_END) :]
+    elif _PLACEHOLDER.search(text):
+        new = _PLACEHOLDER.sub(lambda _: block + "\n", text, count=1)
+    elif "## Benchmarks" in text:
+        head, _, tail = text.partition("## Benchmarks")
+        new = head + "## Benchmarks\n\n" + block + "\n" + tail.lstrip("\n")
+    else:
+        new = text.rstrip("\n") + "\n\n## Benchmarks\n\n" + block + "\n"
+    if new == text:
+        return False
+    readme.write_text(new, "utf-8")
+    return True
+
+
+def criteria_lines(criteria: Iterable[Criterion]) -> list[str]:
+    return [f"{c.status:4}  {c.label}: {c.detail}" for c in criteria]

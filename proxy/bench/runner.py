@@ -1,0 +1,552 @@
+"""Run scenarios twice, baseline and through nocp, and measure what the provider bills.
+
+Layout, all on 127.0.0.1::
+
+    this process: client ──────────────────────────────> FakeUpstream "baseline"
+                  client ──> nocp serve (subprocess) ──> FakeUpstream "nocp"
+
+- The two fake providers run in this process (:class:`proxy.testing.FakeUpstream`): each
+  request is answered with the recorded assistant turn (``Replay``), and its ``usage_log``
+  gives the tokens billed (prompt, cached by the OpenAI-style prefix-cache simulation,
+  completion) without parsing anything. Two instances, so the baseline's prompts never warm
+  nocp's cache or the other way round; both are reset between scenarios.
+- nocp runs as ``python -m proxy.cli serve``, the way it is deployed: its own process and
+  event loop, its own core for the log writer's token counting, the stages
+  :func:`proxy.server.default_stages` builds from the settings (default settings, or
+  ``--config``), its SQLite session store in a temporary folder. Its TransactionLog is read
+  after SIGTERM (which flushes it) for what only nocp knows: raw vs sent tokens, compression
+  overhead (summarizer) tokens, fail-opens, its own cost estimate.
+- Requests go out one at a time (a conversation is sequential), each to both paths with the
+  same body bytes, alternating which path goes first, so machine noise hits both alike.
+
+Fidelity: for request k, the hard tokens (:func:`compressors._hardtokens.hard_tokens`) that
+occur in the tool outputs of its prompt *and* in any later assistant turn (text or tool-call
+arguments) are what the agent goes on to use; the share of them still present anywhere in
+what nocp sent upstream is the recall. Summed over requests (micro-average).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from compressors._hardtokens import hard_tokens
+from proxy.bench.criteria import Criterion, Fidelity, Totals, evaluate
+from proxy.bench.scenarios import Conversation, Message, Scenario, seed_scenarios
+from proxy.pricing import Price, PriceTable
+
+if TYPE_CHECKING:
+    from proxy.config import Settings
+    from proxy.testing import FakeUpstream
+
+__all__ = ["NocpProcess", "ScenarioResult", "SuiteRun", "message_text", "percentile", "run_suite"]
+
+CLIENT_KEY = "sk-bench-not-a-real-key-0000000000000000"
+_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "User-Agent": "OpenAI/Python 1.99.0",
+    "Authorization": f"Bearer {CLIENT_KEY}",
+}
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100), linear interpolation; None for no values."""
+    if not values:
+        return None
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def message_text(msg: Mapping[str, Any]) -> str:
+    """Every text of a chat message: content (string or parts) and tool-call names/arguments."""
+    parts: list[str] = []
+    content = msg.get("content")
+    if isinstance(content, str):
+        parts.append(content)
+    elif isinstance(content, list):
+        parts += [str(p.get("text", "")) for p in content if isinstance(p, dict)]
+    for call in msg.get("tool_calls") or ():
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            parts.append(str(fn.get("name", "")))
+            parts.append(str(fn.get("arguments", "")))
+    return "\n".join(parts)
+
+
+class _HardTokenCache:
+    """Hard tokens by text digest: the same message recurs in every later request."""
+
+    def __init__(self) -> None:
+        self._cache: dict[bytes, frozenset[str]] = {}
+
+    def __call__(self, text: str) -> frozenset[str]:
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = frozenset(hard_tokens(text))
+        return found
+
+
+# ------------------------------------------------------------------------------ nocp process
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NocpProcess:
+    """``python -m proxy.cli serve`` on a free loopback port; stopped by PID."""
+
+    def __init__(self, upstream: str, folder: Path, config: Path | None = None) -> None:
+        self.upstream = upstream
+        self.folder = folder
+        self.config = config
+        self.log_dir = folder / "nocp-log"
+        self.output = folder / "nocp-serve.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def _spawn(self) -> None:
+        self.port = _free_port()
+        argv = [sys.executable, "-m", "proxy.cli", "serve", "--upstream", self.upstream]
+        argv += ["--host", "127.0.0.1", "--port", str(self.port), "--log-dir", str(self.log_dir)]
+        if self.config is not None:
+            argv += ["--config", str(self.config)]
+        env = {k: val for k, val in os.environ.items() if not k.startswith("NOCP_")}
+        with self.output.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def tail(self, chars: int = 2000) -> str:
+        try:
+            return self.output.read_text("utf-8", "replace")[-chars:]
+        except OSError:
+            return ""
+
+    async def start(self, session: aiohttp.ClientSession, wait_s: float = 30.0) -> None:
+        """Start and wait for ``/readyz``; a process that exits early is retried on a new port."""
+        for _ in range(3):
+            self._spawn()
+            assert self.proc is not None
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with session.get(self.url + "/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+            await self.stop()
+        raise RuntimeError(f"nocp serve did not become ready:\n{self.tail()}")
+
+    async def stop(self) -> None:
+        """SIGTERM (nocp flushes its log), SIGKILL after 10 s."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.to_thread(proc.wait, 10)
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Every TransactionLog line written (rotated files first)."""
+        files = sorted(self.log_dir.glob("transactions.jsonl*"), key=lambda p: p.name, reverse=True)
+        out: list[dict[str, Any]] = []
+        for path in files:
+            for line in path.read_text("utf-8").splitlines():
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass(slots=True)
+class ScenarioResult:
+    """Everything measured for one scenario."""
+
+    scenario: Scenario
+    base: Totals = field(default_factory=Totals)
+    nocp: Totals = field(default_factory=Totals)
+    fidelity: Fidelity = field(default_factory=Fidelity)
+    # Prefix stability of what nocp sent: did request k+1 start with request k's tools and messages?
+    stability: dict[str, Any] = field(default_factory=lambda: {"checked": 0, "breaks": 0, "reasons": {}})
+    base_latencies: list[float] = field(default_factory=list)
+    nocp_latencies: list[float] = field(default_factory=list)
+    log: dict[str, Any] = field(default_factory=dict)
+    criteria: list[Criterion] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def session(self, index: int) -> str:
+        return f"bench-{self.scenario.name}-{index}"
+
+
+@dataclass(slots=True)
+class SuiteRun:
+    """The results of every scenario, and what the run was."""
+
+    results: list[ScenarioResult]
+    model: str
+    price: Price
+    stages: list[str]
+    nocp_pid: int | None
+    history_threshold: int | None = None  # prompt tokens above which the roll-up acts (model)
+    notes: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[str, int], None]  # (scenario name, requests done in it) after each request
+
+
+_WARMUP_SEED = 987_654_321
+
+
+def _ignore(name: str, n: int) -> None:
+    return None
+
+
+def _offset(report: Progress, base: int, name: str, n: int) -> None:
+    report(name, base + n)
+
+
+def _cost(price: Price, prompt: int, cached: int, completion: int) -> float:
+    return price.cost(prompt, cached, completion)
+
+
+def _add_usage(
+    totals: Totals, price: Price, prompt: int, cached: int, completion: int, latency: float
+) -> None:
+    totals.requests += 1
+    totals.prompt_tokens += prompt
+    totals.cached_tokens += cached
+    totals.completion_tokens += completion
+    totals.latency_s += latency
+    totals.cost_usd += _cost(price, prompt, cached, completion)
+    totals.cost_uncached_usd += _cost(price, prompt, 0, completion)
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str]
+) -> tuple[int, float]:
+    started = time.perf_counter()
+    async with session.post(url, data=data, headers=dict(headers)) as resp:
+        await resp.read()
+        status = resp.status
+    return status, time.perf_counter() - started
+
+
+class _Replayer:
+    """Sends each request of a conversation to both paths and accounts for it."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_fake: FakeUpstream,
+        nocp_fake: FakeUpstream,
+        nocp_url: str,
+        model: str,
+        price: Price,
+    ) -> None:
+        self.session = session
+        self.base_fake = base_fake
+        self.nocp_fake = nocp_fake
+        self.nocp_url = nocp_url + "/v1/chat/completions"
+        self.base_url = base_fake.openai_base_url + "/chat/completions"
+        self.model = model
+        self.price = price
+        self.hard = _HardTokenCache()
+        self.flip = False
+
+    async def conversation(
+        self, conv: Conversation, result: ScenarioResult, session_id: str, progress: Progress
+    ) -> None:
+        from proxy.testing import Replay
+
+        msgs = conv.messages
+        turns = conv.turns()
+        # later[i]: hard tokens of the assistant turns at or after message i
+        later: list[frozenset[str]] = [frozenset()] * (len(msgs) + 1)
+        acc: frozenset[str] = frozenset()
+        for i in range(len(msgs) - 1, -1, -1):
+            if msgs[i].get("role") == "assistant":
+                acc = acc | self.hard(message_text(msgs[i]))
+            later[i] = acc
+        headers = {**_HEADERS, "X-Session-Id": session_id}
+        previous: tuple[list[Any], list[Any]] | None = None  # (tools, messages) nocp sent last time
+        for k, end in enumerate(turns):
+            data = json.dumps(conv.body(end, self.model), ensure_ascii=False).encode("utf-8", "surrogatepass")
+            answer = Replay(msgs[end])
+            self.base_fake.script(answer)
+            self.nocp_fake.script(answer)
+            paths = [("base", self.base_url), ("nocp", self.nocp_url)]
+            if self.flip:
+                paths.reverse()
+            self.flip = not self.flip
+            outcome: dict[str, tuple[int, float]] = {}
+            used: dict[str, int] = {
+                "base": len(self.base_fake.usage_log),
+                "nocp": len(self.nocp_fake.usage_log),
+            }
+            for name, url in paths:
+                try:
+                    outcome[name] = await _post(self.session, url, data, headers)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    result.log.setdefault("client_errors", []).append(f"{name} request {k}: {exc!r}")
+                    outcome[name] = (0, 0.0)
+            for name, fake, totals, lat in (
+                ("base", self.base_fake, result.base, result.base_latencies),
+                ("nocp", self.nocp_fake, result.nocp, result.nocp_latencies),
+            ):
+                status, seconds = outcome[name]
+                if status != 200 or len(fake.usage_log) <= used[name]:
+                    totals.errors += 1
+                    continue
+                u = fake.usage_log[-1]
+                _add_usage(totals, self.price, u.prompt_tokens, u.cached_tokens, u.completion_tokens, seconds)
+                lat.append(seconds)
+            # An answer left unused (the request failed before it reached the fake) must not
+            # answer the next request; FakeUpstream.reset() would also clear the prefix cache.
+            for fake in (self.base_fake, self.nocp_fake):
+                if fake.pending:
+                    fake._script.clear()
+            if outcome["nocp"][0] == 200 and self.nocp_fake.requests:
+                sent_body = self.nocp_fake.requests[-1].json()
+                sent = sent_body.get("messages") or []
+                self._fidelity(msgs[:end], sent, later[end], result.fidelity)
+                current = (list(sent_body.get("tools") or []), list(sent))
+                if previous is not None:
+                    _stability(previous, current, result.stability)
+                previous = current
+            self.base_fake.requests.clear()
+            self.nocp_fake.requests.clear()
+            progress(result.scenario.name, k + 1)
+
+    def _fidelity(
+        self, raw: Sequence[Message], sent: Iterable[Message], later: frozenset[str], fid: Fidelity
+    ) -> None:
+        data: set[str] = set()
+        for m in raw:
+            if m.get("role") == "tool":
+                data |= self.hard(message_text(m))
+        needed = data & later
+        if not needed:
+            return
+        present: set[str] = set()
+        for m in sent:
+            if isinstance(m, dict):
+                present |= self.hard(message_text(m))
+        kept = needed & present
+        fid.needed += len(needed)
+        fid.kept += len(kept)
+        fid.requests += 1
+        fid.requests_full += int(kept == needed)
+        for token in sorted(needed - kept):
+            if len(fid.missed_examples) >= 12:
+                break
+            if token not in fid.missed_examples:
+                fid.missed_examples.append(token)
+
+
+def _tool_names(tools: Iterable[Any]) -> list[str]:
+    return [str((t.get("function") or {}).get("name")) for t in tools if isinstance(t, dict)]
+
+
+def _stability(
+    previous: tuple[list[Any], list[Any]], current: tuple[list[Any], list[Any]], acc: dict[str, Any]
+) -> None:
+    """Count a request whose tools or earlier messages differ from the previous request's (what
+    nocp sent): a provider's prefix cache then misses from that point on."""
+    (old_tools, old_msgs), (new_tools, new_msgs) = previous, current
+    acc["checked"] += 1
+    reason = None
+    if old_tools != new_tools:
+        added = [n for n in _tool_names(new_tools) if n not in _tool_names(old_tools)]
+        removed = [n for n in _tool_names(old_tools) if n not in _tool_names(new_tools)]
+        what = ", ".join([*(f"+{n}" for n in added), *(f"-{n}" for n in removed)]) or "changed"
+        reason = f"tool definitions changed ({what})"
+    elif new_msgs[: len(old_msgs)] != old_msgs:
+        i = next(
+            (i for i, (a, b) in enumerate(zip(old_msgs, new_msgs, strict=False)) if a != b), len(new_msgs)
+        )
+        role = old_msgs[i].get("role") if i < len(old_msgs) and isinstance(old_msgs[i], dict) else "?"
+        reason = f"an earlier {role} message changed"
+    if reason is not None:
+        acc["breaks"] += 1
+        acc["reasons"][reason] = acc["reasons"].get(reason, 0) + 1
+
+
+def _log_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What nocp's own TransactionLog says about one scenario's requests."""
+
+    def total(key: str) -> float:
+        return sum(float(r.get(key) or 0) for r in records)
+
+    methods: Counter[str] = Counter()
+    rollups = 0
+    for r in records:
+        for seg in r.get("segments") or ():
+            methods[str(seg.get("method"))] += 1
+            if str(seg.get("method", "")).startswith("history_rollup"):
+                rollups += 1
+    fail_open = Counter(str(f.get("stage")) for r in records for f in r.get("fail_open") or ())
+    overhead = [float(r.get("proxy_overhead_ms") or 0) for r in records]
+    compression = [float(r.get("compression_latency_ms") or 0) for r in records]
+    return {
+        "lines": len(records),
+        "outcomes": dict(Counter(str(r.get("outcome")) for r in records)),
+        "raw_input_tokens": int(total("raw_input_tokens")),
+        "optimized_input_tokens": int(total("optimized_input_tokens")),
+        "compression_overhead_tokens": int(total("compression_overhead_tokens")),
+        "estimated_cost_usd": round(total("estimated_cost_usd"), 8),
+        "baseline_cost_usd": round(total("baseline_cost_usd"), 8),
+        "cost_savings_usd": round(total("cost_savings_usd"), 8),
+        "fail_open": dict(fail_open),
+        "segment_methods": dict(methods.most_common()),
+        "history_rollups": rollups,
+        "proxy_overhead_ms_p50": percentile(overhead, 50),
+        "proxy_overhead_ms_p95": percentile(overhead, 95),
+        "compression_latency_ms_p50": percentile(compression, 50),
+        "compression_latency_ms_max": max(compression) if compression else None,
+    }
+
+
+def proxy_settings(config: Path | None) -> Settings:
+    """The settings ``nocp serve`` runs with here: ``config`` (or defaults), no ``NOCP_*``
+    variables (the subprocess gets none either)."""
+    from proxy.config import load_settings
+
+    env = {k: val for k, val in os.environ.items() if not k.startswith("NOCP_")}
+    return load_settings(config, env=env)
+
+
+def stage_names(settings: Settings) -> list[str]:
+    """The stages ``nocp serve`` builds with ``settings`` (the session store connects on first use)."""
+    from proxy.pipeline import stage_name
+    from proxy.server import default_stages
+
+    return [stage_name(s) for s in default_stages(settings)]
+
+
+async def run_suite(
+    scenarios: Sequence[Scenario],
+    *,
+    model: str,
+    prices: PriceTable,
+    folder: Path,
+    config: Path | None = None,
+    progress: Progress | None = None,
+    scenario_done: Callable[[ScenarioResult], None] | None = None,
+) -> SuiteRun:
+    """Replay every scenario through both paths; return the measurements."""
+    from proxy.testing import FakeUpstream
+
+    price = prices.lookup(model)
+    if price is None:
+        raise ValueError(f"no price for model {model!r}; add it under pricing.models in the config")
+    settings = proxy_settings(config)
+    history = settings.history
+    summarizer_price = (
+        prices.lookup(history.summarizer_model)
+        if history.summarizer_upstream and history.summarizer_model
+        else None
+    ) or price
+    report = progress or (lambda name, n: None)
+    results: list[ScenarioResult] = []
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with (
+        FakeUpstream(models=(model,)) as base_fake,
+        FakeUpstream(models=(model,)) as nocp_fake,
+        aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=4)) as session,
+    ):
+        nocp = NocpProcess(nocp_fake.openai_base_url, folder, config)
+        await nocp.start(session)
+        try:
+            replayer = _Replayer(session, base_fake, nocp_fake, nocp.url, model, price)
+            # Warm-up: tokenizer tables, every compressor's code path, connection pools; with
+            # conversations of another seed, so no measured tool output is in nocp's caches.
+            for i, warm in enumerate(seed_scenarios(("small",), seed=_WARMUP_SEED)):
+                result = ScenarioResult(warm)
+                await replayer.conversation(warm.conversations[0], result, f"bench-warmup-{i}", _ignore)
+            for sc in scenarios:
+                base_fake.reset()
+                nocp_fake.reset()
+                result = ScenarioResult(sc)
+                started = time.perf_counter()
+                done = 0
+                for ci, conv in enumerate(sc.conversations):
+                    step = functools.partial(_offset, report, done)
+                    await replayer.conversation(conv, result, result.session(ci), step)
+                    done += len(conv.turns())
+                result.seconds = time.perf_counter() - started
+                results.append(result)
+                if scenario_done is not None:
+                    scenario_done(result)
+        finally:
+            await nocp.stop()
+        records = nocp.log_records()
+    by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_session[str(r.get("session_id"))].append(r)
+    for result in results:
+        own = [
+            r
+            for ci in range(len(result.scenario.conversations))
+            for r in by_session.get(result.session(ci), [])
+        ]
+        result.log = {**result.log, **_log_stats(own)}
+        # Summarizer calls are billed too: at the summarizer model's fresh-input price (the log
+        # keeps only the sum of their prompt and completion tokens; see proxy.pricing).
+        overhead_tokens = int(result.log["compression_overhead_tokens"])
+        result.nocp.overhead_tokens = overhead_tokens
+        result.nocp.overhead_cost_usd = overhead_tokens * summarizer_price.input / 1e6
+        result.criteria = evaluate(
+            result.base, result.nocp, structured_output=result.scenario.structured_output
+        )
+    threshold = None
+    if history.enabled:
+        from proxy.stages.history import policy_for
+
+        threshold = policy_for(history, model).threshold
+    return SuiteRun(results, model, price, stage_names(settings), nocp.pid, threshold)

@@ -1,0 +1,202 @@
+"""Token prices, and the cost fields of the TransactionLog.
+
+Prices are USD per 1M tokens: fresh (uncached) input, cached input, output. The built-in
+table (:data:`DEFAULT_PRICES`) holds the public list prices of a few current models
+(standard tier, no batch discount; Gemini at its <= 200k-token prompt tier); the ``pricing``
+section of the settings adds or overrides entries::
+
+    pricing:
+      models:
+        "gpt-4o*": {input: 2.5, cached_input: 1.25, output: 10}
+        "my-local-*": {input: 0, output: 0}
+
+Model names match glob patterns, case-insensitively, after any ``provider/`` or ``models/``
+prefix is removed; the configured entries are tried first, then the built-in ones, first
+match wins (so ``gpt-4o-mini*`` is listed before ``gpt-4o*``). A model with no price leaves
+the cost fields null.
+
+The cost model of one request (:meth:`CostModel.apply`), with the upstream's own usage:
+
+- ``estimated_cost_usd`` = ``(prompt - cached) * input + cached * cached_input +
+  completion * output``: what the provider bills for the request nocp sent.
+- ``baseline_cost_usd``: what the request would have cost had nocp sent it unchanged. Its
+  prompt is the upstream's ``prompt_tokens`` plus the tokens nocp removed
+  (``raw_input_tokens - optimized_input_tokens``; both counted locally with the same
+  tokenizer, so the difference is exact even where the upstream counts framing or tool
+  definitions a little differently); it is assumed to hit the provider's prompt cache for the
+  *same share* of its prompt as the real request did (``cached / prompt``); its completion is
+  the real one (nocp does not change the answer). When nocp changed nothing, baseline ==
+  estimated exactly.
+- ``cost_savings_usd`` = ``baseline - estimated - overhead``, where overhead is the
+  summarizer's ``compression_overhead_tokens`` priced at the summarizer model's fresh-input
+  price (the log keeps only the sum of the summary call's prompt and completion tokens, so
+  its completion part is priced as input: an underestimate of a few percent of the overhead).
+
+What the per-request estimate cannot know is the counterfactual cache: a stage that changes
+an earlier part of the prompt from one request to the next lowers the cached share of *this*
+request, and the "same share" assumption then lowers the baseline as well, so the estimate
+does not show the cost of a broken prefix cache. ``nocp bench`` measures that directly, with
+both versions of every request billed by the fake provider's prefix-cache simulation.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from proxy.config import PricingConfig, Settings
+from proxy.translog import TransactionLog
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "PRICES_AS_OF",
+    "CostModel",
+    "Price",
+    "PriceTable",
+    "baseline_cost",
+    "request_cost",
+]
+
+PRICES_AS_OF = "2025-11"
+_PER = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens."""
+
+    input: float
+    cached_input: float
+    output: float
+
+    def cost(self, prompt: int, cached: int, completion: int) -> float:
+        """USD for ``prompt`` input tokens of which ``cached`` were cached, and ``completion``."""
+        return request_cost(self, prompt, cached, completion)
+
+
+# First match wins: more specific names before their prefixes.
+DEFAULT_PRICES: tuple[tuple[str, Price], ...] = (
+    ("gpt-4o-mini*", Price(0.15, 0.075, 0.60)),
+    ("gpt-4o*", Price(2.50, 1.25, 10.00)),
+    ("chatgpt-4o*", Price(5.00, 5.00, 15.00)),
+    ("gpt-4.1-nano*", Price(0.10, 0.025, 0.40)),
+    ("gpt-4.1-mini*", Price(0.40, 0.10, 1.60)),
+    ("gpt-4.1*", Price(2.00, 0.50, 8.00)),
+    ("gpt-5-nano*", Price(0.05, 0.005, 0.40)),
+    ("gpt-5-mini*", Price(0.25, 0.025, 2.00)),
+    ("gpt-5*", Price(1.25, 0.125, 10.00)),
+    ("o4-mini*", Price(1.10, 0.275, 4.40)),
+    ("o3-mini*", Price(1.10, 0.55, 4.40)),
+    ("o3-pro*", Price(20.00, 20.00, 80.00)),
+    ("o3*", Price(2.00, 0.50, 8.00)),
+    ("o1-mini*", Price(1.10, 0.55, 4.40)),
+    ("o1*", Price(15.00, 7.50, 60.00)),
+    ("gemini-2.5-pro*", Price(1.25, 0.125, 10.00)),
+    ("gemini-2.5-flash-lite*", Price(0.10, 0.01, 0.40)),
+    ("gemini-2.5-flash*", Price(0.30, 0.03, 2.50)),
+    ("gemini-2.0-flash-lite*", Price(0.075, 0.075, 0.30)),
+    ("gemini-2.0-flash*", Price(0.10, 0.025, 0.40)),
+)
+
+
+def request_cost(price: Price, prompt: int, cached: int, completion: int) -> float:
+    """USD billed for one request: uncached input, cached input and output at their prices."""
+    cached = max(0, min(cached, prompt))
+    return ((prompt - cached) * price.input + cached * price.cached_input + completion * price.output) / _PER
+
+
+def baseline_cost(
+    price: Price, prompt: int, cached: int, completion: int, raw_input: int, optimized_input: int
+) -> float:
+    """USD the request would have cost unchanged: ``prompt`` plus the tokens removed
+    (``raw_input - optimized_input``), cached for the same share as the real request."""
+    base_prompt = max(0, prompt + raw_input - optimized_input)
+    share = min(1.0, cached / prompt) if prompt > 0 else 0.0
+    return request_cost(price, base_prompt, round(base_prompt * share), completion)
+
+
+def _bare(model: str) -> str:
+    name = model.strip().lower()
+    for prefix in ("models/",):
+        name = name.removeprefix(prefix)
+    return name.rsplit("/", 1)[-1]
+
+
+class PriceTable:
+    """Model-name globs -> :class:`Price`, first match wins."""
+
+    def __init__(self, entries: Iterable[tuple[str, Price]]) -> None:
+        self.entries = tuple((pattern.lower(), price) for pattern, price in entries)
+
+    @classmethod
+    def from_config(cls, config: PricingConfig) -> PriceTable:
+        """The configured entries, then the built-in ones."""
+        own = [
+            (
+                pattern,
+                Price(p.input, p.cached_input if p.cached_input is not None else p.input, p.output),
+            )
+            for pattern, p in config.models.items()
+        ]
+        return cls([*own, *DEFAULT_PRICES])
+
+    def lookup(self, model: str | None) -> Price | None:
+        """The price of ``model``, or None when no pattern matches."""
+        if not model:
+            return None
+        name = _bare(model)
+        for pattern, price in self.entries:
+            if fnmatch.fnmatchcase(name, pattern):
+                return price
+        return None
+
+    def as_dict(self) -> Mapping[str, Price]:
+        """Patterns and prices, in lookup order (the first of duplicate patterns)."""
+        out: dict[str, Price] = {}
+        for pattern, price in self.entries:
+            out.setdefault(pattern, price)
+        return out
+
+
+def _round(usd: float) -> float:
+    return round(usd, 10)
+
+
+class CostModel:
+    """Fills the cost fields of TransactionLog records (see the module docstring)."""
+
+    def __init__(self, table: PriceTable, *, summarizer_model: str | None = None) -> None:
+        self.table = table
+        self.summarizer_model = summarizer_model
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CostModel | None:
+        """The cost model ``settings`` describe, or None when pricing is switched off."""
+        if not settings.pricing.enabled:
+            return None
+        history = settings.history
+        summarizer = history.summarizer_model if history.summarizer_upstream else None
+        return cls(PriceTable.from_config(settings.pricing), summarizer_model=summarizer)
+
+    def apply(self, record: TransactionLog) -> None:
+        """Set ``estimated_cost_usd``, ``baseline_cost_usd`` and ``cost_savings_usd`` of a
+        finished record (usage and token counts filled in). Unknown model or no usage from the
+        upstream: the fields stay null."""
+        price = self.table.lookup(record.model)
+        if price is None or record.prompt_tokens is None:
+            return
+        prompt = record.prompt_tokens
+        cached = record.cached_tokens or 0
+        completion = record.completion_tokens or 0
+        estimated = request_cost(price, prompt, cached, completion)
+        baseline = baseline_cost(
+            price, prompt, cached, completion, record.raw_input_tokens, record.optimized_input_tokens
+        )
+        overhead = 0.0
+        if record.compression_overhead_tokens:
+            summarizer = self.table.lookup(self.summarizer_model) if self.summarizer_model else None
+            overhead = record.compression_overhead_tokens * (summarizer or price).input / _PER
+        record.estimated_cost_usd = _round(estimated)
+        record.baseline_cost_usd = _round(baseline)
+        record.cost_savings_usd = _round(baseline - estimated - overhead)
