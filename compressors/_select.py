@@ -423,15 +423,66 @@ def render(
     return sep.join(out), tuple(omitted)
 
 
-# The hard tokens of a stripped run, shared by all inputs (a pure function of the run: the same
-# identifiers and paths come back in every output of a repository). Bounded: emptied when full.
-_STRIPPED_RUNS: dict[str, tuple[tuple[str, str], ...]] = {}
-_STRIPPED_RUNS_MAX: Final = 32768
+class _RunTokens:
+    """The hard tokens of each run of :data:`~compressors._hardtokens._RUN`, remembered for
+    all inputs: a pure function of the run (the same identifiers and paths come back in every
+    output of a repository). Bounded: emptied when :data:`RUN_MEMO_MAX` runs are held."""
+
+    __slots__ = ("numeric", "plain", "runs", "stripped")
+
+    def __init__(self) -> None:
+        self.runs: dict[str, tuple[tuple[str, str], ...]] = {}  # runs holding hard tokens
+        self.plain: set[str] = set()  # runs that hold none (most of them)
+        self.numeric: set[str] = set()  # runs that hold one number and nothing else
+        self.stripped: dict[str, tuple[tuple[str, str], ...]] = {}  # by stripped form
+
+    def clear(self) -> None:
+        self.runs.clear()
+        self.plain.clear()
+        self.numeric.clear()
+        self.stripped.clear()
+
+    def classify(self, run: str) -> tuple[tuple[str, str], ...]:
+        """The (kind, token) pairs of one run (at most :data:`MAX_RUN_CHARS` long), as
+        ``hard_tokens_by_kind`` finds them, remembered."""
+        if len(self.runs) + len(self.plain) + len(self.stripped) >= RUN_MEMO_MAX:
+            self.clear()
+        stripped = run.rstrip(_TRAIL_STRIP)
+        if not (stripped.startswith(("./", "../", "~/", "/")) and len(stripped) > 2):
+            stripped = stripped.lstrip(_LEAD_STRIP)
+        found = self.stripped.get(stripped)
+        if found is None:
+            if stripped.isdigit():  # ASCII digits: a number, an id from 7 digits, one digit nothing
+                if len(stripped) >= 7:
+                    found = (("id", stripped),)
+                else:
+                    found = (("number", stripped),) if len(stripped) > 1 else ()
+            elif stripped.isalpha() and stripped[1:].islower():
+                # a plain word ("value", "Value") is never a hard token: no digit, no separator,
+                # no second capital, no underscore
+                found = ()
+            else:
+                out: dict[str, set[str]] = {kind: set() for kind in KINDS}
+                _classify(stripped, out, split=True)
+                found = tuple((kind, token) for kind in KINDS for token in out[kind])
+            self.stripped[stripped] = found
+        if not found:
+            self.plain.add(run)
+        else:
+            self.runs[run] = found
+            if len(found) == 1 and found[0][0] == "number":
+                self.numeric.add(run)
+        return found
+
+
+RUN_MEMO_MAX: Final = 65536
+_run_tokens = _RunTokens()
 
 
 def clear_memo() -> None:
-    """Forget the remembered run classifications (benchmarks measuring cold runs)."""
-    _STRIPPED_RUNS.clear()
+    """Forget the remembered run classifications and word stems (benchmarks measuring cold
+    runs)."""
+    _run_tokens.clear()
     _stem.cache_clear()
     _query_forms.cache_clear()
     _forms_pattern.cache_clear()
@@ -443,45 +494,20 @@ class _HardTokenMemo:
 
     The passes are those of ``hard_tokens_by_kind`` (URLs blanked out, HTTP status codes,
     then each run of :data:`~compressors._hardtokens._RUN` stripped and classified whole): a
-    run classifies the same way wherever it occurs, so its tokens are remembered, and so are
-    those of its stripped form (``1551:`` and ``1551`` are classified once). Plain words and
-    digit strings, most of the runs, are recognised without the full classification. The
-    results are sets, equal to those of ``hard_tokens_by_kind`` for the same text."""
+    run classifies the same way wherever it occurs, so its tokens are remembered (across
+    inputs, :class:`_RunTokens`), and so are those of its stripped form (``1551:`` and
+    ``1551`` are classified once). Plain words and digit strings, most of the runs, are
+    recognised without the full classification. The results are sets, equal to those of
+    ``hard_tokens_by_kind`` for the same text."""
 
-    __slots__ = ("_plain", "_runs", "_tokens")
+    __slots__ = ("_tokens",)
 
     def __init__(self) -> None:
-        self._runs: dict[str, tuple[tuple[str, str], ...]] = {}
-        self._plain: set[str] = set()  # runs that hold no hard token (most of them)
         self._tokens: dict[str, set[str]] = {}
 
-    def _classify_run(self, run: str) -> tuple[tuple[str, str], ...]:
-        stripped = run.rstrip(_TRAIL_STRIP)
-        if not (stripped.startswith(("./", "../", "~/", "/")) and len(stripped) > 2):
-            stripped = stripped.lstrip(_LEAD_STRIP)
-        found = _STRIPPED_RUNS.get(stripped)
-        if found is not None:
-            return found
-        if stripped.isdigit():  # ASCII digits: a number, an id from 7 digits, one digit nothing
-            if len(stripped) >= 7:
-                found = (("id", stripped),)
-            else:
-                found = (("number", stripped),) if len(stripped) > 1 else ()
-        elif stripped.isalpha() and stripped[1:].islower():
-            # a plain word ("value", "Value") is never a hard token: no digit, no separator,
-            # no second capital, no underscore
-            found = ()
-        else:
-            out: dict[str, set[str]] = {kind: set() for kind in KINDS}
-            _classify(stripped, out, split=True)
-            found = tuple((kind, token) for kind in KINDS for token in out[kind])
-        if len(_STRIPPED_RUNS) >= _STRIPPED_RUNS_MAX:
-            _STRIPPED_RUNS.clear()
-        _STRIPPED_RUNS[stripped] = found
-        return found
-
-    def by_kind(self, text: str) -> dict[str, set[str]]:
-        """Equal to ``hard_tokens_by_kind(text)``."""
+    def by_kind(self, text: str, *, numbers: bool = True) -> dict[str, set[str]]:
+        """Equal to ``hard_tokens_by_kind(text)``; with ``numbers=False`` the ``number`` kind
+        may miss tokens (a numbered view has a number on every line), the others are equal."""
         out: dict[str, set[str]] = {kind: set() for kind in KINDS}
         rest = text
         if "://" in text:
@@ -498,19 +524,18 @@ class _HardTokenMemo:
         if "HTTP" in rest or "tatus" in rest:
             for m in _HTTP_STATUS.finditer(rest):
                 out["error_code"].add(f"HTTP {m.group(1)}")
+        memo = _run_tokens
         runs = set(_RUN.findall(rest))
-        runs -= self._plain
-        memo = self._runs
+        runs -= memo.plain
+        if not numbers:
+            runs -= memo.numeric
+        known = memo.runs
         for run in runs:
-            found = memo.get(run)
+            found = known.get(run)
             if found is None:
                 if len(run) > MAX_RUN_CHARS:
                     continue
-                found = self._classify_run(run)
-                if not found:
-                    self._plain.add(run)
-                    continue
-                memo[run] = found
+                found = memo.classify(run)
             for kind, token in found:
                 out[kind].add(token)
         return out
@@ -576,7 +601,7 @@ def mentions(dropped: str, kept: set[str], limit: int) -> list[str]:
 
 def _iter_mentions(dropped: str, kept: set[str], limit: int, memo: _HardTokenMemo) -> Iterator[str]:
     """:func:`mentions`, one at a time: a kind's tokens are sorted only when reached."""
-    by_kind = memo.by_kind(dropped)
+    by_kind = memo.by_kind(dropped, numbers=False)  # numbers are never mentioned
     produced = 0
     covered: set[str] = set()
     for kind in _MENTION_KINDS:

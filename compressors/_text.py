@@ -144,8 +144,12 @@ def _important_chunks(chunks: list[list[str]]) -> list[bool]:
         return [_has_important_line(c) for c in chunks]
     starts = list(itertools.accumulate(map(len, units), initial=0))
     flagged: set[int] = set()
-    for m in IMPORTANT_HINT.finditer(low):
-        flagged.add(bisect.bisect_right(starts, m.start()) - 1)
+    pos = 0
+    while (m := IMPORTANT_HINT.search(low, pos)) is not None:
+        i = bisect.bisect_right(starts, m.start()) - 1
+        flagged.add(i)
+        pos = starts[i + 1]  # units are joined without a separator: a match may run into the
+        # next unit and hide a hint starting there, so the next unit is searched from its start
     out: list[bool] = []
     u = 0
     for chunk in chunks:

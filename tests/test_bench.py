@@ -245,9 +245,7 @@ def test_readme_table_replaces_the_placeholder_then_its_own_block(tmp_path: Path
 
 
 async def test_run_suite_measures_both_paths(tmp_path: Path) -> None:
-    """One small scenario through the fake directly and through ``nocp serve``: every request
-    billed on both sides, nocp's log lines joined, and nocp's own cost estimate equal to the
-    cost the benchmark computes from the same usage."""
+    """A live run bills every request on both paths and nocp's own cost estimate matches the usage."""
     from proxy.bench.runner import run_suite
     from proxy.config import PricingConfig
     from proxy.pricing import PriceTable
