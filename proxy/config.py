@@ -184,9 +184,16 @@ class RetrievalConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     ``tool_name``; nocp answers its calls itself and sends the conversation on, at most
     ``max_rounds`` times per request. A tool result holds at most ``max_result_chars``
     characters (the model can ask for a part with ``query``).
+
+    ``offer_to_agents`` offers the tool on every request of an agent (one that carries client
+    tools, tool calls or tool results), before any cut: the tool list, which providers render
+    ahead of the messages, then stays the same from the agent's first turns on, so the first
+    cut does not cost one whole uncached prompt. Off by default: the tool is offered only
+    with a marker to fetch.
     """
 
     enabled: bool = True
+    offer_to_agents: bool = False
     ttl_s: float = 3600.0
     max_rounds: int = 3
     tool_name: str = "nocp_retrieve"

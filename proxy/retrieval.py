@@ -286,6 +286,13 @@ class RetrievalRequest:
             texts.append(after.rollup.text)
         present = {ref for t in texts for ref in marker_ids(t) if ref in self.cuts}
         if not present:
+            agent = body.get("tools") or any(g.kind in ("tool_call", "tool_output") for g in after.segments)
+            if (
+                self.config.offer_to_agents
+                and agent
+                and self.adapter.retrieval_blocker(body, self.tool_name) is None
+            ):
+                self.offered = self.record.retrieval_offered = True
             return after
         blocker = self.adapter.retrieval_blocker(body, self.tool_name)
         if blocker is None:

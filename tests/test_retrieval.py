@@ -601,3 +601,21 @@ async def test_sniffer_failure_passes_stream_through(
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "All fine."
     (line,) = await proxy.log_lines(1)
     assert line["outcome"] == "ok" and "sniffer bug" in line["fail_open"][0]["reason"]
+
+
+async def test_offer_to_agents_keeps_tool_list_stable(fake: FakeUpstream, make_proxy: Any) -> None:
+    """With offer_to_agents, an agent's tool list holds nocp_retrieve before any cut; chats get none."""
+    proxy = await make_proxy(retrieval={"offer_to_agents": True})
+    async with _client(proxy.url) as client:
+        await client.chat.completions.create(
+            model="gpt-4o", messages=conversation("3 lines"), tools=[WEATHER]
+        )
+        await client.chat.completions.create(model="gpt-4o", messages=conversation(), tools=[WEATHER])
+        await client.chat.completions.create(model="gpt-4o", messages=conversation("3 lines"))
+        await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    first, second, agent_no_tools, chat = (r.json() for r in fake.requests)
+    names = [t["function"]["name"] for t in first["tools"]]
+    assert names == ["get_weather", "nocp_retrieve"]
+    assert second["tools"] == first["tools"]
+    assert [t["function"]["name"] for t in agent_no_tools["tools"]] == ["nocp_retrieve"]
+    assert "tools" not in chat
