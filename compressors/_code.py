@@ -122,10 +122,12 @@ def compress_code(text: str, ctx: CompressionContext, cfg: CompressionConfig) ->
         if key < priority[i]:
             priority[i] = key
 
-    indents: list[int | None] = []  # indentation of structure lines, None for others
-    for body in bodies:
-        head = body[:_SCAN_CHARS]
-        indents.append(len(head) - len(head.lstrip()) if _STRUCTURE.match(head) else None)
+    # indentation of structure lines, None for others
+    heads = [body[:_SCAN_CHARS] for body in bodies]
+    indents: list[int | None] = [
+        None if m is None else len(head) - len(head.lstrip())
+        for head, m in zip(heads, map(_STRUCTURE.match, heads), strict=True)
+    ]
     hit_lines = sorted(range(n), key=lambda i: (-weight[i], i))[:_MAX_HIT_LINES] if any(weight) else []
     for i in hit_lines:
         if not weight[i]:

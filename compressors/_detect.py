@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import itertools
 import json
 import re
 from collections import Counter
@@ -73,6 +74,7 @@ _LEVEL_WINDOW: Final = 100  # a level word must appear this close to the start o
 # Necessary conditions of _TIMESTAMP and _LEVEL_WORD (neither spans a newline).
 _TIMESTAMP_HINT: Final = re.compile(r"\d\d:\d\d")
 _LEVEL_WORD_HINT: Final = re.compile(r"[A-Z]{4}")
+_BANNER_HINT: Final = re.compile(r"^(?:=====|-----)", re.MULTILINE)
 
 # --- search results -----------------------------------------------------------------------
 _GREP_LINE: Final = re.compile(r"([^\s:]{1,300}):\d+:")
@@ -275,29 +277,25 @@ def _most_common(counts: list[int]) -> tuple[int, int]:
 
 def _is_log(lines: list[str]) -> bool:
     windows = [line[:_LEVEL_WINDOW] for line in lines]
-    # The searches are slow and most lines of non-log text fail them all, so lines are first
-    # picked by a necessary condition of each (``12:34`` for a timestamp, four capitals for a
-    # level word, ``[`` for a bracketed level, a rule for a banner), found in one pass over
-    # all windows; only those lines are searched.
+    # Per-line searches are slow and most lines of non-log text fail them all. None of these
+    # patterns spans a newline, so they run over all windows at once (joined by newlines): a
+    # bracketed level directly; timestamps and level words on the lines holding a necessary
+    # condition of theirs (``12:34``, four capitals); banners on lines starting with a rule.
     joined = "\n".join(windows)
-    starts: list[int] = []
-    pos = 0
-    for window in windows:
-        starts.append(pos)
-        pos += len(window) + 1
-    picked: set[int] = set()
-    for hint in (_TIMESTAMP_HINT, _LEVEL_WORD_HINT):
-        for m in hint.finditer(joined):
-            picked.add(bisect.bisect_right(starts, m.start()) - 1)
-    hits = 0
-    for i, line in enumerate(lines):
-        window = windows[i]
-        if (
-            (i in picked and (_TIMESTAMP.search(window) or _LEVEL_WORD.search(window)))
-            or ("[" in window and _LEVEL_BRACKET.search(window))
-            or (line.startswith(("=====", "-----")) and _BANNER.match(line[:_LINE_CHARS]))
-        ):
-            hits += 1
+    starts = list(itertools.accumulate((len(w) + 1 for w in windows), initial=0))
+
+    def lines_of(pattern: re.Pattern[str]) -> set[int]:
+        return {bisect.bisect_right(starts, m.start()) - 1 for m in pattern.finditer(joined)}
+
+    hit = lines_of(_LEVEL_BRACKET)
+    hit.update(i for i in lines_of(_TIMESTAMP_HINT) - hit if _TIMESTAMP.search(windows[i]))
+    hit.update(i for i in lines_of(_LEVEL_WORD_HINT) - hit if _LEVEL_WORD.search(windows[i]))
+    hit.update(
+        i
+        for i in lines_of(_BANNER_HINT) - hit
+        if lines[i].startswith(("=====", "-----")) and _BANNER.match(lines[i][:_LINE_CHARS])
+    )
+    hits = len(hit)
     return hits >= 2 and hits >= 0.3 * len(lines)
 
 

@@ -426,7 +426,8 @@ def render(
 class _RunTokens:
     """The hard tokens of each run of :data:`~compressors._hardtokens._RUN`, remembered for
     all inputs: a pure function of the run (the same identifiers and paths come back in every
-    output of a repository). Bounded: emptied when :data:`RUN_MEMO_MAX` runs are held."""
+    output of a repository). Bounded: emptied when :data:`RUN_MEMO_MAX` runs are held; runs
+    longer than :data:`RUN_MEMO_CHARS` (rarely repeated) are classified every time."""
 
     __slots__ = ("numeric", "plain", "runs", "stripped")
 
@@ -445,7 +446,8 @@ class _RunTokens:
     def classify(self, run: str) -> tuple[tuple[str, str], ...]:
         """The (kind, token) pairs of one run (at most :data:`MAX_RUN_CHARS` long), as
         ``hard_tokens_by_kind`` finds them, remembered."""
-        if len(self.runs) + len(self.plain) + len(self.stripped) >= RUN_MEMO_MAX:
+        remember = len(run) <= RUN_MEMO_CHARS
+        if remember and len(self.runs) + len(self.plain) + len(self.stripped) >= RUN_MEMO_MAX:
             self.clear()
         stripped = run.rstrip(_TRAIL_STRIP)
         if not (stripped.startswith(("./", "../", "~/", "/")) and len(stripped) > 2):
@@ -465,7 +467,10 @@ class _RunTokens:
                 out: dict[str, set[str]] = {kind: set() for kind in KINDS}
                 _classify(stripped, out, split=True)
                 found = tuple((kind, token) for kind in KINDS for token in out[kind])
-            self.stripped[stripped] = found
+            if remember:
+                self.stripped[stripped] = found
+        if not remember:
+            return found
         if not found:
             self.plain.add(run)
         else:
@@ -476,6 +481,7 @@ class _RunTokens:
 
 
 RUN_MEMO_MAX: Final = 65536
+RUN_MEMO_CHARS: Final = 128
 _run_tokens = _RunTokens()
 
 
