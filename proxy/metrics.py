@@ -144,7 +144,12 @@ class Metrics:
             by_model,
             registry=r,
         )
-        self.cost = Counter("nocp_cost_usd", "Estimated cost of the requests sent.", by_model, registry=r)
+        self.cost = Counter(
+            "nocp_cost_usd",
+            "Estimated cost of the requests sent, summarizer calls included.",
+            by_model,
+            registry=r,
+        )
         self.baseline_cost = Counter(
             "nocp_baseline_cost_usd",
             "Estimated cost had the requests been sent uncompressed; savings = baseline - cost.",
@@ -307,7 +312,10 @@ class Metrics:
         m.prompt_tokens.inc(rec.prompt_tokens or 0)
         m.cached_tokens.inc(rec.cached_tokens or 0)
         m.completion_tokens.inc(rec.completion_tokens or 0)
-        if rec.estimated_cost_usd is not None:
+        if rec.baseline_cost_usd is not None and rec.cost_savings_usd is not None:
+            # what was spent, summarizer calls included, so baseline - cost is the saving
+            m.cost.inc(max(0.0, rec.baseline_cost_usd - rec.cost_savings_usd))
+        elif rec.estimated_cost_usd is not None:
             m.cost.inc(max(0.0, rec.estimated_cost_usd))
         if rec.baseline_cost_usd is not None:
             m.baseline_cost.inc(max(0.0, rec.baseline_cost_usd))

@@ -141,3 +141,14 @@ def test_fail_opens_and_model_label_cap() -> None:
     assert value(s, "nocp_requests_total", model="a") == 1
     assert value(s, "nocp_requests_total", model="other") == 1
     assert value(s, "nocp_requests_total", model="b") == 0
+
+
+def test_cost_counter_includes_summarizer_cost() -> None:
+    """nocp_cost_usd_total is baseline minus the logged saving, so summarizer calls count as cost."""
+    metrics = Metrics()
+    rec = TransactionLog(model="gpt-4o", endpoint="/v1/chat/completions", protocol="openai", status=200)
+    rec.estimated_cost_usd, rec.baseline_cost_usd, rec.cost_savings_usd = 0.5, 1.0, 0.25  # 0.25 summarizer
+    metrics.observe(rec)
+    s = parse(metrics.render().decode())
+    assert value(s, "nocp_cost_usd_total", model="gpt-4o") == 0.75
+    assert value(s, "nocp_baseline_cost_usd_total", model="gpt-4o") == 1.0
