@@ -57,6 +57,14 @@ _OTHER_FRAME: Final = re.compile(
     r"|\s+from .{1,500}:\d+:in "  # Ruby
     r"|\s+\S{1,500}\.go:\d+"  # Go
 )
+_FRAME_STARTS: Final = ('File "', "at ", "from ")
+
+
+def _may_be_frame(line: str) -> bool:
+    """Necessary for a frame line: white space, then 'File "', 'at ' or 'from '; or '.go:'."""
+    return (line[:1].isspace() and line.lstrip().startswith(_FRAME_STARTS)) or ".go:" in line
+
+
 _EXCEPTION_LINE: Final = re.compile(r"[\w.]{0,200}(?:Error|Exception|Warning|Exit|Interrupt)\b:?")
 
 # --- logs ---------------------------------------------------------------------------------
@@ -69,12 +77,14 @@ _LEVEL_WORD: Final = re.compile(
     r"\b(?:TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|FATAL|CRITICAL|SEVERE|PASSED|FAILED|SKIPPED|XFAIL)\b"
 )
 _LEVEL_BRACKET: Final = re.compile(r"\[(?:info|warn|warning|error|debug|trace|fatal)\]", re.IGNORECASE)
+_LEVEL_BRACKET_LINE: Final = re.compile(_LEVEL_BRACKET.pattern + r"[^\n]*", re.IGNORECASE)
 _BANNER: Final = re.compile(r"(?:={5,}|-{5,}) .{1,200} (?:={5,}|-{5,})$")
 _LEVEL_WINDOW: Final = 100  # a level word must appear this close to the start of the line
 # Necessary conditions of _TIMESTAMP and _LEVEL_WORD (neither spans a newline).
-_TIMESTAMP_HINT: Final = re.compile(r"\d\d:\d\d")
-_LEVEL_WORD_HINT: Final = re.compile(r"[A-Z]{4}")
-_BANNER_HINT: Final = re.compile(r"^(?:=====|-----)", re.MULTILINE)
+# (Each consumes the rest of its line: one match per line at most.)
+_TIMESTAMP_HINT: Final = re.compile(r"\d\d:\d\d[^\n]*")
+_LEVEL_WORD_HINT: Final = re.compile(r"[A-Z]{4}[^\n]*")
+_SHAPES: Final = str.maketrans("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0" * 10 + "A" * 26)
 
 # --- search results -----------------------------------------------------------------------
 _GREP_LINE: Final = re.compile(r"([^\s:]{1,300}):\d+:")
@@ -158,15 +168,15 @@ def _json_kind(text: str) -> ContentType | None:
 
 
 def _is_ndjson(text: str) -> bool:
-    lines = [line.strip() for line in _sample_lines(text)]
-    values = [line for line in lines if line]
-    if len(values) < 2:
-        return False
-    for line in values:
+    values = _sample_lines(text)  # none blank
+    for raw in values:
+        line = raw.strip()
         if not ((line[0] == "{" and line[-1] == "}") or (line[0] == "[" and line[-1] == "]")):
             return False
+    if len(values) < 2:
+        return False
     try:
-        json.loads(values[0])
+        json.loads(values[0].strip())
     except (ValueError, RecursionError):
         return False
     return True
@@ -181,10 +191,16 @@ def _sample_lines(text: str) -> list[str]:
         lines = lines[:MAX_LINES]
     elif len(text) > len(head) and len(lines) > 1:
         lines = lines[:-1]
+    if "\r" not in head:
+        return list(filter(str.strip, lines))
     return [line[:-1] if line.endswith("\r") else line for line in lines if line.strip()]
 
 
 def _is_diff(lines: list[str]) -> bool:
+    # Necessary: a line starting with "@@", and one starting with "diff --git " or "+++ ".
+    joined = "\n" + "\n".join(lines)
+    if "\n@@" not in joined or ("\ndiff --git " not in joined and "\n+++ " not in joined):
+        return False
     has_hunk = False
     has_header = False
     previous = ""
@@ -209,6 +225,10 @@ def _is_html(head: str) -> bool:
 def _trace_kind(lines: list[str]) -> ContentType | None:
     """STACKTRACE when traces make up most of the sample, LOG when they sit inside other
     output (a test run), None when there is none."""
+    # Without a frame line the answer is None: every frame pattern needs the line to start
+    # with white space followed by 'File "', 'at ' or 'from ', or holds '.go:' and a digit.
+    if not any(map(_may_be_frame, lines)):
+        return None
     headers = 0
     weight = 0
     frames = 0
@@ -287,13 +307,29 @@ def _is_log(lines: list[str]) -> bool:
     def lines_of(pattern: re.Pattern[str]) -> set[int]:
         return {bisect.bisect_right(starts, m.start()) - 1 for m in pattern.finditer(joined)}
 
-    hit = lines_of(_LEVEL_BRACKET)
-    hit.update(i for i in lines_of(_TIMESTAMP_HINT) - hit if _TIMESTAMP.search(windows[i]))
-    hit.update(i for i in lines_of(_LEVEL_WORD_HINT) - hit if _LEVEL_WORD.search(windows[i]))
+    def lines_with(shape: str, needle: str) -> set[int]:
+        found: set[int] = set()
+        at = shape.find(needle)
+        while at >= 0:
+            i = bisect.bisect_right(starts, at) - 1
+            found.add(i)
+            at = shape.find(needle, starts[i + 1])  # the next line
+        return found
+
+    if joined.isascii():
+        # The hints by plain substring search: digits read as "0", capitals as "A" (an ASCII
+        # translation keeps every position).
+        shape = joined.translate(_SHAPES)
+        timestamps, level_words = lines_with(shape, "00:00"), lines_with(shape, "AAAA")
+    else:
+        timestamps, level_words = lines_of(_TIMESTAMP_HINT), lines_of(_LEVEL_WORD_HINT)
+    hit = lines_of(_LEVEL_BRACKET_LINE)
+    hit.update(i for i in timestamps - hit if _TIMESTAMP.search(windows[i]))
+    hit.update(i for i in level_words - hit if _LEVEL_WORD.search(windows[i]))
     hit.update(
         i
-        for i in lines_of(_BANNER_HINT) - hit
-        if lines[i].startswith(("=====", "-----")) and _BANNER.match(lines[i][:_LINE_CHARS])
+        for i in lines_with("\n" + joined, "\n=====") | lines_with("\n" + joined, "\n-----")
+        if i not in hit and _BANNER.match(lines[i][:_LINE_CHARS])
     )
     hits = len(hit)
     return hits >= 2 and hits >= 0.3 * len(lines)

@@ -85,6 +85,7 @@ _HEX: Final = re.compile(r"[0-9a-fA-F]{7,}")
 _DIGITS: Final = re.compile(r"\d{7,}")
 _LINT_CODE: Final = re.compile(r"[A-Z]{1,3}\d{3,5}|[A-Z]{2,5}-\d{3,5}")
 _EXCEPTION: Final = re.compile(r"[A-Z][A-Za-z0-9]*(?:Error|Exception|Warning|Interrupt|Exit)")
+_EXCEPTION_ENDS: Final = ("Error", "Exception", "Warning", "Interrupt", "Exit")
 _ERRNO_NAMES: Final = frozenset(errno.errorcode.values())
 _PROTOCOL: Final = re.compile(r"[A-Z]{2,}/\d+(?:\.\d+)?")
 _PATH: Final = re.compile(r"(?:~|\.{1,2})?/?[\w.@+-]+(?:/[\w.@+-]*)*", re.ASCII)
@@ -118,13 +119,17 @@ def _classify(run: str, out: dict[str, set[str]], split: bool) -> None:
     """Add the hard tokens of one stripped run to ``out``."""
     if not run:
         return
-    if _UUID.fullmatch(run):
+    # Runs are ASCII. The first character (and the length) rule most patterns out before
+    # they are tried: each guard is implied by its pattern.
+    first = run[0]
+    digit_first = "0" <= first <= "9"
+    if len(run) == 36 and _UUID.fullmatch(run):
         out["uuid"].add(run)
         return
-    if _TIMESTAMP.fullmatch(run):
+    if digit_first and _TIMESTAMP.fullmatch(run):
         out["number"].add(run)
         return
-    m = _NUMBER.fullmatch(run)
+    m = _NUMBER.fullmatch(run) if digit_first or first == "v" else None
     if m:
         digits, unit = m.group(1), m.group(2)
         if unit is None and _DIGITS.fullmatch(digits):
@@ -132,12 +137,19 @@ def _classify(run: str, out: dict[str, set[str]], split: bool) -> None:
         elif unit is not None or len(digits) > 1:
             out["number"].add(run)
         return
-    if _HEX0X.fullmatch(run) or (
-        _HEX.fullmatch(run) and any(c.isdigit() for c in run) and any(c.isalpha() for c in run)
+    if (first == "0" and _HEX0X.fullmatch(run)) or (
+        len(run) >= 7
+        and _HEX.fullmatch(run)
+        and any(c.isdigit() for c in run)
+        and any(c.isalpha() for c in run)
     ):
         out["id"].add(run)
         return
-    if _LINT_CODE.fullmatch(run) or run in _ERRNO_NAMES or _EXCEPTION.fullmatch(run):
+    if "A" <= first <= "Z" and (
+        _LINT_CODE.fullmatch(run)
+        or run in _ERRNO_NAMES
+        or (run.endswith(_EXCEPTION_ENDS) and _EXCEPTION.fullmatch(run))
+    ):
         out["error_code"].add(run)
         return
     if "/" in run:

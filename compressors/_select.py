@@ -24,6 +24,7 @@ from typing import Final, cast
 
 from compressors import tokens
 from compressors._hardtokens import (
+    _ERRNO_NAMES,
     _HTTP_STATUS,
     _LEAD_STRIP,
     _RUN,
@@ -443,11 +444,14 @@ class _RunTokens:
         self.numeric.clear()
         self.stripped.clear()
 
+    def _size(self) -> int:
+        return len(self.runs) + len(self.plain) + len(self.stripped)
+
     def classify(self, run: str) -> tuple[tuple[str, str], ...]:
         """The (kind, token) pairs of one run (at most :data:`MAX_RUN_CHARS` long), as
         ``hard_tokens_by_kind`` finds them, remembered."""
         remember = len(run) <= RUN_MEMO_CHARS
-        if remember and len(self.runs) + len(self.plain) + len(self.stripped) >= RUN_MEMO_MAX:
+        if remember and self._size() >= RUN_MEMO_MAX:
             self.clear()
         stripped = run.rstrip(_TRAIL_STRIP)
         if not (stripped.startswith(("./", "../", "~/", "/")) and len(stripped) > 2):
@@ -478,6 +482,52 @@ class _RunTokens:
             if len(found) == 1 and found[0][0] == "number":
                 self.numeric.add(run)
         return found
+
+    def learn(self, runs: set[str]) -> None:
+        """Classify and remember the runs of ``runs`` not known yet (runs longer than
+        :data:`RUN_MEMO_CHARS` are left out). Plain words, most of them, are recognised in bulk
+        (:data:`_PLAIN_RUN`, exactly the runs that strip to a plain word)."""
+        # (set.difference iterates over the smaller side; -= would iterate over the memo)
+        new = runs.difference(self.plain).difference(self.runs)
+        if not new:
+            return
+        if self._size() + len(new) >= RUN_MEMO_MAX:
+            self.clear()
+        plain = set(filter(_PLAIN_RUN.fullmatch, new))
+        if plain:
+            self.plain |= plain
+            new -= plain
+        simple = _SIMPLE_RUN.fullmatch
+        for run in new:
+            if len(run) > RUN_MEMO_CHARS:
+                continue
+            m = simple(run)
+            if m is None:
+                self.classify(run)
+                continue
+            digits, capitals = m.groups()
+            if digits is not None:  # a number, an id from 7 digits, one digit nothing
+                if len(digits) >= 7:
+                    self.runs[run] = (("id", digits),)
+                elif len(digits) > 1:
+                    self.runs[run] = (("number", digits),)
+                    self.numeric.add(run)
+                else:
+                    self.plain.add(run)
+            elif capitals in _ERRNO_NAMES:
+                self.classify(run)
+            else:  # capitals only: no digit, no lower-case letter, no separator
+                self.plain.add(run)
+
+
+# A run that strips (``_LEAD_STRIP``, ``_TRAIL_STRIP``) to a plain word (a letter, then lower-case
+# letters): it holds no hard token. At most RUN_MEMO_CHARS long (such runs are remembered).
+# Necessary for the URL or HTTP status passes of ``hard_tokens_by_kind`` to find anything.
+_PASS_HINT: Final = re.compile(r"://|HTTP|tatus")
+# A run that strips to ASCII digits, or to capital letters (these hold a hard token only as
+# an errno name).
+_SIMPLE_RUN: Final = re.compile(r"[-+:@%#]*+(?:([0-9]++)|([A-Z]++))[.:\-+@/#]*+", re.ASCII)
+_PLAIN_RUN: Final = re.compile(r"(?=[^\n]{1,128}\Z)[-+:@%#]*+[A-Za-z][a-z]++[.:\-+@/#]*+", re.ASCII)
 
 
 RUN_MEMO_MAX: Final = 65536
@@ -532,13 +582,14 @@ class _HardTokenMemo:
                 out["error_code"].add(f"HTTP {m.group(1)}")
         memo = _run_tokens
         runs = set(_RUN.findall(rest))
-        runs -= memo.plain
+        memo.learn(runs)
+        runs = runs.difference(memo.plain)  # not -=, which iterates over the whole memo
         if not numbers:
-            runs -= memo.numeric
+            runs = runs.difference(memo.numeric)
         known = memo.runs
         for run in runs:
             found = known.get(run)
-            if found is None:
+            if found is None:  # a run too long to be remembered
                 if len(run) > MAX_RUN_CHARS:
                     continue
                 found = memo.classify(run)
@@ -549,11 +600,20 @@ class _HardTokenMemo:
     def tokens(self, text: str) -> set[str]:
         """Equal to ``hard_tokens(text)`` (do not modify the returned set)."""
         result = self._tokens.get(text)
-        if result is None:
+        if result is not None:
+            return result
+        if len(text) <= MAX_RUN_CHARS and _RUN.fullmatch(text) and not _PASS_HINT.search(text):
+            # one run (a listed token, most often), which neither the URL nor the HTTP status
+            # pass can touch: its classification alone
+            pairs = _run_tokens.runs.get(text)
+            if pairs is None:
+                pairs = () if text in _run_tokens.plain else _run_tokens.classify(text)
+            result = {token for _, token in pairs}
+        else:
             result = set()
             for found in self.by_kind(text).values():
                 result |= found
-            self._tokens[text] = result
+        self._tokens[text] = result
         return result
 
 
