@@ -6,6 +6,8 @@ import random
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compressors._hardtokens import KINDS, hard_tokens, hard_tokens_by_kind
 
@@ -105,3 +107,51 @@ def test_huge_single_line_and_binary_junk_finish_quickly() -> None:
     hard_tokens("<div " * 200_000)
     hard_tokens(junk)
     assert time.perf_counter() - start < 30
+
+
+_PIECES = [
+    "value",
+    "Value",
+    "ENOENT",
+    "E1234",
+    "HTTP 404",
+    "404",
+    "1551:",
+    "./src/app.py",
+    "/etc/nocp.yaml",
+    "~/x.txt",
+    "https://example.com/a?b=1.",
+    "parse_date",
+    "camelCase",
+    "json.dumps",
+    "0xdeadbeef",
+    "3f9a1c0b2e",
+    "12345678",
+    "7",
+    "3.14",
+    "10ms",
+    "550e8400-e29b-41d4-a716-446655440000",
+    "ValueError:",
+    "(foo)",
+    "'bar'",
+    "\n",
+    " ",
+    ",",
+    "x86_64",
+    "__init__",
+    "--flag",
+    "a/b",
+]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_marker_memo_equals_hard_tokens_by_kind(pieces: list[str]) -> None:
+    """The cached classifier behind gap markers finds exactly what hard_tokens_by_kind finds."""
+    from compressors._select import _HardTokenMemo, clear_memo
+
+    text = " ".join(pieces)
+    want = hard_tokens_by_kind(text)
+    assert _HardTokenMemo().by_kind(text) == want
+    clear_memo()
+    assert _HardTokenMemo().by_kind(text) == want  # cold memo, same answer
