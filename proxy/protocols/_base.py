@@ -224,6 +224,8 @@ class RetrievalSniffer(StreamSniffer):
         self.raw = bytearray()  # every byte received, for the fail-open path
         self.usage_raw: dict[str, Any] | None = None
         self.released = False
+        self._held: list[tuple[bytes, Any]] = []  # (raw item, parsed or None), kept back
+        self._tail = False  # relay mode: from the finish reason on, items wait for close()
 
     @abc.abstractmethod
     def turn(self) -> ModelTurn:
@@ -240,6 +242,84 @@ class RetrievalSniffer(StreamSniffer):
     @abc.abstractmethod
     def client_calls(self) -> int:
         """How many client tool calls the answer holds."""
+
+    # --- what each protocol supplies -------------------------------------------------------
+
+    @abc.abstractmethod
+    def _items(self, chunk: bytes) -> Iterator[tuple[bytes, Any]]:
+        """The whole items (SSE events, JSON-array elements) ``chunk`` completes, parsed."""
+
+    @abc.abstractmethod
+    def _rest(self) -> tuple[bytes, Any] | None:
+        """An unterminated last item, at the end of the stream."""
+
+    @abc.abstractmethod
+    def _observe(self, parsed: Any) -> None:
+        """Take note of one parsed item (text, calls, usage; decides ``mode``)."""
+
+    @abc.abstractmethod
+    def _finishing(self, parsed: Any) -> bool:
+        """True when the item carries a finish reason."""
+
+    @abc.abstractmethod
+    def _release(self, items: list[tuple[bytes, Any]]) -> bytes:
+        """The bytes the client gets for ``items`` (rewritten, or dropped)."""
+
+    def _end(self) -> bytes:
+        """Framing that closes the client's stream (a JSON array's ``]``)."""
+        return b""
+
+    # --- the relay ---------------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.raw += chunk
+        if self.failed is not None:
+            return chunk
+        try:
+            out: list[bytes] = []
+            for raw, parsed in self._items(chunk):
+                self._observe(parsed)
+                if self.mode == "relay" and not self._tail:
+                    if self._held:
+                        out.append(self._release(self._held))
+                        self._held.clear()
+                    if self._finishing(parsed):
+                        self._tail = True
+                        self._held.append((raw, parsed))
+                    else:
+                        out.append(self._release([(raw, parsed)]))
+                else:
+                    self._held.append((raw, parsed))
+            data = b"".join(out)
+            if data:
+                self.released = True
+            return data
+        except Exception as exc:  # fail open: from here on, pass the stream through
+            return self._fail(exc, chunk)
+
+    def _fail(self, exc: Exception, chunk: bytes) -> bytes:
+        self.failed = f"{type(exc).__name__}: {exc}"[:300]
+        if self.released:
+            return chunk
+        self.released = True
+        return bytes(self.raw)
+
+    def close(self) -> bytes:
+        if self.failed is not None:
+            return b""
+        try:
+            if (rest := self._rest()) is not None:
+                self._observe(rest[1])
+                self._held.append(rest)
+            if self.mode == "consume" and self.ours() and not self.client_calls() and not self.released:
+                return b""  # a retrieval round: the client never sees it
+            data = self._release(self._held) + self._end()
+            self._held.clear()
+            if data:
+                self.released = True
+            return data
+        except Exception as exc:
+            return self._fail(exc, b"")
 
     @property
     def is_round(self) -> bool:

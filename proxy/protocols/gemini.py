@@ -233,8 +233,6 @@ class GeminiRetrievalSniffer(RetrievalSniffer):
         self._events = SSESplitter()
         self._array = JSONArraySplitter()
         self._emitted = 0  # array elements sent so far
-        self._held: list[tuple[bytes, Any]] = []
-        self._tail = False
         self._parts: list[Any] = []  # every part of the answer, in order
         self._sep = b"\r\n\r\n"
 
@@ -303,7 +301,7 @@ class GeminiRetrievalSniffer(RetrievalSniffer):
         data = encode_json(response)
         return b"data: " + data + self._sep if self._sse else data
 
-    def _frame(self, items: list[tuple[bytes, Any]]) -> bytes:
+    def _release(self, items: list[tuple[bytes, Any]]) -> bytes:
         out = []
         for raw, response in items:
             data = self._rewrite(raw, response)
@@ -335,60 +333,19 @@ class GeminiRetrievalSniffer(RetrievalSniffer):
         except msgspec.DecodeError:
             return None
 
-    def feed(self, chunk: bytes) -> bytes:
-        self.raw += chunk
-        if self.failed is not None:
-            return chunk
-        try:
-            out: list[bytes] = []
-            for raw, response in self._items(chunk):
-                self._observe(response)
-                finishing = isinstance(c := _candidate(response), dict) and "finishReason" in c
-                if self.mode == "relay" and not self._tail:
-                    if self._held:
-                        out.append(self._frame(self._held))
-                        self._held.clear()
-                    if finishing:
-                        self._tail = True
-                        self._held.append((raw, response))
-                    else:
-                        out.append(self._frame([(raw, response)]))
-                else:
-                    self._held.append((raw, response))
-            data = b"".join(out)
-            if data:
-                self.released = True
-            return data
-        except Exception as exc:  # fail open: from here on, pass the stream through
-            return self._fail(exc, chunk)
+    def _rest(self) -> tuple[bytes, Any] | None:
+        if self._sse and (rest := self._events.rest()):
+            data = sse_data(rest)
+            return rest, self._decode(data) if data else None
+        return None
 
-    def _fail(self, exc: Exception, chunk: bytes) -> bytes:
-        self.failed = f"{type(exc).__name__}: {exc}"[:300]
-        if self.released:
-            return chunk
-        self.released = True
-        return bytes(self.raw)
+    def _finishing(self, parsed: Any) -> bool:
+        return isinstance(c := _candidate(parsed), dict) and "finishReason" in c
 
-    def close(self) -> bytes:
-        if self.failed is not None:
-            return b""
-        try:
-            if self._sse and (rest := self._events.rest()):
-                data = sse_data(rest)
-                response = self._decode(data) if data else None
-                self._observe(response)
-                self._held.append((rest, response))
-            if self.mode == "consume" and self.ours() and not self.client_calls() and not self.released:
-                return b""  # a retrieval round: the client never sees it
-            data = self._frame(self._held)
-            self._held.clear()
-            if self._sse is False:
-                data += b"]" if self._emitted else b"[]"
-            if data:
-                self.released = True
-            return data
-        except Exception as exc:
-            return self._fail(exc, b"")
+    def _end(self) -> bytes:
+        if self._sse is False:
+            return b"]" if self._emitted else b"[]"
+        return b""
 
 
 class GeminiAdapter(Adapter):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -167,8 +167,6 @@ class OpenAIRetrievalSniffer(RetrievalSniffer):
     ) -> None:
         super().__init__(tool, drop_usage_chunk=drop_usage_chunk, prior=prior, allow_round=allow_round)
         self._events = SSESplitter()
-        self._held: list[tuple[bytes, Any]] = []  # (event, parsed chunk or None), kept back
-        self._tail = False  # relay mode: from the finish reason on, events wait for close()
         self._text: list[str] = []
         self._calls: dict[int, dict[str, Any]] = {}  # index -> {"id", "name", "arguments"}
         self._ours: set[int] = set()
@@ -305,58 +303,16 @@ class OpenAIRetrievalSniffer(RetrievalSniffer):
                 out.append(data)
         return b"".join(out)
 
-    def feed(self, chunk: bytes) -> bytes:
-        self.raw += chunk
-        if self.failed is not None:
-            return chunk
-        try:
-            out: list[bytes] = []
-            for event in self._events.feed(chunk):
-                parsed = self._parse(event)
-                self._observe(parsed)
-                if self.mode == "relay" and not self._tail:
-                    if self._held:
-                        out.append(self._release(self._held))
-                        self._held.clear()
-                    if any(isinstance(c, dict) and c.get("finish_reason") for c in _choices(parsed)):
-                        self._tail = True
-                        self._held.append((event, parsed))
-                    else:
-                        out.append(self._release([(event, parsed)]))
-                else:
-                    self._held.append((event, parsed))
-            data = b"".join(out)
-            if data:
-                self.released = True
-            return data
-        except Exception as exc:  # fail open: from here on, pass the stream through
-            return self._fail(exc, chunk)
+    def _items(self, chunk: bytes) -> Iterator[tuple[bytes, Any]]:
+        for event in self._events.feed(chunk):
+            yield event, self._parse(event)
 
-    def _fail(self, exc: Exception, chunk: bytes) -> bytes:
-        self.failed = f"{type(exc).__name__}: {exc}"[:300]
-        if self.released:
-            return chunk
-        self.released = True
-        return bytes(self.raw)
+    def _rest(self) -> tuple[bytes, Any] | None:
+        rest = self._events.rest()
+        return (rest, self._parse(rest)) if rest else None
 
-    def close(self) -> bytes:
-        if self.failed is not None:
-            return b""
-        try:
-            rest = self._events.rest()
-            if rest:
-                parsed = self._parse(rest)
-                self._observe(parsed)
-                self._held.append((rest, parsed))
-            if self.mode == "consume" and self.ours() and not self.client_calls() and not self.released:
-                return b""  # a retrieval round: the client never sees it
-            data = self._release(self._held)
-            self._held.clear()
-            if data:
-                self.released = True
-            return data
-        except Exception as exc:
-            return self._fail(exc, b"")
+    def _finishing(self, parsed: Any) -> bool:
+        return any(isinstance(c, dict) and c.get("finish_reason") for c in _choices(parsed))
 
 
 def _choices(chunk: Any) -> list[Any]:
