@@ -186,22 +186,32 @@ def _classify(run: str, out: dict[str, set[str]], split: bool) -> None:
                 _classify(part, out, split=False)
 
 
-def hard_tokens_by_kind(text: str) -> dict[str, set[str]]:
-    """The hard tokens of ``text`` grouped by kind (keys: :data:`KINDS`, all present)."""
-    out: dict[str, set[str]] = {kind: set() for kind in KINDS}
-    pieces: list[str] = []
-    pos = 0
-    for m in _URL.finditer(text):
-        url = m.group(0).rstrip(_URL_TRAIL)
-        if len(url) > len(m.group(0).split("://", 1)[0]) + 3:
-            out["url"].add(url)
-        pieces.append(text[pos : m.start()])
-        pos = m.start() + len(url)
-    pieces.append(text[pos:])
-    rest = " ".join(pieces)
+def urls_and_statuses(text: str, out: dict[str, set[str]]) -> str:
+    """The first passes: add the URLs of ``text`` to ``out["url"]`` and its HTTP status
+    codes to ``out["error_code"]``; return the text with the URLs taken out (joined by
+    spaces), for the run pass."""
+    rest = text
+    if "://" in text:
+        pieces: list[str] = []
+        pos = 0
+        for m in _URL.finditer(text):
+            url = m.group(0).rstrip(_URL_TRAIL)
+            if len(url) > len(m.group(0).split("://", 1)[0]) + 3:
+                out["url"].add(url)
+            pieces.append(text[pos : m.start()])
+            pos = m.start() + len(url)
+        pieces.append(text[pos:])
+        rest = " ".join(pieces)
     if "HTTP" in rest or "tatus" in rest:
         for m in _HTTP_STATUS.finditer(rest):
             out["error_code"].add(f"HTTP {m.group(1)}")
+    return rest
+
+
+def hard_tokens_by_kind(text: str) -> dict[str, set[str]]:
+    """The hard tokens of ``text`` grouped by kind (keys: :data:`KINDS`, all present)."""
+    out: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    rest = urls_and_statuses(text, out)
     seen: set[str] = set()  # a run classifies the same way every time: do it once
     for m in _RUN.finditer(rest):
         run = m.group(0)

@@ -25,16 +25,14 @@ from typing import Final, cast
 from compressors import tokens
 from compressors._hardtokens import (
     _ERRNO_NAMES,
-    _HTTP_STATUS,
     _LEAD_STRIP,
     _RUN,
     _TRAIL_STRIP,
-    _URL,
-    _URL_TRAIL,
     KINDS,
     MAX_RUN_CHARS,
     _classify,
     hard_tokens,
+    urls_and_statuses,
 )
 from compressors._markers import omitted_marker
 from compressors._types import CompressionContext
@@ -565,21 +563,7 @@ class _HardTokenMemo:
         """Equal to ``hard_tokens_by_kind(text)``; with ``numbers=False`` the ``number`` kind
         may miss tokens (a numbered view has a number on every line), the others are equal."""
         out: dict[str, set[str]] = {kind: set() for kind in KINDS}
-        rest = text
-        if "://" in text:
-            pieces: list[str] = []
-            pos = 0
-            for m in _URL.finditer(text):
-                url = m.group(0).rstrip(_URL_TRAIL)
-                if len(url) > len(m.group(0).split("://", 1)[0]) + 3:
-                    out["url"].add(url)
-                pieces.append(text[pos : m.start()])
-                pos = m.start() + len(url)
-            pieces.append(text[pos:])
-            rest = " ".join(pieces)
-        if "HTTP" in rest or "tatus" in rest:
-            for m in _HTTP_STATUS.finditer(rest):
-                out["error_code"].add(f"HTTP {m.group(1)}")
+        rest = urls_and_statuses(text, out)
         memo = _run_tokens
         runs = set(_RUN.findall(rest))
         memo.learn(runs)
