@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -32,19 +31,13 @@ from proxy.protocols import Adapter, GeminiAdapter, OpenAIChatAdapter, StreamSni
 from proxy.protocols._base import RetrievalSniffer, decode_json_object, encode_json
 from proxy.retrieval import Retrieval, RetrievalRequest
 from proxy.sessions import SessionStore, derive_session_id, open_store
-from proxy.translog import Finalizer, TransactionLog, TransactionLogWriter
+from proxy.translog import Finalizer, TransactionLog, TransactionLogWriter, redact
 from proxy.upstream import UpstreamClient, apply_api_key, forward_headers, upstream_url
 
 _log = structlog.get_logger("nocp.server")
 _encoder = msgspec.json.Encoder()
-_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|AIza[0-9A-Za-z_\-]{10,}|Bearer\s+\S+)")
 _GEMINI_PREFIXES = ("/v1beta/", "/v1alpha/", "/upload/")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def redact(text: str) -> str:
-    """``text`` with anything shaped like an API key or bearer token replaced."""
-    return _SECRET.sub("[redacted]", text)
 
 
 @dataclass(slots=True)

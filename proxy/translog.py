@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,14 @@ class HopUsage(msgspec.Struct, kw_only=True):
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     completion_tokens: int | None = None
+
+
+_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|AIza[0-9A-Za-z_\-]{10,}|Bearer\s+\S+|key=[A-Za-z0-9_\-]{10,})")
+
+
+def redact(text: str) -> str:
+    """``text`` with anything shaped like an API key or bearer token replaced."""
+    return _SECRET.sub("[redacted]", text)
 
 
 def _now() -> str:
@@ -168,6 +177,17 @@ def _last_byte(path: Path) -> bytes:
 Finalizer = Callable[[], None]
 Observer = Callable[[TransactionLog], None]
 _Item = tuple[TransactionLog, Finalizer | None, bool]
+
+
+def _scrub(record: TransactionLog) -> None:
+    """The last guard before disk: free text that may quote a key (upstream and SDK error
+    messages, fail-open reasons, the user's own words) is redacted."""
+    if record.error_message:
+        record.error_message = redact(record.error_message)
+    if record.user_query:
+        record.user_query = redact(record.user_query)
+    for failure in record.fail_open:
+        failure.reason = redact(failure.reason)
 
 
 class TransactionLogWriter:
@@ -281,6 +301,7 @@ class TransactionLogWriter:
                     finalize()
                 except Exception as exc:  # counting must never lose the line
                     record.fail_open.append(FailOpen(stage="translog.finalize", reason=repr(exc)))
+            _scrub(record)
             try:
                 line = self._encoder.encode(record) + b"\n"
             except (msgspec.EncodeError, UnicodeEncodeError):  # lone surrogates: escape them

@@ -159,3 +159,18 @@ async def test_observers_see_finalized_records(tmp_path: Path) -> None:
     await writer.close()
     assert seen == [("m", 120)]
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1
+
+
+async def test_secrets_in_free_text_are_redacted(tmp_path: Path) -> None:
+    """Keys quoted by error messages, fail-open reasons or the user's words never reach disk."""
+    from proxy.translog import FailOpen
+
+    writer = TransactionLogWriter(tmp_path / "t.jsonl", max_bytes=10**9, backups=1, queue_size=5)
+    await writer.start()
+    rec = TransactionLog(error_message=f"bad key {SECRET}", user_query="my key is AIzaSyA1234567890abcdef")
+    rec.fail_open.append(FailOpen(stage="history.summarizer", reason=f"AuthenticationError: Bearer {SECRET}"))
+    writer.submit(rec)
+    await writer.close()
+    text = (tmp_path / "t.jsonl").read_text()
+    assert "VERYSECRET" not in text and "AIzaSyA" not in text
+    assert text.count("[redacted]") == 3
