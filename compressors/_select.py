@@ -20,7 +20,7 @@ import itertools
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Final, cast
+from typing import Final
 
 from compressors import tokens
 from compressors._hardtokens import (
@@ -272,44 +272,16 @@ def _holders(texts: Sequence[str], joined: str, forms: tuple[str, ...]) -> list[
     return sorted(found)
 
 
-@functools.cache
-def _batch_counter(name: str) -> Callable[[list[str]], list[int]] | None:
-    """toktok-rs's batch counter for encoding ``name`` on one thread (same counts as
-    tiktoken's ``encode_ordinary``), or None when toktok is not usable here."""
-    try:
-        import toktok
-
-        tokenizer = toktok._encoding(name)
-    except (ImportError, AttributeError, KeyError):
-        return None
-    count_batch = tokenizer.count_batch
-
-    def counts(pieces: list[str]) -> list[int]:
-        return cast("list[int]", count_batch(pieces, 1, False))
-
-    return counts
-
-
 def token_costs(pieces: Sequence[str], model: str) -> list[int]:
     """Tokens of each piece (exact, batched), or an over-estimate (chars / 3) when the pieces
     are huge in total.
 
-    Exact counts go through toktok-rs in one call on the calling thread (thousands of short
-    lines cost about a millisecond); tiktoken's ``encode_ordinary_batch`` would start a
-    thread pool and pay a future per piece, which cost far more than the counting itself.
+    Exact counts come from :func:`compressors.tokens.count_each` (one batched call).
     """
     total = sum(len(p) for p in pieces)
     if total > EXACT_COUNT_MAX_CHARS:
         return [len(p) // 3 + 1 for p in pieces]
-    name = tokens.encoding_for_model(model)
-    batch = _batch_counter(name)
-    if batch is not None:
-        try:
-            return batch(list(pieces))
-        except UnicodeEncodeError:  # lone surrogates: tiktoken counts them as U+FFFD
-            pass
-    enc = tokens.get_encoding(name)
-    return [len(enc.encode_ordinary(p)) for p in pieces]
+    return tokens.count_each(pieces, model)
 
 
 def select(
