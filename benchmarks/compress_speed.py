@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -35,15 +34,11 @@ sys.path.insert(0, str(REPO))
 from compressors import CompressionConfig, CompressionContext, CompressionResult, compress, tokens  # noqa: E402
 from compressors._compress import clear_cache  # noqa: E402
 from compressors._select import clear_memo  # noqa: E402
+from proxy.bench.traces import eval_data_root  # noqa: E402
 
 FIRST_TARGET_MS = 20.0
 AGAIN_TARGET_MS = 2.0
 OUTPUTS = 20
-
-
-def eval_data_root() -> Path:
-    """``NOCP_EVAL_DATA`` or ``../shared/eval-data`` beside the checkout."""
-    return Path(os.environ.get("NOCP_EVAL_DATA", REPO.parent / "shared" / "eval-data"))
 
 
 def tool_outputs(root: Path) -> list[tuple[str, str]]:
@@ -108,7 +103,7 @@ def main() -> int:
     parser.add_argument("--model", default="gpt-4o")
     args = parser.parse_args()
 
-    root = eval_data_root()
+    root = eval_data_root(REPO)
     if not root.is_dir():
         print(f"evaluation data not found at {root} (set NOCP_EVAL_DATA)", file=sys.stderr)
         return 2

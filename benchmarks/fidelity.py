@@ -55,7 +55,6 @@ import ast
 import importlib
 import importlib.util
 import json
-import os
 import random
 import sys
 import time
@@ -75,6 +74,7 @@ from rich.table import Table  # noqa: E402
 from compressors import CompressionConfig, CompressionContext, CompressionResult, compress  # noqa: E402
 from compressors._hardtokens import hard_tokens  # noqa: E402
 from compressors._json import same_value, toon_decode  # noqa: E402
+from proxy.bench.traces import bfcl_data_dir, eval_data_root, read_jsonl  # noqa: E402
 
 DEFAULT_CONFIG = CompressionConfig()
 # Lossy-forcing: the observations here are mostly 200-2,500 tokens, below the default lossy
@@ -115,10 +115,6 @@ class Sample:
 
 
 # --- loading ------------------------------------------------------------------------------
-
-
-def eval_data_root() -> Path:
-    return Path(os.environ.get("NOCP_EVAL_DATA", REPO.parent / "shared" / "eval-data"))
 
 
 def _text_of(content: Any) -> str:
@@ -208,20 +204,6 @@ def load_octokit(root: Path) -> Iterator[Sample]:
             )
 
 
-def bfcl_data_dir() -> Path | None:
-    """``bfcl_eval/data`` of the installed package, found without importing it (its
-    ``__init__`` chain is light, but the package's optional model clients are not)."""
-    spec = importlib.util.find_spec("bfcl_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    return data if data.is_dir() else None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _run_call(call: str, methods: dict[str, Any]) -> str:
     """Execute one ground-truth call like ``mv(source='a', destination='b')`` on the
     simulators, parsing it with :mod:`ast` (literal arguments only, no ``eval``)."""
@@ -274,8 +256,8 @@ def _call_values(call: str) -> list[str]:
 def load_bfcl(data: Path, limit: int | None, skipped: list[str]) -> Iterator[Sample]:
     answers_dir = data / "possible_answer"
     for category, long_context in (("multi_turn_base", False), ("multi_turn_long_context", True)):
-        entries = _read_jsonl(data / f"BFCL_v4_{category}.json")
-        truth = {e["id"]: e["ground_truth"] for e in _read_jsonl(answers_dir / f"BFCL_v4_{category}.json")}
+        entries = read_jsonl(data / f"BFCL_v4_{category}.json")
+        truth = {e["id"]: e["ground_truth"] for e in read_jsonl(answers_dir / f"BFCL_v4_{category}.json")}
         for entry in entries[:limit]:
             calls_by_turn: list[list[str]] = truth.get(entry["id"], [])
             methods: dict[str, Any] = {}
@@ -316,15 +298,15 @@ def _load_bfcl_memory(data: Path, answers_dir: Path) -> Iterator[Sample]:
     documents: dict[str, str] = {}
     for path in sorted(prereq.glob("memory_*.json")):
         parts: list[str] = []
-        for conv in _read_jsonl(path):
+        for conv in read_jsonl(path):
             parts.append(f"## {conv.get('topic', conv.get('id', ''))}")
             for turn in conv.get("question", []):
                 for msg in turn:
                     if isinstance(msg, dict) and msg.get("role") == "user":
                         parts.append(_text_of(msg.get("content")))
         documents[path.stem.removeprefix("memory_")] = "\n\n".join(parts)
-    answers = {e["id"]: e.get("ground_truth", []) for e in _read_jsonl(answers_dir / "BFCL_v4_memory.json")}
-    for entry in _read_jsonl(data / "BFCL_v4_memory.json"):
+    answers = {e["id"]: e.get("ground_truth", []) for e in read_jsonl(answers_dir / "BFCL_v4_memory.json")}
+    for entry in read_jsonl(data / "BFCL_v4_memory.json"):
         doc = documents.get(entry.get("scenario", ""))
         if doc is None:
             continue
@@ -538,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=200)
 
-    root = eval_data_root()
+    root = eval_data_root(REPO)
     if not root.is_dir():
         console.print(
             f"[red]evaluation data not found at {root}[/red] (set NOCP_EVAL_DATA to the eval-data folder)"

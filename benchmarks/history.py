@@ -51,7 +51,6 @@ import asyncio
 import copy
 import json
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -72,6 +71,7 @@ from rich.table import Table  # noqa: E402
 
 from compressors import tokens  # noqa: E402
 from compressors._hardtokens import hard_tokens, hard_tokens_by_kind  # noqa: E402
+from proxy.bench.traces import bfcl_data_dir, eval_data_root  # noqa: E402
 from proxy.config import HistoryConfig  # noqa: E402
 from proxy.pipeline import StageContext  # noqa: E402
 from proxy.protocols import OpenAIChatAdapter  # noqa: E402
@@ -90,10 +90,6 @@ _FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 _COMMAND_TAG = re.compile(r"<command>\s*(.*?)</command>", re.DOTALL)
 _ACK = "Noted."
 _SYSTEM = "You are a helpful assistant. Remember what the user tells you about themselves."
-
-
-def eval_root() -> Path:
-    return Path(os.environ.get("NOCP_EVAL_DATA", REPO.parent / "shared" / "eval-data"))
 
 
 # ------------------------------------------------------------------------------ replay
@@ -307,14 +303,6 @@ def swe_conversations(root: Path) -> Iterator[tuple[str, list[dict[str, Any]], l
         yield path.stem, history, ends
 
 
-def bfcl_data() -> Path | None:
-    try:
-        import bfcl_eval
-    except ImportError:
-        return None
-    return Path(bfcl_eval.__file__).parent / "data"
-
-
 def bfcl_scenarios(data: Path) -> Iterator[tuple[str, list[dict[str, Any]], list[tuple[str, list[str]]]]]:
     """(scenario, conversation, [(question, accepted answers)])."""
     questions = [json.loads(x) for x in (data / "BFCL_v4_memory.json").read_text().splitlines() if x]
@@ -444,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     config = HistoryConfig(
         threshold_tokens=args.threshold, keep_last_messages=args.keep_last, cut_step_tokens=args.cut_step
     )
-    root = eval_root()
+    root = eval_data_root(REPO)
     report: dict[str, Any] = {
         "model": MODEL,
         "config": {
@@ -464,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(
                 f"[yellow]swe-agent skipped: evaluation data not found at {root}[/] (NOCP_EVAL_DATA)"
             )
-        data = bfcl_data()
+        data = bfcl_data_dir()
         bfcl = asyncio.run(run_bfcl(data, config, Path(tmp) / "bfcl")) if data else None
         if data is None:
             console.print("[yellow]bfcl-memory skipped: the bfcl-eval package is not installed[/]")

@@ -46,7 +46,6 @@ import asyncio
 import copy
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -67,6 +66,7 @@ from rich.table import Table  # noqa: E402
 from compressors import CompressionConfig, tokens  # noqa: E402
 from compressors._hardtokens import hard_tokens  # noqa: E402
 from compressors._markers import marker_ids  # noqa: E402
+from proxy.bench.traces import eval_data_root  # noqa: E402
 from proxy.config import HistoryConfig, RetrievalConfig  # noqa: E402
 from proxy.pipeline import Pipeline, StageContext  # noqa: E402
 from proxy.protocols import OpenAIChatAdapter, Prompt  # noqa: E402
@@ -88,10 +88,6 @@ CONFIGS: dict[str, tuple[CompressionConfig, HistoryConfig]] = {
         HistoryConfig(threshold_tokens=4000, cut_step_tokens=2000),
     ),
 }
-
-
-def eval_root() -> Path:
-    return Path(os.environ.get("NOCP_EVAL_DATA", REPO.parent / "shared" / "eval-data"))
 
 
 # ------------------------------------------------------------------------------ traces
@@ -311,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "retrieval.json")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    root = eval_root()
+    root = eval_data_root(REPO)
     if not (root / "swe-agent").is_dir():
         print(f"evaluation data not found at {root} (set NOCP_EVAL_DATA)", file=sys.stderr)
         return 1

@@ -137,7 +137,8 @@ def bfcl_data_dir() -> Path | None:
     return data if data.is_dir() else None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (blank lines skipped)."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -162,7 +163,7 @@ def _tools(data: Path, classes: Sequence[str]) -> tuple[list[Message], dict[str,
     tools: list[Message] = []
     params: dict[str, list[str]] = {}
     for cls in classes:
-        for doc in _read_jsonl(data / "multi_turn_func_doc" / f"{_BFCL_CLASSES[cls]}.json"):
+        for doc in read_jsonl(data / "multi_turn_func_doc" / f"{_BFCL_CLASSES[cls]}.json"):
             parameters = _schema(doc.get("parameters") or {"type": "object", "properties": {}})
             tools.append(
                 {
@@ -279,8 +280,8 @@ def bfcl_scenarios(data: Path, *, per_set: int | None, notes: list[str]) -> Iter
         ("multi_turn_base", "bfcl-base", False),
         ("multi_turn_long_context", "bfcl-long-context", True),
     ):
-        entries = _read_jsonl(data / f"BFCL_v4_{category}.json")
-        truth = {e["id"]: e["ground_truth"] for e in _read_jsonl(answers / f"BFCL_v4_{category}.json")}
+        entries = read_jsonl(data / f"BFCL_v4_{category}.json")
+        truth = {e["id"]: e["ground_truth"] for e in read_jsonl(answers / f"BFCL_v4_{category}.json")}
         usable: list[dict[str, Any]] = []
         for entry in entries:
             if entry["id"] not in truth:
