@@ -15,9 +15,11 @@ Everything here is deterministic and linear in the input size (sorting aside).
 from __future__ import annotations
 
 import bisect
+import collections
 import functools
 import itertools
 import math
+import operator
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
@@ -217,14 +219,37 @@ def bm25_texts(texts: Sequence[str], query: Sequence[str], k1: float = 1.2, b: f
 
 
 def _word_total(text: str) -> int:
-    """``len(words(text))``, without stemming or building the list."""
+    """``len(words(text))``, without stemming or building the list.
+
+    Counted per distinct word: when every word run is shorter than 64 characters, each
+    :data:`_WORD_RE` match is a whole ``\\w`` run, so it is a compound (:data:`_COMPOUND_RE`)
+    exactly when :data:`_COMPOUND_WORD` matches it in full, and its terms are a function of
+    the word alone (:func:`_word_terms`)."""
     found = _WORD_RE.findall(text)
+    counts = collections.Counter(found)
+    if not counts or max(map(len, counts)) < 64:  # a 64-character match: a run of 64 or more
+        return sum(map(operator.mul, counts.values(), map(_word_terms, counts)))
     total = len(found) - sum(map(_STOPWORDS.__contains__, map(str.lower, found)))
     compounds = _COMPOUND_RE.findall(text)
     if compounds:
         parts = _CAMEL_SPLIT.findall(" ".join(compounds).replace("_", " "))
         total += sum(1 for p in parts if len(p) > 1 and p.lower() not in _STOPWORDS)
     return total
+
+
+_COMPOUND_WORD: Final = re.compile(r"\w{0,64}?(?:_|[a-z][A-Z])\w{0,64}", re.ASCII)
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_terms(word: str) -> int:
+    """How many terms :func:`words` makes of ``word``, one whole ``\\w`` run of 2-63
+    characters: itself unless a stop word, plus its snake_case and camelCase parts when it
+    is a compound."""
+    n = 0 if word.lower() in _STOPWORDS else 1
+    if _COMPOUND_WORD.fullmatch(word):
+        parts = _CAMEL_SPLIT.findall(word.replace("_", " "))
+        n += sum(1 for p in parts if len(p) > 1 and p.lower() not in _STOPWORDS)
+    return n
 
 
 @functools.lru_cache(maxsize=256)
@@ -510,6 +535,7 @@ def clear_memo() -> None:
     runs)."""
     _run_tokens.clear()
     _stem.cache_clear()
+    _word_terms.cache_clear()
     _query_forms.cache_clear()
     _forms_pattern.cache_clear()
 
