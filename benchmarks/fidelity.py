@@ -74,7 +74,7 @@ from rich.table import Table  # noqa: E402
 from compressors import CompressionConfig, CompressionContext, CompressionResult, compress  # noqa: E402
 from compressors._hardtokens import hard_tokens  # noqa: E402
 from compressors._json import same_value, toon_decode  # noqa: E402
-from proxy.bench.traces import bfcl_data_dir, eval_data_root, read_jsonl  # noqa: E402
+from proxy.bench.traces import BFCL_CLASSES, BFCL_SIM, bfcl_data_dir, eval_data_root, read_jsonl  # noqa: E402
 
 DEFAULT_CONFIG = CompressionConfig()
 # Lossy-forcing: the observations here are mostly 200-2,500 tokens, below the default lossy
@@ -86,17 +86,6 @@ MODERATE_CONFIG = CompressionConfig(min_tokens=200, lossy_threshold_tokens=400, 
 NOT_TOOL_OUTPUT = frozenset({"bfcl-memory"})
 TARGET_RECALL_LATER = 0.99
 MODEL = "gpt-4o"
-_BFCL_SIM = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
-_BFCL_CLASSES = {
-    "GorillaFileSystem": "gorilla_file_system",
-    "MessageAPI": "message_api",
-    "TwitterAPI": "posting_api",
-    "TicketAPI": "ticket_api",
-    "TradingBot": "trading_bot",
-    "TravelAPI": "travel_booking",
-    "VehicleControlAPI": "vehicle_control",
-    "MathAPI": "math_api",
-}
 
 
 @dataclass(frozen=True)
@@ -264,7 +253,7 @@ def load_bfcl(data: Path, limit: int | None, skipped: list[str]) -> Iterator[Sam
             random.seed(0)  # the simulators draw ids from `random`
             try:
                 for cls_name in entry["involved_classes"]:
-                    module = importlib.import_module(f"{_BFCL_SIM}.{_BFCL_CLASSES[cls_name]}")
+                    module = importlib.import_module(f"{BFCL_SIM}.{BFCL_CLASSES[cls_name]}")
                     instance = getattr(module, cls_name)()
                     if cls_name != "MathAPI":
                         config = json.loads(json.dumps(entry["initial_config"].get(cls_name, {})))

@@ -341,8 +341,9 @@ def select(
     return keep
 
 
-def _fill_cheap_gaps(keep: list[bool], costs: Sequence[int], gap_cost: int) -> None:
-    """Put back every gap that costs no more than the marker that would replace it."""
+def _dropped_runs(keep: Sequence[bool]) -> list[tuple[int, int]]:
+    """Each maximal run ``[start, end)`` of dropped pieces, in order."""
+    runs: list[tuple[int, int]] = []
     n = len(keep)
     i = 0
     while i < n:
@@ -352,20 +353,20 @@ def _fill_cheap_gaps(keep: list[bool], costs: Sequence[int], gap_cost: int) -> N
         j = i
         while j < n and not keep[j]:
             j += 1
-        if sum(costs[i:j]) <= gap_cost:
-            for k in range(i, j):
-                keep[k] = True
+        runs.append((i, j))
         i = j
+    return runs
+
+
+def _fill_cheap_gaps(keep: list[bool], costs: Sequence[int], gap_cost: int) -> None:
+    """Put back every gap that costs no more than the marker that would replace it."""
+    for i, j in _dropped_runs(keep):
+        if sum(costs[i:j]) <= gap_cost:
+            keep[i:j] = [True] * (j - i)
 
 
 def _gaps(keep: Sequence[bool]) -> int:
-    gaps = 0
-    prev = True
-    for k in keep:
-        if not k and prev:
-            gaps += 1
-        prev = k
-    return gaps
+    return len(_dropped_runs(keep))
 
 
 def render(
@@ -384,17 +385,7 @@ def render(
     (see :func:`mentions`). Returns the text and the gap descriptions.
     """
     n = len(pieces)
-    gaps: list[tuple[int, int]] = []
-    i = 0
-    while i < n:
-        if keep[i]:
-            i += 1
-            continue
-        j = i
-        while j < n and not keep[j]:
-            j += 1
-        gaps.append((i, j))
-        i = j
+    gaps = _dropped_runs(keep)
     named = _allocate_mentions(pieces, keep, gaps, sep, mention_chars) if mention_chars > 0 else {}
     out: list[str] = []
     omitted: list[str] = []

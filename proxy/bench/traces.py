@@ -34,8 +34,8 @@ from proxy.bench.scenarios import Conversation, Message, Scenario
 
 __all__ = ["bfcl_data_dir", "bfcl_scenarios", "eval_data_root", "swe_agent_scenarios"]
 
-_BFCL_SIM: Final = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
-_BFCL_CLASSES: Final = {
+BFCL_SIM: Final = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
+BFCL_CLASSES: Final = {
     "GorillaFileSystem": "gorilla_file_system",
     "MessageAPI": "message_api",
     "TwitterAPI": "posting_api",
@@ -163,7 +163,7 @@ def _tools(data: Path, classes: Sequence[str]) -> tuple[list[Message], dict[str,
     tools: list[Message] = []
     params: dict[str, list[str]] = {}
     for cls in classes:
-        for doc in read_jsonl(data / "multi_turn_func_doc" / f"{_BFCL_CLASSES[cls]}.json"):
+        for doc in read_jsonl(data / "multi_turn_func_doc" / f"{BFCL_CLASSES[cls]}.json"):
             parameters = _schema(doc.get("parameters") or {"type": "object", "properties": {}})
             tools.append(
                 {
@@ -215,7 +215,7 @@ def _bfcl_conversation(
     random.seed(0)  # the simulators draw ids from the global `random`
     try:
         for cls in classes:
-            module = importlib.import_module(f"{_BFCL_SIM}.{_BFCL_CLASSES[cls]}")
+            module = importlib.import_module(f"{BFCL_SIM}.{BFCL_CLASSES[cls]}")
             instance = getattr(module, cls)()
             if cls != "MathAPI":  # stateless; every other simulator needs its scenario loaded
                 config = json.loads(json.dumps(entry.get("initial_config", {}).get(cls, {})))
@@ -286,7 +286,7 @@ def bfcl_scenarios(data: Path, *, per_set: int | None, notes: list[str]) -> Iter
         for entry in entries:
             if entry["id"] not in truth:
                 continue
-            missing = [c for c in entry["involved_classes"] if c not in _BFCL_CLASSES]
+            missing = [c for c in entry["involved_classes"] if c not in BFCL_CLASSES]
             if missing:
                 notes.append(f"bfcl {entry['id']}: no simulator for {', '.join(missing)}")
                 continue
