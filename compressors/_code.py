@@ -51,11 +51,9 @@ REGION: Final = 30
 # Query hits beyond this many lines (the strongest first) do not grow regions.
 _MAX_HIT_LINES: Final = 200
 _MAX_LOOKBACK: Final = 400
-# Structure regexes look at most at this many characters of a line.
-_SCAN_CHARS: Final = 300
 _NUMBERED: Final = re.compile(r"(\d{1,7}):")
-_STRUCTURE: Final = re.compile(
-    r"\s*(?:"
+_STRUCTURE_BODY: Final = (
+    r"(?:"
     r"(?:export\s+)?(?:default\s+)?(?:async\s+)?(?:def|class|function|func|fn|interface|struct|enum"
     r"|trait|impl|module|namespace|protocol|extension|object|record|union)\b"
     r"|(?:(?:pub(?:\([\w:]+\))?|public|private|protected|internal|static|abstract|final|override"
@@ -64,6 +62,63 @@ _STRUCTURE: Final = re.compile(
     r"|import\b|from\s+[\w.]+\s+import\b|#\s*include\b|using\s|package\s|use\s+[\w:]+|require\("
     r"|(?:export\s+)?(?:const|let|var)\s+\w+\s*=\s*(?:async\s*)?(?:function\b|\([^)]{0,200}\)\s*=>)"
     r")"
+)
+_STRUCTURE: Final = re.compile(r"[^\S\n]*" + _STRUCTURE_BODY)
+# Each line's indentation and first word (or ``@``/``#``), after the line number of an
+# agent's view when there is one: one match per newline (none spans lines), so
+# ``findall("\n" + text)`` lines up with the lines. The literal newline first lets the scan
+# skip ahead fast.
+_LINE_HEAD: Final = re.compile(r"\n(?:\d{1,7}:)?([^\S\n]*)([@#]|[A-Za-z_]\w*)?")
+_LINE_HEAD_PLAIN: Final = re.compile(r"\n([^\S\n]*)([@#]|[A-Za-z_]\w*)?")
+# Every word a structure line can start with (the first word of each _STRUCTURE_BODY branch).
+_STRUCTURE_WORDS: Final = frozenset(
+    (
+        "@",
+        "#",
+        "export",
+        "default",
+        "async",
+        "def",
+        "class",
+        "function",
+        "func",
+        "fn",
+        "interface",
+        "struct",
+        "enum",
+        "trait",
+        "impl",
+        "module",
+        "namespace",
+        "protocol",
+        "extension",
+        "object",
+        "record",
+        "union",
+        "pub",
+        "public",
+        "private",
+        "protected",
+        "internal",
+        "static",
+        "abstract",
+        "final",
+        "override",
+        "virtual",
+        "sealed",
+        "inline",
+        "extern",
+        "const",
+        "unsafe",
+        "import",
+        "from",
+        "using",
+        "package",
+        "use",
+        "require",
+        "let",
+        "var",
+    )
 )
 _VIEW_HEADER: Final = re.compile(r"\[File: |\(\d+ more lines? (?:above|below)\)|\[\d+ lines? (?:above|below)")
 _DIFF_FILE: Final = re.compile(
@@ -86,6 +141,18 @@ def _enclosing(i: int, bodies: list[str], indents: list[int | None]) -> list[int
             if indent == 0:
                 break
     return found
+
+
+def _structure_indents(bodies: list[str], text: str, numbered: bool) -> list[int | None]:
+    """Per line: the indentation of a structure line (a signature, import, decorator), None
+    for other lines. One cheap pass finds each line's first word; the structure pattern runs
+    only on lines whose first word can start one."""
+    heads = (_LINE_HEAD if numbered else _LINE_HEAD_PLAIN).findall(f"\n{text}")
+    indents: list[int | None] = [None] * len(bodies)
+    for i, (space, word) in enumerate(heads):
+        if word in _STRUCTURE_WORDS and _STRUCTURE.match(bodies[i]):
+            indents[i] = len(space)
+    return indents
 
 
 def compress_code(text: str, ctx: CompressionContext, cfg: CompressionConfig) -> Compressed | None:
@@ -122,12 +189,7 @@ def compress_code(text: str, ctx: CompressionContext, cfg: CompressionConfig) ->
         if key < priority[i]:
             priority[i] = key
 
-    # indentation of structure lines, None for others
-    heads = [body[:_SCAN_CHARS] for body in bodies]
-    indents: list[int | None] = [
-        None if m is None else len(head) - len(head.lstrip())
-        for head, m in zip(heads, map(_STRUCTURE.match, heads), strict=True)
-    ]
+    indents = _structure_indents(bodies, text, numbered)
     hit_lines = sorted(range(n), key=lambda i: (-weight[i], i))[:_MAX_HIT_LINES] if any(weight) else []
     for i in hit_lines:
         if not weight[i]:

@@ -188,8 +188,8 @@ def _classify(run: str, out: dict[str, set[str]], split: bool) -> None:
 
 def urls_and_statuses(text: str, out: dict[str, set[str]]) -> str:
     """The first passes: add the URLs of ``text`` to ``out["url"]`` and its HTTP status
-    codes to ``out["error_code"]``; return the text with the URLs taken out (joined by
-    spaces), for the run pass."""
+    codes to ``out["error_code"]``; return the text with each URL replaced by as many spaces
+    (positions are kept), for the run pass."""
     rest = text
     if "://" in text:
         pieces: list[str] = []
@@ -199,9 +199,10 @@ def urls_and_statuses(text: str, out: dict[str, set[str]]) -> str:
             if len(url) > len(m.group(0).split("://", 1)[0]) + 3:
                 out["url"].add(url)
             pieces.append(text[pos : m.start()])
+            pieces.append(" " * len(url))
             pos = m.start() + len(url)
         pieces.append(text[pos:])
-        rest = " ".join(pieces)
+        rest = "".join(pieces)
     if "HTTP" in rest or "tatus" in rest:
         for m in _HTTP_STATUS.finditer(rest):
             out["error_code"].add(f"HTTP {m.group(1)}")

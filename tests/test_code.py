@@ -174,3 +174,29 @@ def test_huge_single_line_and_binary_junk_finish_quickly() -> None:
         out = fn(junk, CompressionContext(query="parse_date"), CFG)
         assert out is None or len(out.text) < len(junk)
     assert time.perf_counter() - start < 60
+
+
+def test_structure_lines_found_in_plain_and_numbered_views() -> None:
+    """Signatures, imports and decorators are structure lines (with their indentation), in
+    plain source and in an agent's numbered view; other lines are not."""
+    from compressors._code import _structure_indents
+
+    source = [
+        "import os",
+        "@dataclass",
+        "class Store:",
+        "    async def load(self) -> None:",
+        "        return None",
+        "  pub(crate) fn parse(x: &str) -> u8 {",
+        "public static int main(String[] args) {",
+        "export const handler = async (event) => {",
+        "#include <stdio.h>",
+        "    value = compute()",
+        "",
+        "definitely not a def",
+    ]
+    want = [0, 0, 0, 4, None, 2, 0, 0, 0, None, None, None]
+    text = "\n".join(source)
+    assert _structure_indents(source, text, numbered=False) == want
+    numbered = [f"{i + 10}:{line}" for i, line in enumerate(source)]
+    assert _structure_indents(source, "\n".join(numbered), numbered=True) == want

@@ -141,17 +141,70 @@ _PIECES = [
     "__init__",
     "--flag",
     "a/b",
+    "E2BIG",
+    "ORA-00942",
+    "W0611",
+    "base_unit.total_seconds",
+    "setup.py",
+    "README.MD",
+    "x.pyc",
+    "getElementById",
+    "TimeDelta",
+    "HTTP/1.1",
+    "status: 500",
+    "deadbeef12",
 ]
 
 
-@given(st.lists(st.sampled_from(_PIECES), max_size=40))
-@settings(max_examples=300, deadline=None)
-def test_marker_memo_equals_hard_tokens_by_kind(pieces: list[str]) -> None:
-    """The cached classifier behind gap markers finds exactly what hard_tokens_by_kind finds."""
-    from compressors._select import _HardTokenMemo, clear_memo
+_MENTION_KINDS = ("error_code", "path", "url", "identifier", "uuid", "id")
+_SEPARATORS = [" ", "\n", ".", ":", "/", "=", "(", ",", "", "_", "-"]
 
-    text = " ".join(pieces)
-    want = hard_tokens_by_kind(text)
-    assert _HardTokenMemo().by_kind(text) == want
-    clear_memo()
-    assert _HardTokenMemo().by_kind(text) == want  # cold memo, same answer
+
+@given(
+    st.lists(st.tuples(st.sampled_from(_PIECES), st.sampled_from(_SEPARATORS)), max_size=40),
+    st.lists(st.tuples(st.sampled_from(_PIECES), st.sampled_from(_SEPARATORS)), max_size=40),
+)
+@settings(max_examples=400, deadline=None)
+def test_lazy_mentions_agree_with_hard_tokens(
+    dropped_parts: list[tuple[str, str]], kept_parts: list[tuple[str, str]]
+) -> None:
+    """Gap candidates are exactly the dropped text's hard tokens of the mention kinds, the
+    kept-text check is exact, and mentions are a subset of what the kept text lacks, whether
+    or not the run memo is warm."""
+    from compressors._mentions import _Text, clear_memo, mentions
+
+    dropped = "".join(a + b for a, b in dropped_parts)
+    kept = "".join(a + b for a, b in kept_parts)
+    by_kind = hard_tokens_by_kind(dropped)
+    kept_tokens = hard_tokens(kept)
+    for cold in (True, False):
+        if cold:
+            clear_memo()
+        text = _Text(kept)
+        for token in hard_tokens(dropped) | kept_tokens | {"value", "a/b", "HTTP 404"}:
+            assert text.has(token) == (token in kept_tokens), token
+        listed = mentions(dropped, kept, 10_000, examine=10**9)
+        assert len(listed) == len(set(listed))
+        assert set(listed) <= {t for k in _MENTION_KINDS for t in by_kind[k]} - kept_tokens
+        found = set(_Text(dropped).candidates(10**9))
+        assert found == {(k, t) for k in _MENTION_KINDS for t in by_kind[k]}
+
+
+def test_kept_check_falls_back_after_many_occurrences() -> None:
+    """A token seen more than MAX_PROBES times in the kept text, never as a hard token, is
+    still judged absent (and one found late is still found)."""
+    from compressors._mentions import MAX_PROBES, _Text
+
+    noise = " ".join(["parse_dates"] * (MAX_PROBES * 3))
+    assert not _Text(noise).has("parse_date")
+    assert _Text(f"{noise} parse_date").has("parse_date")
+
+
+def test_mentions_order_kinds_then_first_occurrence() -> None:
+    """Error codes come first, then paths, URLs and the other kinds, each in order of first
+    occurrence; a path's own parts are not listed again."""
+    from compressors._mentions import mentions
+
+    dropped = "see load_config in src/b.py, then src/a.py raised KeyError; docs https://x.io/p"
+    assert mentions(dropped, "", 10) == ["KeyError", "src/b.py", "src/a.py", "https://x.io/p", "load_config"]
+    assert mentions(dropped, "src/b.py was read", 10) == ["KeyError", "src/a.py", "https://x.io/p", "load_config"]

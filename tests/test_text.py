@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from compressors import tokens
 from compressors._markers import MARKER_PREFIX
-from compressors._select import bm25, select, words
+from compressors._select import bm25, bm25_texts, select, words
 from compressors._text import chunk_text, compress_text
 from compressors._types import CompressionConfig, CompressionContext
 
@@ -41,6 +41,22 @@ def test_bm25_scores_matching_docs_higher() -> None:
     scores = bm25(docs, words("frobnicator deploy"))
     assert scores[1] > 0
     assert scores[0] == 0 and scores[2] == 0
+
+
+def test_bm25_texts_scores_holders_and_prefers_shorter_texts() -> None:
+    """Only texts holding a query term score; with equal term counts the shorter text (in
+    characters) scores higher, and the term counts are those of words()."""
+    texts = [
+        "deploy the frobnicator",
+        "nothing relevant at all",
+        "deploy the frobnicator " + "padding words " * 20,
+        "Frobnicators deployed",  # case and suffix forms count
+    ]
+    scores = bm25_texts(texts, words("frobnicator deploy"))
+    assert scores[1] == 0.0
+    assert scores[0] > scores[2] > 0.0
+    assert scores[3] > 0.0
+    assert bm25_texts(texts, []) == [0.0] * 4
 
 
 def test_words_split_compounds_and_stem() -> None:
