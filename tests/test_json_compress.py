@@ -3,6 +3,7 @@ path (rows, empty fields, long strings; every cut marked)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,50 @@ def test_whole_floats_never_become_ints() -> None:
     assert out is not None
     assert out.method == "json-compact"
     assert same_value(json.loads(out.text), value)
+
+
+def test_floats_are_sent_as_the_decimals_the_tool_wrote() -> None:
+    """A float TOON would write as another decimal of the same double (a tie) keeps TOON out."""
+    tie = 1604028002771898.2  # exactly ...898.25: JSON writes ...898.2, toons ...898.3
+    assert toon_encode(tie) != repr(tie) and float(toon_encode(tie)) == tie
+    value = [{**row, "t": tie if row["id"] == 7 else 1.5} for row in table(50)]
+    out = compress_json(json.dumps(value), CTX, CFG)
+    assert out is not None and out.method == "json-compact"
+    assert '"t":1604028002771898.2}' in out.text
+    fine = [{**row, "t": 0.30000000000000004} for row in table(50)]  # 17 digits, no tie
+    out = compress_json(json.dumps(fine), CTX, CFG)
+    assert out is not None and out.method == "json-toon"
+    assert "0.30000000000000004" in out.text
+
+
+class PanicException(BaseException):
+    """Stands in for ``pyo3_runtime.PanicException``, what a panic in Rust code raises."""
+
+
+PanicException.__module__ = "pyo3_runtime"
+
+
+def _panic(*args: Any, **kwargs: Any) -> Any:
+    raise PanicException("panic from Rust code")
+
+
+@pytest.mark.parametrize("function", ["dumps", "loads"])
+def test_a_panic_in_toons_means_no_toon(monkeypatch: pytest.MonkeyPatch, function: str) -> None:
+    """A Rust panic while encoding or checking TOON sends compact JSON instead of crashing."""
+    monkeypatch.setattr(f"compressors._json.toons.{function}", _panic)
+    value = table(50)
+    assert encode_best(value, "gpt-4o") == (compact(value), "json-compact")
+
+
+def test_keyboard_interrupt_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a Rust panic is caught among BaseExceptions: Ctrl-C still stops the process."""
+
+    def interrupt(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("compressors._json.toons.dumps", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        encode_best(table(50), "gpt-4o")
 
 
 def test_already_compact_json_gives_nothing() -> None:
@@ -431,3 +476,19 @@ def test_deep_but_parseable_nesting_never_crashes(depth: int) -> None:
     assert out.text == "[" * depth + "1" + "]" * depth
     result = compress(text, CTX, LOSSLESS_EVERYTHING)
     assert result.text in (text, out.text)
+
+
+async def test_deep_nesting_in_a_worker_thread_never_crashes() -> None:
+    """The deepest JSON that parses is compressed in a worker thread (as the proxy does) without a crash."""
+    for depth in range(995, 900, -5):  # the deepest that parses under the test runner's stack
+        text = "[" * depth + "1" + "]" * depth
+        try:
+            parse_exact(text)
+        except WrongContentType:
+            continue
+        break
+    value = await asyncio.to_thread(parse_exact, text)
+    out = await asyncio.to_thread(encode_best, value, "gpt-4o")
+    assert out[0] == text and out[1] == "json-compact"
+    candidate = await asyncio.to_thread(toon_encode, value)
+    assert same_value(await asyncio.to_thread(toon_decode, candidate), value)
