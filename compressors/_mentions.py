@@ -142,6 +142,11 @@ class _Text:
             yield at
             at = blank.find(needle, at + 1)
 
+    def _new_runs(self, known: set[str]) -> Iterator[str]:
+        """The distinct runs not in ``known``, in order of first position (found when first
+        asked for)."""
+        yield from [run for run in dict.fromkeys(_RUN.findall(self.blank)) if run not in known]
+
     def runs(self) -> set[str]:
         """Every run of the text (after the URL pass)."""
         if self._runs is None:
@@ -160,15 +165,17 @@ class _Text:
         sources = (
             ("error_code", self._runs_at(iter(sorted(marks)))),
             ("path", self._runs_at(self._finds("/"))),
-            ("", iter(dict.fromkeys(_RUN.findall(self.blank)))),
+            ("", self._new_runs(known)),
         )
         for wanted, runs in sources:
             if not wanted:
                 urls = sorted(self.passes["url"], key=lambda u: (self.text.find(u), u))
                 yield from (("url", url) for url in urls)
+            looked: set[str] = set()
             for run in runs:
-                if run in known:
+                if run in looked or (wanted and run in known):
                     continue
+                looked.add(run)
                 examine -= 1
                 if examine < 0:
                     return
@@ -218,7 +225,8 @@ def allocate(
 ) -> dict[int, list[str]]:
     """Which dropped hard tokens each gap ``[start, end)`` of ``pieces`` lists: round-robin
     over the gaps (each gap's best candidate first) until ``max_chars`` are used; a token is
-    listed once. Keys are the gaps' starts."""
+    listed once, and a gap whose next token does not fit any more lists no further ones.
+    Keys are the gaps' starts."""
     kept_text = sep.join(p for p, k in zip(pieces, keep, strict=True) if k)
     if not gaps or len(kept_text) > MENTION_MAX_CHARS:
         return {}
@@ -231,19 +239,20 @@ def allocate(
     named: dict[int, list[str]] = {start: [] for start, _ in gaps}
     listed: set[str] = set()
     used = 0
-    progress = True
-    while progress:
-        progress = False
-        for g, (start, _) in enumerate(gaps):
+    open_gaps = list(range(len(gaps)))
+    while open_gaps:
+        still_open: list[int] = []
+        for g in open_gaps:
             for token in candidates[g]:
                 if token in listed:
                     continue
                 if used + len(token) + 2 <= max_chars:
-                    named[start].append(token)
+                    named[gaps[g][0]].append(token)
                     listed |= _own_tokens(token)
                     used += len(token) + 2
-                    progress = True
-                break
+                    still_open.append(g)
+                break  # a gap whose next token does not fit is done
+        open_gaps = still_open
     return named
 
 

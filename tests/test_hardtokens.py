@@ -207,4 +207,9 @@ def test_mentions_order_kinds_then_first_occurrence() -> None:
 
     dropped = "see load_config in src/b.py, then src/a.py raised KeyError; docs https://x.io/p"
     assert mentions(dropped, "", 10) == ["KeyError", "src/b.py", "src/a.py", "https://x.io/p", "load_config"]
-    assert mentions(dropped, "src/b.py was read", 10) == ["KeyError", "src/a.py", "https://x.io/p", "load_config"]
+    assert mentions(dropped, "src/b.py was read", 10) == [
+        "KeyError",
+        "src/a.py",
+        "https://x.io/p",
+        "load_config",
+    ]
