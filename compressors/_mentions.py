@@ -2,22 +2,25 @@
 
 Each run of dropped pieces becomes one marker (see :func:`compressors._select.render`); with a
 mention budget the marker also lists (``; mentions: a, b``) hard tokens of the dropped text that
-are not hard tokens of the kept text: error codes first, then paths, URLs, identifiers, UUIDs
-and ids (numbers are left out: alone they mean nothing), each kind in order of first
-occurrence. :func:`allocate` shares the budget out round-robin over the gaps.
+are not hard tokens of the kept text. :func:`allocate` shares the budget out round-robin over
+the gaps (each gap's best candidate first). A gap's candidates come, best first, from:
 
-The work is proportional to the tokens looked at, not to the size of the input, and the
-answers are exactly those of :func:`~compressors._hardtokens.hard_tokens`:
+1. HTTP status codes (the status pass) and runs holding an exception name (``Error``,
+   ``Exception``, ``Warning``, ``Interrupt``, ``Exit``: found with ``str.find``) or an
+   errno-like ``E..`` (a literal-first pattern): their error codes;
+2. the gap's runs holding a ``/`` that the kept text lacks: their paths;
+3. the URLs (the URL pass);
+4. every run the kept text lacks, in order of first position: file names, identifiers,
+   UUIDs, ids, lint codes (numbers are left out: alone they mean nothing).
 
-- A gap's candidates of one kind are found with a regular expression (:data:`_HINTS`) that
-  matches inside every run holding a token of that kind (a necessary condition, checked at C
-  speed); only the runs it hits are classified, and a kind is only scanned when the kinds
-  before it are used up. URLs come from the URL pass alone, HTTP status codes (listed before
-  the other error codes) from the status pass.
-- Whether the kept text holds a token is decided at the token's occurrences in the kept text:
-  a token of a run is a substring of that run, so the runs enclosing its occurrences are the
-  only ones that can produce it (after :data:`MAX_PROBES` occurrences the kept text is
-  classified in full, once).
+Only the runs looked at are classified (at most :data:`MAX_EXAMINED` per gap), and the runs of
+a gap are listed only when a gap gets that far, with set and list operations at C speed, so
+the work grows with what is listed rather than with the input (a plain regular-expression
+pass over 350K characters costs ~4 ms in Python, a per-run Python step ~1 us). Tokens are
+exactly those of :func:`~compressors._hardtokens.hard_tokens` (property-tested): a run is
+classified whole, as there; and whether the kept text holds a token is decided at the token's
+occurrences in the kept text, since a run's tokens are substrings of the run (after
+:data:`MAX_PROBES` occurrences the kept text is classified in full, once).
 
 Runs are classified once per process (:func:`_run_pairs`, bounded): the same identifiers and
 paths come back in every output of a repository.
@@ -92,6 +95,25 @@ def _run_at(blank: str, at: int) -> tuple[int, int]:
     return start, (m.end() if m else at)
 
 
+class _LazyRuns:
+    """The distinct runs of a text that are not in ``known``, in order of first position,
+    found on the first iteration (a gap whose first candidate is an error code never needs
+    them)."""
+
+    __slots__ = ("_blank", "_known", "_runs")
+
+    def __init__(self, blank: str, known: set[str]) -> None:
+        self._blank = blank
+        self._known = known
+        self._runs: list[str] | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._runs is None:
+            known = self._known
+            self._runs = [run for run in dict.fromkeys(_RUN.findall(self._blank)) if run not in known]
+        return iter(self._runs)
+
+
 class _Text:
     """One text (the kept text or a gap) after the URL and HTTP status passes: the URLs and
     status codes it holds, and the rest with each URL blanked out in place."""
@@ -142,10 +164,10 @@ class _Text:
             yield at
             at = blank.find(needle, at + 1)
 
-    def _new_runs(self, known: set[str]) -> Iterator[str]:
+    def _new_runs(self, known: set[str]) -> _LazyRuns:
         """The distinct runs not in ``known``, in order of first position (found when first
         asked for)."""
-        yield from [run for run in dict.fromkeys(_RUN.findall(self.blank)) if run not in known]
+        return _LazyRuns(self.blank, known)
 
     def runs(self) -> set[str]:
         """Every run of the text (after the URL pass)."""
@@ -162,10 +184,11 @@ class _Text:
         yield from (("error_code", token) for token in sorted(self.passes["error_code"]))
         marks = sorted(at for word in _ERROR_WORDS for at in self._finds(word))
         marks.extend(m.start() for m in _ERRNO_HINT.finditer(self.blank))
+        fresh = self._new_runs(known)
         sources = (
             ("error_code", self._runs_at(iter(sorted(marks)))),
-            ("path", self._runs_at(self._finds("/"))),
-            ("", self._new_runs(known)),
+            ("path", (run for run in fresh if "/" in run)),
+            ("", iter(fresh)),
         )
         for wanted, runs in sources:
             if not wanted:
