@@ -51,8 +51,8 @@ MENTION_MAX_CHARS: Final = 1_000_000
 # Occurrences of one token in the kept text looked at before the kept text is classified whole.
 MAX_PROBES: Final = 24
 _MAX_CANDIDATES: Final = 200  # per gap
-# Runs looked at per gap at most: a gap lists a few tokens at best.
-MAX_EXAMINED: Final = 192
+# Runs looked at per gap at most (a bound for pathological inputs; lower caps cost recall).
+MAX_EXAMINED: Final = 4096
 _MAX_MENTION_TOKEN: Final = 80
 _MENTION_KINDS: Final = ("error_code", "path", "url", "identifier", "uuid", "id")
 _RUN_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:/~@%+#-")
