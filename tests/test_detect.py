@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressors import ContentType, detect
-from compressors._detect import detect_non_json
+from compressors import _detect as d
+from compressors._detect import MAX_LINES, SAMPLE_CHARS, detect_non_json
 
 PY_TRACE = """Traceback (most recent call last):
   File "/app/main.py", line 12, in <module>
@@ -291,3 +294,236 @@ def test_swe_agent_submissions_are_diffs(eval_data: Path) -> None:
             seen += 1
             assert detect(submission) is ContentType.DIFF, path.name
     assert seen > 0
+
+
+# --- the fast paths against the per-line definitions ----------------------------------------
+
+
+def reference_detect(text: str) -> ContentType:
+    """What :func:`detect` is defined to answer: every check line by line, no shortcut."""
+    head = text[:SAMPLE_CHARS].lstrip()
+    if head[:1] in ("{", "[") and (d._OBJECT_START if head[0] == "{" else d._ARRAY_START).match(head):
+        values = _reference_lines(text)
+        if len(values) >= 2 and all(
+            (v.strip()[0], v.strip()[-1]) in (("{", "}"), ("[", "]")) for v in values
+        ):
+            try:
+                json.loads(values[0].strip())
+                return ContentType.NDJSON
+            except (ValueError, RecursionError):
+                pass
+        if text[-4096:].rstrip()[-1:] == ("}" if head[0] == "{" else "]"):
+            return ContentType.JSON
+    return reference_detect_non_json(text)
+
+
+def _reference_lines(text: str) -> list[str]:
+    head = text[:SAMPLE_CHARS]
+    lines = head.split("\n", MAX_LINES)
+    if len(lines) > MAX_LINES:
+        lines = lines[:MAX_LINES]
+    elif len(text) > len(head) and len(lines) > 1:
+        lines = lines[:-1]
+    return [line.removesuffix("\r") for line in lines if line.strip()]
+
+
+def reference_detect_non_json(text: str) -> ContentType:
+    """What :func:`detect_non_json` is defined to answer: every check line by line."""
+    lines = _reference_lines(text)
+    if not lines:
+        return ContentType.TEXT
+    n = len(lines)
+    short = [line[:2000] for line in lines]
+    hunk = header = False
+    for previous, line in zip(["", *lines], lines, strict=False):
+        hunk = hunk or bool(line.startswith("@@") and d._HUNK.match(line))
+        header = (
+            header
+            or line.startswith("diff --git ")
+            or (line.startswith("+++ ") and previous.startswith("--- "))
+        )
+    if hunk and header:
+        return ContentType.DIFF
+    start = text[:SAMPLE_CHARS].lstrip()[:4096].lower()
+    if start.startswith("<") and (
+        start.startswith(("<!doctype html", "<html"))
+        or "<html" in start[:1024]
+        or len(d._HTML_TAG.findall(text[:SAMPLE_CHARS])) >= 8
+    ):
+        return ContentType.HTML
+    if d._FILE_VIEW.match(lines[0]):
+        return ContentType.CODE
+    headers = weight = frames = 0
+    for line in short:
+        if d._TRACE_HEADER.match(line):
+            headers, weight = headers + 1, weight + 1
+        elif d._PY_FRAME.match(line):
+            frames, weight = frames + 1, weight + 2
+        elif d._OTHER_FRAME.match(line):
+            frames, weight = frames + 1, weight + 1
+        elif d._EXCEPTION_LINE.match(line):
+            weight += 1
+    if frames and headers and weight >= 0.6 * n:
+        return ContentType.STACKTRACE
+    names = [m[1] for m in map(d._GREP_LINE.match, short) if m]
+    hits = sum(1 for name in names if ("/" in name or "." in name) and not name[:1].isdigit())
+    if d._FOUND_HEADER.match(lines[0]) or (hits >= 3 and hits >= 0.5 * n):
+        return ContentType.SEARCH
+    if n >= 3:
+        piped = [line.strip() for line in lines if line.lstrip().startswith("|")]
+        if (
+            len(piped) >= 3
+            and len(piped) >= 0.8 * n
+            and any("---" in p and not p.strip("|:- ") for p in piped)
+        ):
+            return ContentType.TABLE
+        for delimiter, minimum in (("\t", 1), (",", 2)):
+            try:
+                counts = Counter(len(row) - 1 for row in csv.reader(lines, delimiter=delimiter))
+            except csv.Error:
+                continue
+            if counts:
+                common, most = max(counts.items(), key=lambda item: (item[1], item[0]))
+                if common >= minimum and most >= 0.9 * n:
+                    return ContentType.TABLE
+    hits = 0
+    for line in lines:
+        window = line[:100]
+        if any(p.search(window) for p in (d._LEVEL_BRACKET, d._TIMESTAMP, d._LEVEL_WORD)) or d._BANNER.match(
+            line[:2000]
+        ):
+            hits += 1
+    if frames or (hits >= 2 and hits >= 0.3 * n):
+        return ContentType.LOG
+    hits = 0
+    for line in short:
+        number = d._LINE_NUMBER.match(line)
+        rest = line[number.end() :] if number else line
+        hits += bool(d._CODE_START.match(rest) or rest.rstrip().endswith(d._CODE_ENDINGS))
+    if hits >= 2 and hits >= 0.25 * n:
+        return ContentType.CODE
+    numbered = sum(1 for line in short if d._NUMBERED.match(line))
+    fields = sum(1 for line in short if d._FIELD.match(line))
+    urls = sum(1 for line in short if "://" in line and d._URL.search(line))
+    separators = sum(1 for line in short if d._SEPARATOR.match(line.strip()))
+    if (urls >= 2 or fields >= 4) and (numbered >= 2 or fields >= 4 or separators >= 2):
+        return ContentType.SEARCH
+    return ContentType.TEXT
+
+
+# Lines that each check counts, nearly counts, or is fooled by.
+FRAGMENTS = [
+    *(line for sample in (PY_TRACE, JAVA_TRACE, PYTEST_RUN, DIFF, SWE_FILE_VIEW, GREP, SEARCH, MARKDOWN_TABLE)
+      for line in sample.splitlines()[:6]),
+    "", "   ", "\t", "x", "Found 2 matches for \"x\" in /repo:", "No matches found for y",
+    "@@ -1 +1 @@", "@@ nope", "diff --git a/x b/x", "--- a/x", "+++ b/x", "<div>", "<html>",
+    "  at foo (/app/a.js:1:2)", "  main.go:12 +0x1", "\t/usr/go/src/x.go:3 +0x2", "    from /a/b.rb:3:in `f'",
+    "  from x import y", "Exception in thread \"main\" x.Error: e", "goroutine 7 [running]:", "panic: boom",
+    "KeyError: 'a'", "java.lang.NullPointerException", "12:34:56 INFO ok", "2024-01-01T10:00 ERROR z",
+    "Jan  1 10:00 host x", "[warn] disk", "[INFO] started", "INFO\u00e9 x", "===== x =====", "----- y -----",
+    "=====", "| a | b |", "|---|:--|", "| --- \t |", "a,b,c", "a,\"b,c\",d", "a\tb", "1. First", "[2] Second",
+    "#3 third", "Result 4: r", "Title: t", "   URL: https://x.y/z", "see http://a.b and https://c.d", "---",
+    "***", "___", "def f():", "  return x;", "}", "{", "} else {", "class A {", "10: def g():",
+    "12|   x => y", "7\tint main() {", "@decorator", "#include <x.h>", "x = f(1) */", "src/a.py:12:  x = 1",
+    "a.py:1:2:", "12.py:3:x", "\u00b2a.py:1:x", "C:/go/a.go:4 +0x1", "\u0661\u0662:\u0663\u0664:\u0665\u0666",
+    "x" * 2100 + ":1:", " " * 1999 + "return", "from " + "a" * 2100 + " import b", "-" * 2100 + "x",
+    "a:" + "1" * 2100 + ":", "1:" + " " * 2100 + "def x", "\x0b  at x(y:1:2)", "\u2028File \"x\", line 1",
+    "x\r", "  \r", "if a and (b):",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=30),
+    st.sampled_from(["\n", "\r\n"]),
+)
+def test_detect_agrees_with_the_line_by_line_definition(lines: list[str], repeat: int, newline: str) -> None:
+    """The bounds and one-scan patterns of the detector give the verdict of checking every line."""
+    text = newline.join(lines * repeat)
+    assert detect(text) is reference_detect(text)
+    assert detect_non_json(text) is reference_detect_non_json(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(PY_TRACE + JAVA_TRACE + LOG + SYSLOG + PYTEST_RUN, id="traces-and-logs"),
+        pytest.param(DIFF + PLAIN_DIFF + HTML_FRAGMENT, id="diffs-and-html"),
+        pytest.param(PYTHON + JS + SWE_FILE_VIEW + CSV + TSV + MARKDOWN_TABLE, id="code-and-tables"),
+        pytest.param(GREP + SWE_FIND + SEARCH + MARKDOWN + NDJSON, id="search-and-text"),
+    ],
+)
+def test_detect_agrees_with_the_definition_on_mixed_outputs(text: str) -> None:
+    """Concatenated outputs of several kinds get the verdict of checking every line."""
+    for sample in (text, text * 40, text.replace("\n", "\r\n")):
+        assert detect(sample) is reference_detect(sample)
+        assert detect_non_json(sample) is reference_detect_non_json(sample)
+
+
+# Lines that start the sample (a trace header, a table rule, URLs), and lines a check counts
+# (taken in turn).
+COUNTED = [
+    (["Traceback (most recent call last):"], ['  File "/a.py", line 3, in f']),
+    (['Exception in thread "main" x.Error: e'], ["\tat a.B.c(B.java:1)", "KeyError: 'k'"]),
+    (["panic: boom"], ["  main.go:12 +0x1", "\t/usr/go/x.go:3 +0x2"]),
+    ([], ["src/a.py:12:  x = 1"]),
+    (["|---|---|"], ["| a | b |"]),
+    ([], ["a,b,c"]),
+    ([], ["a\tb"]),
+    ([], ["2024-01-01T10:00 INFO x"]),
+    ([], ["[warn] disk", "x INFO y", "===== x ====="]),
+    ([], ["def f():", "  x = y;", "def g(): pass;"]),
+    ([], ["def f(x)", "  x = y;"]),
+    ([], ["10: def g():", "  return x;"]),
+    (["   URL: https://x.y/z"], ["Title: t"]),
+    (["see http://a.b", "URL: http://c.d"], ["1. First", "---"]),
+    (["see http://a.b", "URL: http://c.d"], ["***"]),
+]
+FILLER = ["plain words here", "  indented words", "x = y", "Other words, and more"]
+
+
+@pytest.mark.parametrize(("first", "counted"), COUNTED)
+def test_detect_agrees_with_the_definition_at_the_thresholds(first: list[str], counted: list[str]) -> None:
+    """With every number of counted lines, around each threshold, the verdict is the definition's."""
+    for size in (3, 4, 5, 10, 20, 21, 40):
+        for count in range(size + 1):
+            body = [counted[i % len(counted)] for i in range(count)]
+            body += [FILLER[i % len(FILLER)] for i in range(size - count)]
+            for lines in (body, body[::-1], first + body):
+                text = "\n".join(lines)
+                assert detect(text) is reference_detect(text), (first, counted, size, count)
+                assert detect_non_json(text) is reference_detect_non_json(text), (first, counted, size, count)
+
+
+def test_file_view_with_a_diff_past_the_sample_lines_is_code() -> None:
+    """A file view whose only diff lies past the first MAX_LINES lines is code; one within them is a diff."""
+    view = SWE_FILE_VIEW + "".join(f"{i}:    x = {i}\n" for i in range(MAX_LINES))
+    assert detect(view + DIFF) is ContentType.CODE
+    assert detect(SWE_FILE_VIEW + DIFF) is ContentType.DIFF
+    indented = "  [File: /repo/a.py (3 lines total)]\nplain words\nmore plain words\n"  # not a file view
+    assert detect(indented) is reference_detect(indented) is ContentType.TEXT
+
+
+def test_diff_lines_cut_by_the_sample_boundary_do_not_count() -> None:
+    """A hunk line cut by the sample boundary does not make a diff; the same line within the sample does."""
+    top = "diff --git a/x b/x\n" + ("x" * 200 + "\n") * 300
+
+    def hunk_at(offset: int) -> str:
+        return top + "y" * (offset - len(top) - 1) + "\n@@ -1 +1 @@\n" + "z\n" * 10
+
+    cut = hunk_at(SAMPLE_CHARS - 3)
+    assert detect(cut) is reference_detect(cut) is not ContentType.DIFF
+    assert detect(hunk_at(SAMPLE_CHARS - 20)) is ContentType.DIFF
+    last = cut[: SAMPLE_CHARS - 12] + "\n@@ -1 +1 @@"  # the last line, ending at the boundary
+    assert len(last) == SAMPLE_CHARS
+    assert detect(last) is ContentType.DIFF
+
+
+def test_one_line_samples() -> None:
+    """A one-line sample is a frame (log), a search header, a file view, or else text."""
+    assert detect('  File "/app/x.py", line 3, in f') is ContentType.LOG
+    assert detect('Found 3 matches for "x" in /repo:') is ContentType.SEARCH
+    assert detect("[File: /repo/a.py (3 lines total)]") is ContentType.CODE
+    assert detect("def f(): return 1;") is ContentType.TEXT  # code needs two lines
+    assert detect("Traceback (most recent call last):") is ContentType.TEXT
