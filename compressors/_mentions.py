@@ -164,11 +164,6 @@ class _Text:
             yield at
             at = blank.find(needle, at + 1)
 
-    def _new_runs(self, known: set[str]) -> _LazyRuns:
-        """The distinct runs not in ``known``, in order of first position (found when first
-        asked for)."""
-        return _LazyRuns(self.blank, known)
-
     def runs(self) -> set[str]:
         """Every run of the text (after the URL pass)."""
         if self._runs is None:
@@ -184,7 +179,7 @@ class _Text:
         yield from (("error_code", token) for token in sorted(self.passes["error_code"]))
         marks = sorted(at for word in _ERROR_WORDS for at in self._finds(word))
         marks.extend(m.start() for m in _ERRNO_HINT.finditer(self.blank))
-        fresh = self._new_runs(known)
+        fresh = _LazyRuns(self.blank, known)
         sources = (
             ("error_code", self._runs_at(iter(sorted(marks)))),
             ("path", (run for run in fresh if "/" in run)),
