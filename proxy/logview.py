@@ -218,9 +218,8 @@ class Follower:
             self.warn(f"{self.path}: skipped a line cut off at the end of a rotated file")
             self._buf = b""
 
-    def _rotated_since(self, inode: int | None, until: int | None = None) -> list[Path]:
-        """Rotated files newer than the one with ``inode`` (and older than the one with
-        ``until``, if that was rotated too), oldest first."""
+    def _rotated_since(self, inode: int | None) -> list[Path]:
+        """Rotated files newer than the one with ``inode``, oldest first."""
         found: list[tuple[int, Path]] = []
         for sibling in _rotated_siblings(self.path):
             with contextlib.suppress(FileNotFoundError):
@@ -229,8 +228,7 @@ class Follower:
         inodes = [ino for ino, _ in found]
         if inode not in inodes:
             return []
-        end = inodes.index(until) if until in inodes else len(found)
-        return [path for _, path in found[inodes.index(inode) + 1 : end]]
+        return [path for _, path in found[inodes.index(inode) + 1 :]]
 
     def _read_whole(self, path: Path) -> list[bytes]:
         try:
@@ -255,13 +253,9 @@ class Follower:
             self._cut_off()
             old = self._inode
             self.close()
-            # Open the current file before listing the rotated ones: every file between the
-            # old one and it was rotated away already, so none can be missed by a rotation
-            # that happens meanwhile (one of the opened file is seen on the next poll).
-            opened = self._open(0)
-            for between in self._rotated_since(old, self._inode if opened else None):
+            for between in self._rotated_since(old):  # rotated more than once since last poll
                 lines += self._read_whole(between)
-            if opened:
+            if self._open(0):
                 lines += self._drain()
         elif st.st_size < self._file.tell():  # truncated in place
             self._buf = b""
