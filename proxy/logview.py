@@ -168,9 +168,13 @@ class Follower:
     """Complete lines appended to ``path`` since the last :meth:`poll`, across rotation.
 
     Rotation (``path`` now names another file, or none) is noticed by inode: the old file is
-    read to its end first, then the new one from its start. A file that got shorter was
-    truncated and is read again from its start. A partial last line is kept until its
-    newline arrives; one left at the end of a rotated file was cut off and is reported.
+    read to its end first, then every file rotated after it, then the new one from its start.
+    The rotated files are opened together and their names checked again afterwards, so a
+    rotation while they are being listed cannot make one be skipped or read twice; each is
+    then read through its own descriptor, whatever it is renamed to meanwhile. A file that got
+    shorter was truncated and is read again from its start. A partial last line is kept until
+    its newline arrives; one left at the end of a rotated file was cut off and is reported. A
+    follower that falls more than ``backups`` rotations behind reports that lines were lost.
     """
 
     def __init__(
@@ -181,7 +185,7 @@ class Follower:
         self._offset = offset
         self._expect_inode = inode  # ``offset`` is into this file; another one starts at 0
         self._file: Any = None
-        self._inode: int | None = None
+        self._inode: int | None = None  # the file read last, still open or finished
         self._buf = b""
 
     def close(self) -> None:
@@ -190,19 +194,15 @@ class Follower:
             self._file.close()
             self._file = None
 
-    def _open(self, offset: int) -> bool:
+    def _open_first(self) -> bool:
         try:
             f = self.path.open("rb")
         except FileNotFoundError:
             return False
-        self._file = f
         st = os.fstat(f.fileno())
-        self._inode = st.st_ino
-        if self._expect_inode is not None and st.st_ino != self._expect_inode:
-            offset = 0
-        self._expect_inode = None
-        self._offset = 0  # any later file is read from its start
+        offset = self._offset if self._expect_inode in (None, st.st_ino) else 0
         f.seek(min(offset, st.st_size))
+        self._file, self._inode = f, st.st_ino
         return True
 
     def _drain(self) -> list[bytes]:
@@ -218,50 +218,70 @@ class Follower:
             self.warn(f"{self.path}: skipped a line cut off at the end of a rotated file")
             self._buf = b""
 
-    def _rotated_since(self, inode: int | None) -> list[Path]:
-        """Rotated files newer than the one with ``inode``, oldest first."""
-        found: list[tuple[int, Path]] = []
-        for sibling in _rotated_siblings(self.path):
-            with contextlib.suppress(FileNotFoundError):
-                found.append((os.stat(sibling).st_ino, sibling))
-        found.sort(key=lambda item: -_rotation(item[1])[1])
-        inodes = [ino for ino, _ in found]
-        if inode not in inodes:
-            return []
-        return [path for _, path in found[inodes.index(inode) + 1 :]]
+    def _snapshot(self) -> list[tuple[int, Any, bool]]:
+        """``(inode, open file, is the current file)`` of the rotated files and the current one,
+        oldest first, as they were at one instant: opened, then the names checked again."""
+        while True:
+            names = sorted(_rotated_siblings(self.path), key=lambda p: -_rotation(p)[1])
+            opened: list[tuple[Path, int, Any]] = []
+            for name in [*names, self.path]:
+                with contextlib.suppress(FileNotFoundError):
+                    f = name.open("rb")
+                    opened.append((name, os.fstat(f.fileno()).st_ino, f))
+            if self._unchanged(names, opened):
+                return [(ino, f, name == self.path) for name, ino, f in opened]
+            for _, _, f in opened:
+                f.close()
 
-    def _read_whole(self, path: Path) -> list[bytes]:
+    def _unchanged(self, names: list[Path], opened: list[tuple[Path, int, Any]]) -> bool:
+        if set(_rotated_siblings(self.path)) != set(names):
+            return False
         try:
-            data = path.read_bytes()
+            return all(os.stat(name).st_ino == ino for name, ino, _ in opened)
         except FileNotFoundError:
-            return []
-        *lines, self._buf = data.split(b"\n")
-        self._cut_off()
+            return False
+
+    def _follow_rotation(self) -> list[bytes]:
+        """Read the files rotated after the last one read, then open the current one."""
+        chain = self._snapshot()
+        inodes = [ino for ino, _, _ in chain]
+        if self._inode in inodes:
+            start = inodes.index(self._inode) + 1
+        else:  # the last file read is gone: deleted, or rotated out of the backups
+            start = max(len(chain) - 1, 0)
+            if len(chain) > 1:
+                self.warn(f"{self.path}: fell behind the log's rotation; lines were lost")
+        for _, f, _ in chain[:start]:
+            f.close()
+        lines: list[bytes] = []
+        for ino, f, current in chain[start:]:
+            self._file, self._inode = f, ino
+            lines += self._drain()
+            if not current:
+                self._cut_off()
+                self.close()
         return lines
 
     def poll(self) -> list[bytes]:
         """The complete lines written since the last call (possibly none)."""
-        if self._file is None and not self._open(self._offset):
+        if self._file is None and self._inode is None and not self._open_first():
             return []
-        lines = self._drain()
+        lines = self._drain() if self._file is not None else []
         try:
-            st = os.stat(self.path)
+            st: os.stat_result | None = os.stat(self.path)
         except FileNotFoundError:
             st = None
-        if st is None or st.st_ino != self._inode:  # rotated: finish the old file first
+        if self._file is not None and st is not None and st.st_ino == self._inode:
+            if st.st_size < self._file.tell():  # truncated in place
+                self._buf = b""
+                self._file.seek(0)
+                lines += self._drain()
+            return lines
+        if self._file is not None:  # rotated: finish the old file first
             lines += self._drain()
             self._cut_off()
-            old = self._inode
             self.close()
-            for between in self._rotated_since(old):  # rotated more than once since last poll
-                lines += self._read_whole(between)
-            if self._open(0):
-                lines += self._drain()
-        elif st.st_size < self._file.tell():  # truncated in place
-            self._buf = b""
-            self._file.seek(0)
-            lines += self._drain()
-        return lines
+        return lines + self._follow_rotation()
 
 
 # --- rendering ------------------------------------------------------------------------------

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def complete_lines(path: Path) -> list[str]:
+    """The newline-terminated lines of ``path``: a line a writer is still writing is left out."""
+    if not path.exists():
+        return []
+    return path.read_text().split("\n")[:-1]
+
+
 def eval_data_root() -> Path:
     """``NOCP_EVAL_DATA`` or ``../shared/eval-data`` beside the checkout."""
     return Path(os.environ.get("NOCP_EVAL_DATA", REPO.parent / "shared" / "eval-data"))
@@ -55,7 +62,7 @@ class RunningProxy:
         """Wait until the log holds at least ``n`` lines; return them decoded."""
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
-            lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
+            lines = complete_lines(self.log_path)
             if len(lines) >= n or asyncio.get_running_loop().time() > deadline:
                 return [json.loads(line) for line in lines]
             await asyncio.sleep(0.02)

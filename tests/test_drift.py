@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from conftest import complete_lines
 
 from proxy.cli import main
 from proxy.config import DriftConfig
@@ -169,10 +170,10 @@ async def test_proxy_publishes_alerts(fake: FakeUpstream, make_proxy: Any) -> No
     assert 'nocp_alerts_active{kind="error_rate",severity="critical"} 2.0' in metrics
     alerts_file = proxy.log_path.with_name("alerts.jsonl")
     for _ in range(100):
-        if alerts_file.exists() and len(alerts_file.read_text().splitlines()) >= len(snapshot["recent"]):
+        if len(complete_lines(alerts_file)) >= len(snapshot["recent"]):
             break
         await asyncio.sleep(0.02)
-    lines = [json.loads(x) for x in alerts_file.read_text().splitlines()]
+    lines = [json.loads(x) for x in complete_lines(alerts_file)]
     assert lines == snapshot["recent"]
 
 

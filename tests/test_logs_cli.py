@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,56 @@ def test_follower_handles_rotation_and_partial_lines(tmp_path: Path) -> None:
     follower.close()
 
 
+def test_follower_reports_lines_lost_when_it_falls_behind_rotation(tmp_path: Path) -> None:
+    """A follower whose file was rotated out of the backups warns, then follows the current file."""
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"a\n")
+    warnings: list[str] = []
+    follower = Follower(path, warn=warnings.append)
+    assert follower.poll() == [b"a"]
+    path.unlink()  # rotated away and deleted before the next poll
+    (tmp_path / "t.jsonl.2").write_bytes(b"x\n")
+    (tmp_path / "t.jsonl.1").write_bytes(b"y\n")
+    path.write_bytes(b"z\n")
+    assert follower.poll() == [b"z"]
+    assert len(warnings) == 1 and "lines were lost" in warnings[0]
+    follower.close()
+
+
+def test_follower_keeps_every_line_while_the_log_rotates_under_it(tmp_path: Path) -> None:
+    """A follower polling while another thread writes and rotates yields every line once, in order."""
+    path = tmp_path / "t.jsonl"
+    total, per_file, backups = 600, 3, 1000
+
+    def write() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        for i in range(total):
+            os.write(fd, b"%d\n" % i)
+            if i % per_file == per_file - 1:  # the writer's rotation: shift .N up, current -> .1
+                os.close(fd)
+                for n in range(i // per_file + 1, 0, -1):
+                    src = tmp_path / f"t.jsonl.{n}"
+                    if src.exists():
+                        os.replace(src, tmp_path / f"t.jsonl.{n + 1}")
+                os.replace(path, tmp_path / "t.jsonl.1")
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.close(fd)
+
+    path.touch()
+    warnings: list[str] = []
+    follower = Follower(path, warn=warnings.append)
+    got: list[bytes] = []
+    thread = threading.Thread(target=write)
+    thread.start()
+    while thread.is_alive():
+        got += follower.poll()
+    thread.join()
+    got += follower.poll()
+    follower.close()
+    assert total // per_file < backups
+    assert [int(x) for x in got] == list(range(total)) and warnings == []
+
+
 async def test_tail_follow_across_rotation(tmp_path: Path) -> None:
     """`logs tail -f` prints requests as the proxy's writer appends them, across several rotations."""
     path = tmp_path / "transactions.jsonl"
@@ -195,14 +246,14 @@ async def test_tail_follow_across_rotation(tmp_path: Path) -> None:
             sys.executable, "-m", "proxy.cli", "logs", "tail", "-f", "--json", "--interval", "0.02",
             "--model", "keep-*", str(path), stdout=out, stderr=err, env=env,
         )  # fmt: skip
-    writer = TransactionLogWriter(path, max_bytes=3000, backups=10, queue_size=100)
+    writer = TransactionLogWriter(path, max_bytes=3000, backups=100, queue_size=100)
     sent: list[str] = []
 
     async def printed(n: int) -> list[str]:
         deadline = asyncio.get_running_loop().time() + 15
         while asyncio.get_running_loop().time() < deadline:
             text = await asyncio.to_thread(out_path.read_text)
-            ids = [json.loads(line)["transaction_id"] for line in text.splitlines()]
+            ids = [json.loads(line)["transaction_id"] for line in text.split("\n")[:-1]]
             if len(ids) >= n:
                 return ids
             await asyncio.sleep(0.02)
@@ -230,7 +281,7 @@ async def test_tail_follow_across_rotation(tmp_path: Path) -> None:
         proc.terminate()
         await proc.wait()
     errors = await asyncio.to_thread(err_path.read_text)
-    assert "Traceback" not in errors and "skipped" not in errors
+    assert "Traceback" not in errors and "skipped" not in errors and "lost" not in errors
 
 
 async def test_writer_ends_a_cut_off_line_on_reopen(tmp_path: Path) -> None:
