@@ -224,7 +224,7 @@ def test_follower_keeps_every_line_while_the_log_rotates_under_it(tmp_path: Path
     path.touch()
     warnings: list[str] = []
     follower = Follower(path, warn=warnings.append)
-    got: list[bytes] = []
+    got = follower.poll()  # following from here
     thread = threading.Thread(target=write)
     thread.start()
     while thread.is_alive():
