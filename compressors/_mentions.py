@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator, Sequence
+from itertools import filterfalse
 from typing import Final
 
 from compressors._hardtokens import (
@@ -58,6 +59,8 @@ _MENTION_KINDS: Final = ("error_code", "path", "url", "identifier", "uuid", "id"
 _RUN_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:/~@%+#-")
 RUN_MEMO_MAX: Final = 65536
 _NO_RUNS: Final[set[str]] = set()
+# Runs with no hard token, told at C speed: a plain word or one digit, with strippable ends.
+_NO_TOKENS: Final = re.compile(r"[-+:@%#]*(?:[A-Za-z][a-z]*|[0-9])[.:+@/#-]*", re.ASCII)
 
 
 @functools.lru_cache(maxsize=RUN_MEMO_MAX)
@@ -110,7 +113,8 @@ class _LazyRuns:
     def __iter__(self) -> Iterator[str]:
         if self._runs is None:
             known = self._known
-            self._runs = [run for run in dict.fromkeys(_RUN.findall(self._blank)) if run not in known]
+            runs = filterfalse(_NO_TOKENS.fullmatch, dict.fromkeys(_RUN.findall(self._blank)))
+            self._runs = [run for run in runs if run not in known]
         return iter(self._runs)
 
 

@@ -190,6 +190,14 @@ def test_lazy_mentions_agree_with_hard_tokens(
         assert found == {(k, t) for k in _MENTION_KINDS for t in by_kind[k]}
 
 
+@given(st.from_regex(r"[-+:@%#]{0,3}(?:[A-Za-z][a-z]{0,8}|[0-9])[.:+@/#-]{0,3}", fullmatch=True))
+def test_runs_skipped_before_classifying_hold_no_hard_token(run: str) -> None:
+    """A run the mention pass skips unclassified (a plain word or one digit) has no hard token."""
+    from compressors._mentions import _NO_TOKENS
+
+    assert _NO_TOKENS.fullmatch(run) and hard_tokens(run) == set()
+
+
 def test_kept_check_falls_back_after_many_occurrences() -> None:
     """A token seen more than MAX_PROBES times in the kept text, never as a hard token, is
     still judged absent (and one found late is still found)."""
