@@ -65,7 +65,11 @@ _URL_TRAIL: Final = ".,;:!?)]}'\""
 _HTTP_STATUS: Final = re.compile(
     r"\b(?:HTTP(?:/\d(?:\.\d)?)?|[Ss]tatus(?:[ _][Cc]ode)?:?)[ \t]{0,3}([1-5]\d\d)\b", re.ASCII
 )
+_RUN_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:/~@%+#-"
 _RUN: Final = re.compile(r"[A-Za-z0-9_.:/~@%+#-]++", re.ASCII)
+# UTF-8 bytes -> themselves for run characters, a space for every other byte (non-ASCII
+# characters are separators, and all their bytes are >= 0x80).
+_BLANK_SEPARATORS: Final = bytes(b if chr(b) in _RUN_CHARS else 32 for b in range(256))
 _LEAD_STRIP: Final = "-+:@%#"
 _TRAIL_STRIP: Final = ".:-+@/#"
 _SPLIT: Final = re.compile(r"[:=\-+@%~#/]+|\.{2,}", re.ASCII)
@@ -209,13 +213,18 @@ def urls_and_statuses(text: str, out: dict[str, set[str]]) -> str:
     return rest
 
 
+def split_runs(text: str) -> list[str]:
+    """The runs of ``text`` in order (what ``_RUN.findall`` gives, at about twice its speed:
+    a byte translation and a C-level split)."""
+    return text.encode("utf-8", "surrogatepass").translate(_BLANK_SEPARATORS).decode("ascii").split()
+
+
 def hard_tokens_by_kind(text: str) -> dict[str, set[str]]:
     """The hard tokens of ``text`` grouped by kind (keys: :data:`KINDS`, all present)."""
     out: dict[str, set[str]] = {kind: set() for kind in KINDS}
     rest = urls_and_statuses(text, out)
     seen: set[str] = set()  # a run classifies the same way every time: do it once
-    for m in _RUN.finditer(rest):
-        run = m.group(0)
+    for run in split_runs(rest):
         if len(run) > MAX_RUN_CHARS or run in seen:
             continue
         seen.add(run)

@@ -37,11 +37,13 @@ from typing import Final
 from compressors._hardtokens import (
     _LEAD_STRIP,
     _RUN,
+    _RUN_CHARS,
     _TRAIL_STRIP,
     KINDS,
     MAX_RUN_CHARS,
     _classify,
     hard_tokens,
+    split_runs,
     urls_and_statuses,
 )
 
@@ -56,7 +58,7 @@ _MAX_CANDIDATES: Final = 200  # per gap
 MAX_EXAMINED: Final = 4096
 _MAX_MENTION_TOKEN: Final = 80
 _MENTION_KINDS: Final = ("error_code", "path", "url", "identifier", "uuid", "id")
-_RUN_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:/~@%+#-")
+_RUN_CHAR_SET: Final = frozenset(_RUN_CHARS)
 RUN_MEMO_MAX: Final = 65536
 _NO_RUNS: Final[set[str]] = set()
 # Runs with no hard token, told at C speed: a plain word or one digit, with strippable ends.
@@ -92,7 +94,7 @@ def clear_memo() -> None:
 def _run_at(blank: str, at: int) -> tuple[int, int]:
     """``[start, end)`` of the run of :data:`_RUN` characters holding position ``at``."""
     start = at
-    while start > 0 and blank[start - 1] in _RUN_CHARS:
+    while start > 0 and blank[start - 1] in _RUN_CHAR_SET:
         start -= 1
     m = _RUN.match(blank, start)
     return start, (m.end() if m else at)
@@ -113,7 +115,7 @@ class _LazyRuns:
     def __iter__(self) -> Iterator[str]:
         if self._runs is None:
             known = self._known
-            runs = filterfalse(_NO_TOKENS.fullmatch, dict.fromkeys(_RUN.findall(self._blank)))
+            runs = filterfalse(_NO_TOKENS.fullmatch, dict.fromkeys(split_runs(self._blank)))
             self._runs = [run for run in runs if run not in known]
         return iter(self._runs)
 
@@ -171,7 +173,7 @@ class _Text:
     def runs(self) -> set[str]:
         """Every run of the text (after the URL pass)."""
         if self._runs is None:
-            self._runs = set(_RUN.findall(self.blank))
+            self._runs = set(split_runs(self.blank))
         return self._runs
 
     def candidates(self, examine: int, known: set[str] = _NO_RUNS) -> Iterator[tuple[str, str]]:

@@ -198,6 +198,17 @@ def test_runs_skipped_before_classifying_hold_no_hard_token(run: str) -> None:
     assert _NO_TOKENS.fullmatch(run) and hard_tokens(run) == set()
 
 
+@given(
+    st.text(alphabet=st.characters(codec=None), max_size=200)
+    | st.text(alphabet=" a1_./:-\u00e9\ud800\n", max_size=60)
+)
+def test_split_runs_agrees_with_the_run_pattern(text: str) -> None:
+    """The translate-and-split run lister gives exactly the run pattern's matches, in order."""
+    from compressors._hardtokens import _RUN, split_runs
+
+    assert split_runs(text) == _RUN.findall(text)
+
+
 def test_kept_check_falls_back_after_many_occurrences() -> None:
     """A token seen more than MAX_PROBES times in the kept text, never as a hard token, is
     still judged absent (and one found late is still found)."""
