@@ -485,6 +485,11 @@ def servers(tmp: Path, build: Build, peer: Peer | None = None) -> Iterator[tuple
         )
         started.append(fake)
         switches, default_on = build.passthrough_env, build.stages_on
+
+        def nocp_serve(log: str) -> list[str]:
+            upstream, port = fake.url + "/v1", "{port}"  # the port is filled in by start_server
+            return [nocp, "serve", "--upstream", upstream, "--port", port, "--log-dir", str(tmp / log)]
+
         specs: list[tuple[str, str, str, list[str], str, dict[str, str]]] = [
             (
                 "floor",
@@ -511,16 +516,7 @@ def servers(tmp: Path, build: Build, peer: Peer | None = None) -> Iterator[tuple
                     if switches
                     else "no stages on in this build"
                 ),
-                [
-                    nocp,
-                    "serve",
-                    "--upstream",
-                    fake.url + "/v1",
-                    "--port",
-                    "{port}",
-                    "--log-dir",
-                    str(tmp / "log-nocp"),
-                ],
+                nocp_serve("log-nocp"),
                 "/readyz",
                 switches,
             ),
@@ -531,16 +527,7 @@ def servers(tmp: Path, build: Build, peer: Peer | None = None) -> Iterator[tuple
                     "nocp_stages",
                     "nocp+stages",
                     f"nocp serve with its default stages ({', '.join(default_on)}) on",
-                    [
-                        nocp,
-                        "serve",
-                        "--upstream",
-                        fake.url + "/v1",
-                        "--port",
-                        "{port}",
-                        "--log-dir",
-                        str(tmp / "log-nocp_stages"),
-                    ],
+                    nocp_serve("log-nocp_stages"),
                     "/readyz",
                     {},
                 )

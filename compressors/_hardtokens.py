@@ -66,7 +66,7 @@ _HTTP_STATUS: Final = re.compile(
     r"\b(?:HTTP(?:/\d(?:\.\d)?)?|[Ss]tatus(?:[ _][Cc]ode)?:?)[ \t]{0,3}([1-5]\d\d)\b", re.ASCII
 )
 _RUN_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:/~@%+#-"
-_RUN: Final = re.compile(r"[A-Za-z0-9_.:/~@%+#-]++", re.ASCII)
+_RUN: Final = re.compile(f"[{re.escape(_RUN_CHARS)}]++", re.ASCII)
 # UTF-8 bytes -> themselves for run characters, a space for every other byte (non-ASCII
 # characters are separators, and all their bytes are >= 0x80).
 _BLANK_SEPARATORS: Final = bytes(b if chr(b) in _RUN_CHARS else 32 for b in range(256))

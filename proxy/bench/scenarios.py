@@ -48,6 +48,7 @@ __all__ = [
     "rag_scenario",
     "seed_scenario",
     "seed_scenarios",
+    "tool_call",
 ]
 
 Message = dict[str, Any]
@@ -131,8 +132,11 @@ def _answer_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _call(rng: random.Random, name: str, args: Mapping[str, Any]) -> tuple[str, Message]:
-    call_id = "call_" + _token(rng, 24)
+def tool_call(
+    rng: random.Random, name: str, args: Mapping[str, Any], alphabet: str = _BASE62
+) -> tuple[str, Message]:
+    """A random call id and the assistant message calling ``name`` with ``args``."""
+    call_id = "call_" + _token(rng, 24, alphabet)
     msg: Message = {
         "role": "assistant",
         "content": None,
@@ -368,7 +372,7 @@ def rag_scenario(size: str, seed: int = 0) -> Scenario:
         start += batch
         messages.append({"role": "user", "content": fact.question})
         top_k = batch
-        call_id, call = _call(rng, "search_docs", {"query": fact.query, "top_k": top_k})
+        call_id, call = tool_call(rng, "search_docs", {"query": fact.query, "top_k": top_k})
         messages.append(call)
         found = {"query": fact.query, "total_hits": batch + rng.randint(3, 400), "results": results}
         messages.append(_result(call_id, _pretty(found)))
@@ -567,7 +571,7 @@ def api_scenario(size: str, seed: int = 0) -> Scenario:
             "with a charge of elevated or highest risk.",
         },
     ]
-    call_id, call = _call(
+    call_id, call = tool_call(
         rng, "paystream_api", {"method": "GET", "path": "/v1/customers", "query": {"limit": 100}}
     )
     messages += [
@@ -581,7 +585,9 @@ def api_scenario(size: str, seed: int = 0) -> Scenario:
         query: dict[str, Any] = {"limit": 100, "created[gte]": since}
         if page:
             query["starting_after"] = charges[page - 1]["id"]
-        call_id, call = _call(rng, "paystream_api", {"method": "GET", "path": "/v1/charges", "query": query})
+        call_id, call = tool_call(
+            rng, "paystream_api", {"method": "GET", "path": "/v1/charges", "query": query}
+        )
         listing = {
             "object": "list",
             "data": charges[page : page + 100],
@@ -637,7 +643,7 @@ def api_scenario(size: str, seed: int = 0) -> Scenario:
         }
     )
     body = {"customer": top["customer_id"], "charges": refund_ids, "reason": "refund_audit"}
-    call_id, call = _call(rng, "paystream_api", {"method": "POST", "path": "/v1/reviews", "body": body})
+    call_id, call = tool_call(rng, "paystream_api", {"method": "POST", "path": "/v1/reviews", "body": body})
     review = {
         "id": "prv_" + _token(rng, 24),
         "object": "review",
@@ -837,7 +843,7 @@ def db_scenario(size: str, seed: int = 0) -> Scenario:
         ("SELECT * FROM customers ORDER BY customer_id;", customers),
     )
     for sql, rows in queries:
-        call_id, call = _call(rng, "run_sql", {"query": sql})
+        call_id, call = tool_call(rng, "run_sql", {"query": sql})
         messages += [call, _result(call_id, _pretty(rows))]
 
     top5 = sorted(revenue, key=lambda p: (-revenue[p], p))[:5]

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from proxy.bench.scenarios import Conversation, Message, Scenario
+from proxy.bench.scenarios import Conversation, Message, Scenario, tool_call
 
 __all__ = ["bfcl_data_dir", "bfcl_scenarios", "eval_data_root", "swe_agent_scenarios"]
 
@@ -234,22 +234,8 @@ def _bfcl_conversation(
             done: list[str] = []
             for call in truth[turn] if turn < len(truth) else ():
                 name, args = _parse_call(call, order)
-                call_id = "call_" + "".join(
-                    rng.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(24)
-                )
-                messages.append(
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {
-                                "id": call_id,
-                                "type": "function",
-                                "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)},
-                            }
-                        ],
-                    }
-                )
+                call_id, call_msg = tool_call(rng, name, args, "0123456789abcdefghijklmnopqrstuvwxyz")
+                messages.append(call_msg)
                 fn = methods.get(name)
                 try:
                     output = _result_text(fn(**args)) if fn is not None else f"Error: unknown function {name}"
