@@ -114,9 +114,8 @@ class _LazyRuns:
 
     def __iter__(self) -> Iterator[str]:
         if self._runs is None:
-            known = self._known
-            runs = filterfalse(_NO_TOKENS.fullmatch, dict.fromkeys(split_runs(self._blank)))
-            self._runs = [run for run in runs if run not in known]
+            runs = filterfalse(self._known.__contains__, dict.fromkeys(split_runs(self._blank)))
+            self._runs = list(filterfalse(_NO_TOKENS.fullmatch, runs))
         return iter(self._runs)
 
 
