@@ -128,7 +128,7 @@ async def test_summarizer_error_fails_open(fake: FakeUpstream, make_proxy: Any) 
     (line,) = await proxy.log_lines(1)
     assert line["outcome"] == "ok"
     ((stage, reason),) = [(f["stage"], f["reason"]) for f in line["fail_open"]]
-    assert stage == "history.summarizer" and "InternalServerError" in reason
+    assert stage == "history.summarizer" and "SummarizerError: upstream fake-openai answered 500" in reason
     assert line["compression_overhead_tokens"] == 0 and line["segments"] == []
 
 
@@ -196,7 +196,7 @@ async def test_gemini_history_rolls_up_through_the_proxy(fake: FakeUpstream, mak
 
 
 async def test_gemini_summarizer_through_an_upstream(fake: FakeUpstream, make_proxy: Any) -> None:
-    """A Gemini summarizer model is called with google-genai through its upstream and the client's key."""
+    """A Gemini summarizer model is called with plain JSON through its upstream and the client's key."""
     proxy = await make_proxy(
         history={
             **HISTORY,

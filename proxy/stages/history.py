@@ -43,6 +43,7 @@ from proxy.protocols import Prompt, Segment
 from proxy.sessions import SessionState, SessionStore, open_store
 from proxy.summarizer import Summarizer, SummaryResult, make_summarizer
 from proxy.translog import FailOpen, SegmentRecord
+from proxy.upstream import UpstreamClient
 
 __all__ = ["CONTEXT_WINDOWS", "HistoryStage", "Policy", "context_window", "original_text", "policy_for"]
 
@@ -265,14 +266,22 @@ class HistoryStage:
         self.timeout_s = max(config.stage_timeout_ms / 1000, self.summarizer_timeout_s + 2.0)
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: SessionStore | None = None) -> HistoryStage:
+    def from_settings(
+        cls, settings: Settings, store: SessionStore | None = None, upstream: UpstreamClient | None = None
+    ) -> HistoryStage:
         """The stage with the configured store (or ``store``, shared) and summarizer (both
-        connect on first use)."""
-        return cls(settings.history, store or open_store(settings), make_summarizer(settings))
+        connect on first use). An LLM summarizer calls through ``upstream``, the proxy's shared
+        client; without one it makes its own, closed by :meth:`aclose`."""
+        return cls(settings.history, store or open_store(settings), make_summarizer(settings, upstream))
 
     async def aclose(self) -> None:
-        """Close the session store."""
-        await self.store.aclose()
+        """Close the summarizer's own upstream client (if it made one) and the session store."""
+        close = getattr(self.summarizer, "aclose", None)
+        try:
+            if close is not None:
+                await close()
+        finally:
+            await self.store.aclose()
 
     async def __call__(self, prompt: Prompt, ctx: StageContext) -> Prompt:
         if len(prompt.turns) < 2:
