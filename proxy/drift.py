@@ -41,7 +41,7 @@ import msgspec
 import structlog
 
 from proxy.config import DriftConfig
-from proxy.translog import TransactionLog
+from proxy.translog import TransactionLog, figures
 
 __all__ = ["KINDS", "Alert", "DriftDetector", "DriftMonitor"]
 
@@ -56,7 +56,6 @@ KINDS = (
     "error_rate",
     "fail_open_rate",
 )
-_ERRORS = frozenset({"upstream_error", "proxy_error"})
 _MIN_SHARE = 5  # a window needs 1/5 of its records to carry a figure before it is compared
 
 _log = structlog.get_logger("nocp.drift")
@@ -126,18 +125,19 @@ class _Sample:
 
     @classmethod
     def of(cls, r: TransactionLog) -> _Sample:
-        ok = r.outcome == "ok"
+        f = figures(r)
+        ok = f.counts_for_savings
         has_prompt = ok and r.prompt_tokens is not None
         return cls(
             ok=ok,
-            raw=r.raw_input_tokens if ok else 0,
-            sent=r.optimized_input_tokens if ok else 0,
-            savings=r.total_token_savings if ok else 0,
+            raw=f.raw_input_tokens if ok else 0,
+            sent=f.sent_input_tokens if ok else 0,
+            savings=f.net_saved_tokens if ok else 0,
             prompt=(r.prompt_tokens or 0) if has_prompt else 0,
             cached=(r.cached_tokens or 0) if has_prompt else 0,
             overhead=r.proxy_overhead_ms if ok else None,
             upstream=r.llm_latency_ms if ok else None,
-            error=r.outcome in _ERRORS,
+            error=f.error,
             fail_open=bool(r.fail_open),
         )
 

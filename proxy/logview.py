@@ -34,7 +34,7 @@ from rich.text import Text
 from proxy.config import Settings, load_settings
 from proxy.drift import Alert, DriftDetector
 from proxy.exceptions import ConfigError
-from proxy.translog import TransactionLog
+from proxy.translog import Figures, TransactionLog, figures, saved_share
 
 __all__ = [
     "Follower",
@@ -50,7 +50,6 @@ __all__ = [
 Warn = Callable[[str], None]
 _decoder = msgspec.json.Decoder(TransactionLog)
 _ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)$")
-_ERRORS = frozenset({"upstream_error", "proxy_error"})
 _OUTCOME_STYLE = {
     "ok": "green",
     "client_error": "yellow",
@@ -320,19 +319,28 @@ def _int(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 
 
+def _saved(f: Figures) -> str:
+    """Net tokens saved and their share of the raw prompt; ``-`` for a request that does not
+    count for savings (it did not complete)."""
+    if not f.counts_for_savings:
+        return f"{'-':>9} {'-':>6}"
+    share = "-" if f.saved_share is None else f"{f.saved_share:.1%}"
+    return f"{f.net_saved_tokens:>9,} {share:>6}"
+
+
 def tail_line(rec: TransactionLog) -> Text:
-    """One request as one readable line: time, model, tokens raw -> sent, saving, latency, outcome."""
-    saved = (
-        f"{(rec.raw_input_tokens - rec.optimized_input_tokens) / rec.raw_input_tokens:6.1%}"
-        if rec.raw_input_tokens
-        else "     -"
-    )
+    """One request as one readable line: time, model, tokens raw -> sent, net tokens saved and
+    their share, tokens billed, retrieval rounds, latency, outcome."""
+    f = figures(rec)
     outcome = rec.outcome if rec.outcome == "ok" else f"{rec.outcome} {rec.status}"
     text = Text()
     text.append(_short_time(rec.timestamp), style="dim")
     text.append(f"  {rec.model or '-':<24} ", style="bold")
     text.append(f"{_int(rec.raw_input_tokens):>9} -> {_int(rec.optimized_input_tokens):<9}")
-    text.append(f" saved {saved}", style="cyan")
+    text.append(
+        f" saved {_saved(f)}", style="red" if f.counts_for_savings and f.net_saved_tokens < 0 else "cyan"
+    )
+    text.append(f" billed {_int(f.billed_tokens):>9} rounds {f.retrieval_rounds}")
     text.append(f" {rec.total_latency_ms:>9.1f} ms  ")
     text.append(outcome, style=_OUTCOME_STYLE.get(rec.outcome, ""))
     if rec.stream:
@@ -360,15 +368,22 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 @dataclass
 class GroupStats:
-    """Totals of one group of records; latencies are those of successful requests."""
+    """Totals of one group of records. Requests, errors, fail-opens and retrieval rounds count
+    every record; tokens, cost and latencies only the successful ones (``counts_for_savings``),
+    as drift detection and ``/metrics`` do."""
 
     key: str
     requests: int = 0
     errors: int = 0
     fail_opens: int = 0
+    retrieval_rounds: int = 0
     raw_input_tokens: int = 0
     sent_input_tokens: int = 0
-    tokens_saved: int = 0
+    gross_saved_tokens: int = 0
+    overhead_tokens: int = 0
+    retrieval_overhead_tokens: int = 0
+    tokens_saved: int = 0  # net
+    billed_tokens: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float | None = None
@@ -378,21 +393,28 @@ class GroupStats:
 
     def add(self, rec: TransactionLog) -> None:
         """Account for one record."""
+        f = figures(rec)
         self.requests += 1
-        self.errors += rec.outcome in _ERRORS
+        self.errors += f.error
         self.fail_opens += bool(rec.fail_open)
-        self.raw_input_tokens += rec.raw_input_tokens
-        self.sent_input_tokens += rec.optimized_input_tokens
-        self.tokens_saved += rec.total_token_savings
+        self.retrieval_rounds += f.retrieval_rounds
+        if not f.counts_for_savings:
+            return
+        self.raw_input_tokens += f.raw_input_tokens
+        self.sent_input_tokens += f.sent_input_tokens
+        self.gross_saved_tokens += f.gross_saved_tokens
+        self.overhead_tokens += f.overhead_tokens
+        self.retrieval_overhead_tokens += f.retrieval_overhead_tokens
+        self.tokens_saved += f.net_saved_tokens
+        self.billed_tokens += f.billed_tokens or 0
         self.prompt_tokens += rec.prompt_tokens or 0
         self.cached_tokens += rec.cached_tokens or 0
         if rec.estimated_cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + rec.estimated_cost_usd
         if rec.cost_savings_usd is not None:
             self.cost_savings_usd = (self.cost_savings_usd or 0.0) + rec.cost_savings_usd
-        if rec.outcome == "ok":
-            self.latencies_ms.append(rec.total_latency_ms)
-            self.overheads_ms.append(rec.proxy_overhead_ms)
+        self.latencies_ms.append(rec.total_latency_ms)
+        self.overheads_ms.append(rec.proxy_overhead_ms)
 
     def summary(self) -> dict[str, Any]:
         """The figures shown and printed by ``--json``."""
@@ -404,10 +426,15 @@ class GroupStats:
             "error_rate": self.errors / n if n else 0.0,
             "fail_opens": self.fail_opens,
             "fail_open_rate": self.fail_opens / n if n else 0.0,
+            "retrieval_rounds": self.retrieval_rounds,
             "raw_input_tokens": self.raw_input_tokens,
             "sent_input_tokens": self.sent_input_tokens,
+            "gross_saved_tokens": self.gross_saved_tokens,
+            "overhead_tokens": self.overhead_tokens,
+            "retrieval_overhead_tokens": self.retrieval_overhead_tokens,
             "tokens_saved": self.tokens_saved,
-            "saved_share": self.tokens_saved / self.raw_input_tokens if self.raw_input_tokens else 0.0,
+            "saved_share": saved_share(self.tokens_saved, self.raw_input_tokens) or 0.0,
+            "billed_tokens": self.billed_tokens,
             "cache_hit_share": self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None,
             "cost_usd": self.cost_usd,
             "cost_savings_usd": self.cost_savings_usd,
@@ -489,8 +516,9 @@ def _usd(x: float | None) -> str:
 def _stats_table(groups: list[GroupStats], total: GroupStats, by: str | None, console: Console) -> Table:
     table = Table(box=box.SIMPLE_HEAD if console.is_terminal else None, show_edge=False, pad_edge=False)
     table.add_column(by or "", style="bold")
-    for name in ("requests", "errors", "fail-open", "raw tokens", "sent tokens", "saved", "saved %",
-                 "cache hit", "cost $", "saved $", "p50 ms", "p95 ms", "overhead p50 ms"):  # fmt: skip
+    for name in ("requests", "errors", "fail-open", "raw tokens", "sent tokens", "gross saved",
+                 "overhead tokens", "net saved", "saved %", "rounds", "billed tokens", "cache hit",
+                 "cost $", "saved $", "p50 ms", "p95 ms", "overhead p50 ms"):  # fmt: skip
         table.add_column(name, justify="right")
     rows = [*groups, total] if by else [total]
     for i, group in enumerate(rows):
@@ -502,8 +530,12 @@ def _stats_table(groups: list[GroupStats], total: GroupStats, by: str | None, co
             _pct(s["fail_open_rate"]),
             f"{s['raw_input_tokens']:,}",
             f"{s['sent_input_tokens']:,}",
-            f"{s['tokens_saved']:,}",
+            f"{s['gross_saved_tokens']:,}",
+            f"{s['overhead_tokens']:,}",
+            Text(f"{s['tokens_saved']:,}", style="red" if s["tokens_saved"] < 0 else ""),
             _pct(s["saved_share"]),
+            f"{s['retrieval_rounds']:,}",
+            f"{s['billed_tokens']:,}",
             _pct(s["cache_hit_share"]),
             _usd(s["cost_usd"]),
             _usd(s["cost_savings_usd"]),

@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.drift import KINDS, Alert
-from proxy.translog import TransactionLog, TransactionLogWriter
+from proxy.translog import TransactionLog, TransactionLogWriter, figures
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -303,12 +303,14 @@ class Metrics:
             self._observe_retrieval(rec, model)
         if rec.total_latency_ms:
             m.duration.observe(rec.total_latency_ms / 1000)
-        if rec.outcome != "ok":
+        f = figures(rec)
+        if not f.counts_for_savings:
             return
-        m.input_raw.inc(rec.raw_input_tokens)
-        m.input_sent.inc(rec.optimized_input_tokens)
-        m.tokens_saved.inc(max(0, rec.raw_input_tokens - rec.optimized_input_tokens))
-        m.overhead_tokens.inc(max(0, rec.compression_overhead_tokens))
+        m.input_raw.inc(f.raw_input_tokens)
+        m.input_sent.inc(f.sent_input_tokens)
+        # net saved = tokens_saved - overhead_tokens; a counter only goes up
+        m.tokens_saved.inc(max(0, f.gross_saved_tokens))
+        m.overhead_tokens.inc(max(0, f.overhead_tokens))
         m.prompt_tokens.inc(rec.prompt_tokens or 0)
         m.cached_tokens.inc(rec.cached_tokens or 0)
         m.completion_tokens.inc(rec.completion_tokens or 0)

@@ -22,20 +22,28 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 import structlog
 
 __all__ = [
+    "ERROR_OUTCOMES",
     "FailOpen",
+    "Figures",
     "HopUsage",
     "RetrievalRecord",
     "SegmentRecord",
     "TransactionLog",
     "TransactionLogWriter",
+    "billed_tokens",
+    "figures",
+    "net_saved_tokens",
+    "retrieval_overhead_tokens",
+    "saved_share",
 ]
 
 SCHEMA_VERSION = 1
@@ -164,8 +172,91 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
         self.raw_input_tokens = raw
         self.optimized_input_tokens = optimized
         self.input_compression_ratio = round(optimized / raw, 4) if raw else 1.0
-        self.total_token_savings = raw - optimized - self.compression_overhead_tokens
-        self.efficiency_delta = round(self.total_token_savings / raw, 4) if raw else 0.0
+        self.total_token_savings = net_saved_tokens(raw, optimized, self.compression_overhead_tokens)
+        self.efficiency_delta = round(saved_share(self.total_token_savings, raw) or 0.0, 4)
+
+
+# --- the figures derived from one line --------------------------------------------------------
+# One definition, used by ``set_input_tokens`` above, ``nocp logs tail`` / ``stats``, drift
+# detection and ``/metrics``.
+
+ERROR_OUTCOMES: frozenset[str] = frozenset({"upstream_error", "proxy_error"})
+"""Outcomes that count as errors (error rates, drift). ``client_error`` and ``cancelled`` are
+the client's doing."""
+
+
+class _Usage(Protocol):
+    @property
+    def prompt_tokens(self) -> int | None: ...
+    @property
+    def completion_tokens(self) -> int | None: ...
+
+
+def net_saved_tokens(raw: int, sent: int, overhead: int) -> int:
+    """Input tokens saved net of overhead: ``raw - sent - overhead``."""
+    return raw - sent - overhead
+
+
+def saved_share(net: int, raw: int) -> float | None:
+    """Net tokens saved as a share of the raw prompt; None without a raw prompt."""
+    return net / raw if raw else None
+
+
+def retrieval_overhead_tokens(hops: Sequence[_Usage], rounds: int) -> int:
+    """What retrieval rounds cost beyond the request itself: the prompt of every upstream call
+    after the first and the completions of the ``rounds`` calls nocp answered (the client never
+    saw them). 0 with a single call."""
+    if len(hops) < 2:
+        return 0
+    return sum(h.prompt_tokens or 0 for h in hops[1:]) + sum(h.completion_tokens or 0 for h in hops[:rounds])
+
+
+def billed_tokens(prompt: int | None, completion: int | None) -> int | None:
+    """Tokens the upstream billed: prompt + completion, summed over all calls of the request
+    (retrieval rounds included); None when it reported neither."""
+    if prompt is None and completion is None:
+        return None
+    return (prompt or 0) + (completion or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """The figures derived from one TransactionLog line.
+
+    Token figures are per record; totals over many records add up only those with
+    ``counts_for_savings`` (a request that did not complete saved and spent nothing to
+    compare)."""
+
+    error: bool  # outcome is upstream_error or proxy_error
+    counts_for_savings: bool  # outcome is ok
+    raw_input_tokens: int  # the prompt as the client sent it
+    sent_input_tokens: int  # the prompt nocp sent (first upstream call)
+    gross_saved_tokens: int  # raw - sent
+    overhead_tokens: int  # compression_overhead_tokens: summarizer calls + retrieval rounds
+    retrieval_overhead_tokens: int  # the part of the overhead the retrieval rounds cost
+    net_saved_tokens: int  # gross - overhead (negative when the overhead cost more)
+    saved_share: float | None  # net / raw
+    billed_tokens: int | None  # prompt + completion over every upstream call
+    retrieval_rounds: int
+
+
+def figures(rec: TransactionLog) -> Figures:
+    """The derived figures of ``rec`` (see :class:`Figures`)."""
+    raw, sent, overhead = rec.raw_input_tokens, rec.optimized_input_tokens, rec.compression_overhead_tokens
+    net = net_saved_tokens(raw, sent, overhead)
+    return Figures(
+        error=rec.outcome in ERROR_OUTCOMES,
+        counts_for_savings=rec.outcome == "ok",
+        raw_input_tokens=raw,
+        sent_input_tokens=sent,
+        gross_saved_tokens=raw - sent,
+        overhead_tokens=overhead,
+        retrieval_overhead_tokens=retrieval_overhead_tokens(rec.retrieval_hops, rec.retrieval_rounds),
+        net_saved_tokens=net,
+        saved_share=saved_share(net, raw),
+        billed_tokens=billed_tokens(rec.prompt_tokens, rec.completion_tokens),
+        retrieval_rounds=rec.retrieval_rounds,
+    )
 
 
 def _last_byte(path: Path) -> bytes:

@@ -18,7 +18,7 @@ from proxy.cli import main
 from proxy.config import DriftConfig
 from proxy.drift import KINDS, Alert, DriftDetector
 from proxy.testing import Fail, FakeUpstream
-from proxy.translog import FailOpen, TransactionLog, TransactionLogWriter
+from proxy.translog import FailOpen, HopUsage, TransactionLog, TransactionLogWriter, figures
 
 WINDOW = 10
 
@@ -116,6 +116,38 @@ def test_per_model_scope() -> None:
     alerts = [a for a in feed(detector, worse) if a.kind == "upstream_latency"]
     assert {a.model for a in alerts} <= {None, "b"}
     assert any(a.model == "b" and a.severity == "critical" for a in alerts)
+
+
+def test_token_savings_are_net_of_retrieval_rounds() -> None:
+    """Retrieval rounds costing 100 tokens per request raise a token-savings alert though raw and
+    sent tokens stay the same: drift compares the records' net savings (300 -> 200)."""
+    hops = [
+        HopUsage(prompt_tokens=700, completion_tokens=40),
+        HopUsage(prompt_tokens=60, completion_tokens=30),
+    ]
+    costly = [
+        good(i, retrieval_rounds=1, retrieval_hops=hops, compression_overhead_tokens=100)
+        for i in range(WINDOW)
+    ]
+    assert figures(costly[0]).net_saved_tokens == 200 and figures(good()).net_saved_tokens == 300
+    detector = DriftDetector(DriftConfig(window=WINDOW))
+    feed(detector, [good(i) for i in range(2 * WINDOW)])
+    alerts = [a for a in feed(detector, costly) if a.model is None]
+    assert [a.kind for a in alerts] == ["token_savings"]
+    assert alerts[0].previous == 300.0 and 200.0 <= alerts[0].recent <= 0.75 * 300
+
+
+def test_only_upstream_and_proxy_errors_raise_the_error_rate() -> None:
+    """Client errors and cancellations are not errors for drift, as for `logs stats`."""
+    detector = DriftDetector(DriftConfig(window=WINDOW))
+    feed(detector, [good(i) for i in range(2 * WINDOW)])
+    others = [
+        TransactionLog(model="m", status=400, outcome="client_error"),
+        TransactionLog(model="m", outcome="cancelled"),
+    ]
+    assert not any(figures(r).error for r in others)
+    alerts = feed(detector, [others[(i // 2) % 2] if i % 2 else good(i) for i in range(WINDOW)])
+    assert "error_rate" not in {a.kind for a in alerts}
 
 
 def test_needs_two_full_windows() -> None:

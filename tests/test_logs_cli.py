@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from proxy.cli import main
-from proxy.logview import Follower, expand_paths, parse_since, percentile
-from proxy.translog import FailOpen, TransactionLog, TransactionLogWriter
+from proxy.logview import Follower, expand_paths, parse_since, percentile, stats, tail_line
+from proxy.translog import FailOpen, HopUsage, TransactionLog, TransactionLogWriter, figures
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -73,16 +73,18 @@ def stats_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]
 
 
 def test_stats_totals(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`logs stats --json` totals match the hand-built log; cut-off lines are skipped with a warning."""
+    """`logs stats --json` totals match the hand-built log (tokens of successful requests only);
+    cut-off lines are skipped with a warning."""
     out, err = run(capsys, "logs", "stats", "--json", str(log))
     assert err.count("skipped a line") == 2
     t = json.loads(out)["total"]
     assert t["requests"] == 5
     assert (t["errors"], t["error_rate"]) == (1, 0.2)
     assert (t["fail_opens"], t["fail_open_rate"]) == (1, 0.2)
-    assert (t["raw_input_tokens"], t["sent_input_tokens"]) == (4900, 3100)
-    assert t["tokens_saved"] == 1800
-    assert t["saved_share"] == pytest.approx(1800 / 4900)
+    assert (t["raw_input_tokens"], t["sent_input_tokens"]) == (4500, 2700)  # not the failed 400
+    assert (t["gross_saved_tokens"], t["overhead_tokens"], t["tokens_saved"]) == (1800, 0, 1800)
+    assert t["saved_share"] == pytest.approx(1800 / 4500)
+    assert (t["billed_tokens"], t["retrieval_rounds"]) == (2700, 0)
     assert t["cache_hit_share"] == pytest.approx(512 / 2700)
     assert t["cost_usd"] == pytest.approx(0.08)
     assert t["cost_savings_usd"] == pytest.approx(0.034)
@@ -302,3 +304,55 @@ def test_bad_since_exits_2(log: Path, capsys: pytest.CaptureFixture[str]) -> Non
     """An unreadable --since exits 2 with a message instead of a traceback."""
     assert main(["logs", "stats", "--since", "yesterday", str(log)]) == 2
     assert "--since" in capsys.readouterr().err
+
+
+def retrieval_record(minutes_ago: float) -> TransactionLog:
+    """1000 raw -> 439 sent (56.1% gross); its retrieval round cost 600 prompt + 20 unseen
+    completion tokens, more than the cut saved: net -59 tokens."""
+    hops = [
+        HopUsage(prompt_tokens=439, completion_tokens=20),
+        HopUsage(prompt_tokens=600, completion_tokens=50),
+    ]
+    return record(
+        minutes_ago, "gpt-4o", "s9", 1000, 439, prompt_tokens=1039, completion_tokens=70,
+        retrieval_rounds=1, retrieval_hops=hops, compression_overhead_tokens=620,
+    )  # fmt: skip
+
+
+def test_tail_shows_a_negative_net_saving_for_a_costly_retrieval_round() -> None:
+    """`tail` shows the net saving (-59, -5.9%), billed tokens and rounds, not the 56.1% gross."""
+    line = tail_line(retrieval_record(1)).plain
+    assert "1,000 -> 439" in line and "56.1%" not in line
+    assert "saved       -59  -5.9%" in line
+    assert "billed     1,109 rounds 1" in line
+
+
+def test_tail_and_stats_agree_on_one_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """For one request, `tail` and `stats` (JSON and table) show the same net, share, billed, rounds."""
+    rec = retrieval_record(1)
+    path = tmp_path / "transactions.jsonl"
+    path.write_bytes(msgspec.json.encode(rec) + b"\n")
+    t = stats_json(capsys, str(path))["total"]
+    f = figures(rec)
+    assert (t["gross_saved_tokens"], t["overhead_tokens"], t["retrieval_overhead_tokens"]) == (561, 620, 620)
+    assert (t["tokens_saved"], t["saved_share"]) == (f.net_saved_tokens, f.saved_share) == (-59, -0.059)
+    assert (t["billed_tokens"], t["retrieval_rounds"]) == (f.billed_tokens, 1) == (1109, 1)
+
+    tail, _ = run(capsys, "logs", "tail", str(path))
+    assert f"{t['tokens_saved']:,}  {t['saved_share']:.1%}" in tail
+    assert f"billed {t['billed_tokens']:>9,} rounds {t['retrieval_rounds']}" in tail
+    table, _ = run(capsys, "logs", "stats", str(path))
+    total = next(line.split() for line in table.splitlines() if line.startswith("total"))
+    assert total[6:12] == ["561", "620", "-59", "-5.9%", "1", "1,109"]
+
+
+def test_stats_adds_up_figures_of_successful_requests_only() -> None:
+    """Group totals are the sums of each successful record's figures; failed ones add only counts."""
+    failed = record(2, "gpt-4o", "s9", 800, 300, outcome="proxy_error", status=502, retrieval_rounds=1)
+    records = [*RECORDS, retrieval_record(1), failed]
+    _, total = stats(records)
+    ok = [figures(r) for r in records if figures(r).counts_for_savings]
+    assert total.tokens_saved == sum(f.net_saved_tokens for f in ok) == 1800 - 59
+    assert total.gross_saved_tokens == sum(f.gross_saved_tokens for f in ok)
+    assert total.billed_tokens == sum(f.billed_tokens or 0 for f in ok)
+    assert (total.errors, total.retrieval_rounds) == (2, 2)

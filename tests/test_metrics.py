@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.metrics import Metrics
 from proxy.testing import Fail, FakeUpstream, StreamStall
-from proxy.translog import FailOpen, TransactionLog
+from proxy.translog import FailOpen, HopUsage, TransactionLog, figures
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Name three prime numbers."}]}
@@ -152,3 +152,33 @@ def test_cost_counter_includes_summarizer_cost() -> None:
     s = parse(metrics.render().decode())
     assert value(s, "nocp_cost_usd_total", model="gpt-4o") == 0.75
     assert value(s, "nocp_baseline_cost_usd_total", model="gpt-4o") == 1.0
+
+
+def test_token_counters_net_out_to_the_logged_net_savings() -> None:
+    """tokens_saved - overhead_tokens is the sum of the records' net savings (retrieval rounds
+    included); a failed request adds no tokens."""
+    metrics = Metrics()
+    base = {"model": "gpt-4o", "endpoint": "/v1/chat/completions", "protocol": "openai", "status": 200}
+    hops = [
+        HopUsage(prompt_tokens=439, completion_tokens=20),
+        HopUsage(prompt_tokens=600, completion_tokens=50),
+    ]
+    costly = TransactionLog(
+        **base,
+        retrieval_offered=True,
+        retrieval_rounds=1,
+        retrieval_hops=hops,
+        compression_overhead_tokens=620,
+    )
+    costly.set_input_tokens(1000, 439)
+    summarized = TransactionLog(**base, compression_overhead_tokens=50)
+    summarized.set_input_tokens(1000, 700)
+    failed = TransactionLog(**(base | {"status": 500}), outcome="upstream_error")
+    failed.set_input_tokens(800, 300)
+    for rec in (costly, summarized, failed):
+        metrics.observe(rec)
+    s = parse(metrics.render().decode())
+    net = value(s, "nocp_tokens_saved_total") - value(s, "nocp_compression_overhead_tokens_total")
+    assert net == figures(costly).net_saved_tokens + figures(summarized).net_saved_tokens == -59 + 250
+    assert value(s, "nocp_input_tokens_raw_total") == 2000
+    assert value(s, "nocp_retrieval_rounds_total", model="gpt-4o") == 1

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from proxy.testing import FakeUpstream
-from proxy.translog import TransactionLog, TransactionLogWriter
+from proxy.translog import HopUsage, TransactionLog, TransactionLogWriter, figures, retrieval_overhead_tokens
 
 SECRET = "sk-test-VERYSECRET0123456789"
 
@@ -174,3 +174,74 @@ async def test_secrets_in_free_text_are_redacted(tmp_path: Path) -> None:
     text = (tmp_path / "t.jsonl").read_text()
     assert "VERYSECRET" not in text and "AIzaSyA" not in text
     assert text.count("[redacted]") == 3
+
+
+# --- the derived figures ------------------------------------------------------------------
+
+
+def retrieval_record(**kw: Any) -> TransactionLog:
+    """1000 raw -> 439 sent (56.1% gross), then one retrieval round whose second prompt (600)
+    and the first completion the client never saw (20) cost 620 tokens: net -59."""
+    hops = [
+        HopUsage(prompt_tokens=439, completion_tokens=20),
+        HopUsage(prompt_tokens=600, completion_tokens=50),
+    ]
+    rec = TransactionLog(
+        status=200,
+        prompt_tokens=1039,
+        completion_tokens=70,
+        retrieval_rounds=1,
+        retrieval_hops=hops,
+        compression_overhead_tokens=retrieval_overhead_tokens(hops, 1),  # as Retrieval.finish adds it
+        **kw,
+    )
+    rec.set_input_tokens(1000, 439)
+    return rec
+
+
+def test_figures_of_a_request_with_a_summarizer_call() -> None:
+    """Gross is raw - sent, net subtracts the summarizer overhead, billed is prompt + completion."""
+    rec = TransactionLog(status=200, prompt_tokens=700, completion_tokens=30, compression_overhead_tokens=50)
+    rec.set_input_tokens(1000, 700)
+    f = figures(rec)
+    assert (f.gross_saved_tokens, f.overhead_tokens, f.net_saved_tokens) == (300, 50, 250)
+    assert f.saved_share == 0.25 and f.billed_tokens == 730
+    assert (f.retrieval_overhead_tokens, f.retrieval_rounds) == (0, 0)
+    assert (rec.total_token_savings, rec.efficiency_delta) == (250, 0.25)
+
+
+def test_retrieval_round_that_cost_more_than_it_saved_is_a_negative_net_saving() -> None:
+    """A retrieval round billing more than the cut saved gives a negative net saving and share."""
+    rec = retrieval_record()
+    f = figures(rec)
+    assert f.gross_saved_tokens == 561
+    assert f.overhead_tokens == f.retrieval_overhead_tokens == 620
+    assert f.net_saved_tokens == -59 == rec.total_token_savings
+    assert f.saved_share == pytest.approx(-0.059) and rec.efficiency_delta == pytest.approx(-0.059)
+    assert (f.billed_tokens, f.retrieval_rounds) == (1109, 1)
+
+
+def test_retrieval_overhead_is_the_extra_prompts_and_unseen_completions() -> None:
+    """Retrieval overhead: prompts after the first call, completions of the answered rounds only."""
+    hops = [HopUsage(prompt_tokens=p, completion_tokens=c) for p, c in ((100, 5), (150, 7), (200, 40))]
+    assert retrieval_overhead_tokens(hops, 2) == 150 + 200 + 5 + 7
+    assert retrieval_overhead_tokens(hops[:1], 0) == 0
+    assert retrieval_overhead_tokens([HopUsage(), HopUsage(prompt_tokens=9)], 1) == 9
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error", "counts"),
+    [("ok", False, True), ("upstream_error", True, False), ("proxy_error", True, False),
+     ("client_error", False, False), ("cancelled", False, False)],
+)  # fmt: skip
+def test_error_and_savings_by_outcome(outcome: Any, error: bool, counts: bool) -> None:
+    """Errors are upstream_error and proxy_error; only ok requests count for savings."""
+    f = figures(TransactionLog(outcome=outcome))
+    assert (f.error, f.counts_for_savings) == (error, counts)
+
+
+def test_figures_without_usage_or_raw_tokens() -> None:
+    """No usage from the upstream: billed is None; no raw prompt: no saved share."""
+    f = figures(TransactionLog(status=200, completion_tokens=None))
+    assert f.billed_tokens is None and f.saved_share is None and f.net_saved_tokens == 0
+    assert figures(TransactionLog(completion_tokens=12)).billed_tokens == 12
