@@ -31,9 +31,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from compressors import CompressionConfig, CompressionContext, CompressionResult, compress, tokens  # noqa: E402
-from compressors._compress import clear_cache  # noqa: E402
-from compressors._select import clear_memo  # noqa: E402
+from compressors import (  # noqa: E402
+    CompressionConfig,
+    CompressionContext,
+    CompressionResult,
+    clear_cache,
+    compress,
+    tokens,
+)
 from proxy.bench.traces import eval_data_root  # noqa: E402
 
 FIRST_TARGET_MS = 20.0
@@ -75,7 +80,6 @@ def cold(outputs: list[tuple[str, str]], ctx: CompressionContext, cfg: Compressi
     memos) emptied first."""
     clear_cache()
     tokens.clear_cache()
-    clear_memo()
     return compress_each(outputs, ctx, cfg)[0]
 
 

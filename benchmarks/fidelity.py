@@ -35,7 +35,7 @@ of the same episode did):
 Metrics per content type (the detector's verdict): samples, how many were changed and how
 many lossily, token savings over all samples of the type, exact lossless round trip of JSON
 (decoded with ``json.loads`` / the TOON decoder and compared type-strictly), and for lossy
-outputs the hard-token recall (:mod:`compressors._hardtokens`):
+outputs the hard-token recall (:mod:`compressors.hardtokens`):
 
 - ``recall all``: of all hard tokens of the original, the share still in the output;
 - ``recall later``: of the original's hard tokens that a *later* turn of the same episode uses,
@@ -72,8 +72,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from compressors import CompressionConfig, CompressionContext, CompressionResult, compress  # noqa: E402
-from compressors._hardtokens import hard_tokens  # noqa: E402
-from compressors._json import same_value, toon_decode  # noqa: E402
+from compressors.hardtokens import hard_tokens  # noqa: E402
+from compressors.toon import same_value, toon_decode  # noqa: E402
 from proxy.bench.traces import BFCL_CLASSES, BFCL_SIM, bfcl_data_dir, eval_data_root, read_jsonl  # noqa: E402
 
 DEFAULT_CONFIG = CompressionConfig()

@@ -21,7 +21,7 @@ Conversations:
 Metrics:
 
 - **fact retention** (swe-agent): for every request with a roll-up, the hard facts of the
-  summarized turns (:mod:`compressors._hardtokens`; paths, numbers, ids (ids and UUIDs),
+  summarized turns (:mod:`compressors.hardtokens`; paths, numbers, ids (ids and UUIDs),
   URLs, error codes; identifiers are reported but not targeted) and the commands the
   assistant ran in them, and the share still present in what is sent. A hard fact counts as
   present when the sent prompt holds the same hard token; a command when the sent prompt holds
@@ -70,7 +70,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from compressors import tokens  # noqa: E402
-from compressors._hardtokens import hard_tokens, hard_tokens_by_kind  # noqa: E402
+from compressors.hardtokens import hard_tokens, hard_tokens_by_kind  # noqa: E402
 from proxy.bench.traces import bfcl_data_dir, eval_data_root  # noqa: E402
 from proxy.config import HistoryConfig  # noqa: E402
 from proxy.pipeline import StageContext  # noqa: E402

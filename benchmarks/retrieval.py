@@ -22,7 +22,7 @@ Each conversation is replayed through the proxy's own machinery, exactly as ``_r
   happen.
 
 For every lossy cut (a distinct marker id; tool outputs and history summaries) the first time it is
-sent: the *omitted hard tokens* (:mod:`compressors._hardtokens`: distinct hard tokens of the
+sent: the *omitted hard tokens* (:mod:`compressors.hardtokens`: distinct hard tokens of the
 original that are not in the text sent for it) and how many of them are *recoverable*: present in
 what the retrieval tool returns for its id, read back from the session store through the same code
 that answers a model's call. Target: 100 %.
@@ -64,8 +64,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from compressors import CompressionConfig, tokens  # noqa: E402
-from compressors._hardtokens import hard_tokens  # noqa: E402
-from compressors._markers import marker_ids  # noqa: E402
+from compressors.hardtokens import hard_tokens  # noqa: E402
+from compressors.markers import marker_ids  # noqa: E402
 from proxy.bench.traces import eval_data_root  # noqa: E402
 from proxy.config import HistoryConfig, RetrievalConfig  # noqa: E402
 from proxy.pipeline import Pipeline, StageContext  # noqa: E402

@@ -5,7 +5,10 @@
 >>> result.text, result.tokens_before, result.tokens_after, result.method
 
 Importing the package is light: :func:`compress` (and the compressors behind it) load on first
-use. Exact token counting lives in :mod:`compressors.tokens`.
+use; :func:`clear_cache` forgets their cached results. Exact token counting lives in
+:mod:`compressors.tokens`. The other public modules are imported by name: :mod:`compressors.markers`
+(the omission marker and its content id), :mod:`compressors.hardtokens`, :mod:`compressors.summary`
+(summaries without an LLM) and :mod:`compressors.toon`. Modules named ``_*`` are private.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from compressors.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from compressors._compress import compress
+    from compressors._compress import clear_cache, compress
 
 __all__ = [
     "Compressed",
@@ -43,6 +46,7 @@ __all__ = [
     "TokenizerUnavailable",
     "ToolPolicy",
     "WrongContentType",
+    "clear_cache",
     "compress",
     "detect",
     "exceptions",
@@ -51,8 +55,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "compress":
-        from compressors._compress import compress
+    if name in ("clear_cache", "compress"):
+        from compressors import _compress
 
-        return compress
+        return getattr(_compress, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

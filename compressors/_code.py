@@ -39,9 +39,9 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from compressors._markers import omitted_marker
 from compressors._select import MARKER_COST, Query, bm25_texts, mention_budget, render, select, token_costs
 from compressors._types import Compressed, CompressionConfig, CompressionContext
+from compressors.markers import omitted_marker
 
 __all__ = ["CONTEXT", "REGION", "compress_code", "compress_diff"]
 

@@ -44,7 +44,7 @@ from compressors._html import compress_html
 from compressors._json import compress_json, compress_ndjson
 from compressors._json_lossy import compress_json_lossy, compress_ndjson_lossy
 from compressors._logs import compress_logs
-from compressors._markers import MARKER_PREFIX, content_id, marker_id
+from compressors._select import clear_memo
 from compressors._table import compress_table
 from compressors._text import compress_text
 from compressors._types import (
@@ -56,6 +56,7 @@ from compressors._types import (
     ToolPolicy,
 )
 from compressors.exceptions import CompressionFailed, WrongContentType
+from compressors.markers import MARKER_PREFIX, content_id, marker_id
 
 __all__ = ["CACHE_MAX_CHARS", "CACHE_MAX_ENTRIES", "cache_stats", "clear_cache", "compress"]
 
@@ -156,8 +157,10 @@ _cache = _ResultCache(CACHE_MAX_ENTRIES, CACHE_MAX_CHARS)
 
 
 def clear_cache() -> None:
-    """Forget every cached result (benchmarks and tests)."""
+    """Forget every cached result and what the compressors remember between calls (run
+    classifications, word stems), for benchmarks measuring cold runs and for tests."""
     _cache.clear()
+    clear_memo()
 
 
 def cache_stats() -> dict[str, int]:

@@ -27,9 +27,9 @@ from html.parser import HTMLParser
 from typing import Final
 
 from compressors import tokens
-from compressors._markers import omitted_marker
 from compressors._text import compress_text
 from compressors._types import Compressed, CompressionConfig, CompressionContext
+from compressors.markers import omitted_marker
 
 __all__ = ["compress_html", "html_to_text"]
 

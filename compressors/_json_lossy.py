@@ -32,10 +32,10 @@ from typing import Any, Final
 
 from compressors import tokens
 from compressors._json import METHOD_NDJSON_COMPACT, METHOD_NDJSON_TOON, compact, encode_best, parse_ndjson
-from compressors._markers import omitted_marker
 from compressors._select import Query, bm25, words
 from compressors._types import Compressed, CompressionConfig, CompressionContext
 from compressors.exceptions import CompressorError
+from compressors.markers import omitted_marker
 
 __all__ = ["MIN_ROWS", "compress_json_lossy", "compress_ndjson_lossy", "is_error_row"]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from compressors._markers import omitted_marker
 from compressors._select import (
     MARKER_COST,
     Query,
@@ -34,6 +33,7 @@ from compressors._select import (
     token_costs,
 )
 from compressors._types import Compressed, CompressionConfig, CompressionContext
+from compressors.markers import omitted_marker
 
 __all__ = ["IMPORTANT_HINT", "compress_logs", "is_important_line", "mask_line"]
 

@@ -17,7 +17,7 @@ Only the runs looked at are classified (at most :data:`MAX_EXAMINED` per gap), a
 a gap are listed only when a gap gets that far, with set and list operations at C speed, so
 the work grows with what is listed rather than with the input (a plain regular-expression
 pass over 350K characters costs ~4 ms in Python, a per-run Python step ~1 us). Tokens are
-exactly those of :func:`~compressors._hardtokens.hard_tokens` (property-tested): a run is
+exactly those of :func:`~compressors.hardtokens.hard_tokens` (property-tested): a run is
 classified whole, as there; and whether the kept text holds a token is decided at the token's
 occurrences in the kept text, since a run's tokens are substrings of the run (after
 :data:`MAX_PROBES` occurrences the kept text is classified in full, once).
@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from itertools import filterfalse
 from typing import Final
 
-from compressors._hardtokens import (
+from compressors.hardtokens import (
     _LEAD_STRIP,
     _RUN,
     _RUN_CHARS,

@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from compressors import _mentions, tokens
-from compressors._hardtokens import hard_tokens
-from compressors._markers import omitted_marker
 from compressors._types import CompressionContext
+from compressors.hardtokens import hard_tokens
+from compressors.markers import omitted_marker
 
 __all__ = [
     "MARKER_COST",

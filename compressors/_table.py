@@ -24,9 +24,9 @@ import re
 from collections import Counter
 from typing import Final
 
-from compressors._markers import omitted_marker
 from compressors._select import MARKER_COST, Query, bm25_texts, mention_budget, render, select, token_costs
 from compressors._types import Compressed, CompressionConfig, CompressionContext
+from compressors.markers import omitted_marker
 
 __all__ = ["HEAD_ROWS", "TAIL_ROWS", "column_summary", "compress_table"]
 

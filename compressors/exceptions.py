@@ -14,6 +14,8 @@ send the original content.
 
 from __future__ import annotations
 
+__all__ = ["CompressionFailed", "CompressorError", "TokenizerUnavailable", "WrongContentType"]
+
 
 class CompressorError(Exception):
     """Base class of every error raised on purpose by :mod:`compressors`."""

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from multidict import CIMultiDict
 
-from compressors._summary import SUMMARY_HEADER, TurnText, extractive_summary, render_transcript
+from compressors.summary import SUMMARY_HEADER, TurnText, extractive_summary, render_transcript
 from proxy.config import Settings, UpstreamConfig
 from proxy.exceptions import NocpError
 from proxy.upstream import UpstreamClient, apply_api_key, upstream_url

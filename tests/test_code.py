@@ -6,10 +6,9 @@ import random
 import re
 import time
 
-from compressors import tokens
+from compressors import CompressionConfig, CompressionContext, tokens
 from compressors._code import compress_code, compress_diff
-from compressors._markers import MARKER_PREFIX
-from compressors._types import CompressionConfig, CompressionContext
+from compressors.markers import MARKER_PREFIX
 
 CFG = CompressionConfig(budget_tokens=300)
 

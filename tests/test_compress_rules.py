@@ -22,12 +22,13 @@ from compressors import (
     CompressionResult,
     ContentType,
     ToolPolicy,
+    clear_cache,
     compress,
     tokens,
 )
 from compressors import _compress as dispatcher
-from compressors._json import same_value, toon_decode
-from compressors._markers import MARKER_PREFIX, omitted_marker
+from compressors.markers import MARKER_PREFIX, omitted_marker
+from compressors.toon import same_value, toon_decode
 
 CTX = CompressionContext(model="gpt-4o")
 CFG = CompressionConfig()
@@ -37,9 +38,9 @@ LOSSLESS = CompressionConfig(default_policy=ToolPolicy.LOSSLESS_ONLY)
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     """Every test starts with an empty result cache."""
-    dispatcher.clear_cache()
+    clear_cache()
     yield
-    dispatcher.clear_cache()
+    clear_cache()
 
 
 def pretty_rows(n: int, seed: int = 0) -> str:
@@ -244,7 +245,7 @@ def test_lossy_must_beat_lossless_by_min_saving(monkeypatch: pytest.MonkeyPatch)
     """A lossy result only replaces the lossless one if it saves min_saving more."""
     content = pretty_rows(80)
     lossless = compress(content, CTX, LOSSLESS)
-    dispatcher.clear_cache()
+    clear_cache()
 
     def barely(text: str, ctx: CompressionContext, cfg: CompressionConfig) -> Compressed | None:
         return Compressed(text=lossless.text + "\n" + omitted_marker("x"), method="barely", lossless=False)
@@ -263,7 +264,7 @@ def test_output_is_byte_identical_across_calls_and_cache_clears() -> None:
     for content in (pretty_rows(150), prose(60), pretty_rows(20)):
         first = compress(content, CTX, cfg)
         again = compress(content, CTX, cfg)
-        dispatcher.clear_cache()
+        clear_cache()
         recomputed = compress(content, CTX, cfg)
         assert first == again == recomputed
         assert first.text.encode() == recomputed.text.encode()
@@ -417,7 +418,7 @@ def test_rules_hold_on_real_tool_outputs(eval_data: Path) -> None:
     outputs = _real_outputs(eval_data)
     assert len(outputs) > 100
     first = [compress(text, ctx, cfg) for _, text in outputs]
-    dispatcher.clear_cache()
+    clear_cache()
     second = [compress(text, ctx, cfg) for _, text in outputs]
     for (name, text), a, b in zip(outputs, first, second, strict=True):
         check_invariants(text, a, ctx)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compressors._hardtokens import KINDS, hard_tokens, hard_tokens_by_kind
+from compressors.hardtokens import KINDS, hard_tokens, hard_tokens_by_kind
 
 
 @pytest.mark.parametrize(
@@ -204,7 +204,7 @@ def test_runs_skipped_before_classifying_hold_no_hard_token(run: str) -> None:
 )
 def test_split_runs_agrees_with_the_run_pattern(text: str) -> None:
     """The translate-and-split run lister gives exactly the run pattern's matches, in order."""
-    from compressors._hardtokens import _RUN, split_runs
+    from compressors.hardtokens import _RUN, split_runs
 
     assert split_runs(text) == _RUN.findall(text)
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from compressors._summary import SUMMARY_HEADER, TurnText
+from compressors.summary import SUMMARY_HEADER, TurnText
 from proxy.config import HistoryConfig, HistoryModelConfig
 from proxy.pipeline import Pipeline, StageContext
 from proxy.protocols import GeminiAdapter, OpenAIChatAdapter

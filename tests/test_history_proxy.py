@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import openai
 
-from compressors._summary import FACTS_HEADER, SUMMARY_HEADER
+from compressors.summary import FACTS_HEADER, SUMMARY_HEADER
 from proxy.summarizer import SYSTEM_PROMPT
 from proxy.testing import Fail, FakeUpstream, Reply
 

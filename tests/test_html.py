@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 import time
 
-from compressors import tokens
+from compressors import CompressionConfig, CompressionContext, tokens
 from compressors._html import compress_html, html_to_text
-from compressors._markers import MARKER_PREFIX
-from compressors._types import CompressionConfig, CompressionContext
+from compressors.markers import MARKER_PREFIX
 
 PAGE = """<!doctype html><html><head><title>Release notes &amp; more</title>
 <style>body { color: red }</style><script>var s = "<p>not text</p>";</script></head><body>

@@ -19,13 +19,11 @@ from compressors._json import (
     compress_ndjson,
     encode_best,
     parse_exact,
-    same_value,
-    toon_decode,
-    toon_encode,
 )
 from compressors._json_lossy import compress_json_lossy, compress_ndjson_lossy, is_error_row
-from compressors._markers import MARKER_PREFIX
 from compressors.exceptions import CompressionFailed, WrongContentType
+from compressors.markers import MARKER_PREFIX
+from compressors.toon import same_value, toon_decode, toon_encode
 
 CTX = CompressionContext(model="gpt-4o")
 CFG = CompressionConfig()
@@ -170,7 +168,7 @@ def _panic(*args: Any, **kwargs: Any) -> Any:
 @pytest.mark.parametrize("function", ["dumps", "loads"])
 def test_a_panic_in_toons_means_no_toon(monkeypatch: pytest.MonkeyPatch, function: str) -> None:
     """A Rust panic while encoding or checking TOON sends compact JSON instead of crashing."""
-    monkeypatch.setattr(f"compressors._json.toons.{function}", _panic)
+    monkeypatch.setattr(f"compressors.toon.toons.{function}", _panic)
     value = table(50)
     assert encode_best(value, "gpt-4o") == (compact(value), "json-compact")
 
@@ -181,7 +179,7 @@ def test_keyboard_interrupt_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) ->
     def interrupt(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("compressors._json.toons.dumps", interrupt)
+    monkeypatch.setattr("compressors.toon.toons.dumps", interrupt)
     with pytest.raises(KeyboardInterrupt):
         encode_best(table(50), "gpt-4o")
 

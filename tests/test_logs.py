@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 import time
 
-from compressors import tokens
+from compressors import CompressionConfig, CompressionContext, tokens
 from compressors._logs import compress_logs, is_important_line, mask_line
-from compressors._markers import MARKER_PREFIX
-from compressors._types import CompressionConfig, CompressionContext
+from compressors.markers import MARKER_PREFIX
 
 CTX = CompressionContext()
 CFG = CompressionConfig()

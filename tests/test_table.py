@@ -6,9 +6,9 @@ import random
 import re
 import time
 
-from compressors._markers import MARKER_PREFIX
+from compressors import CompressionConfig, CompressionContext
 from compressors._table import column_summary, compress_table
-from compressors._types import CompressionConfig, CompressionContext
+from compressors.markers import MARKER_PREFIX
 
 CFG = CompressionConfig(budget_tokens=300)
 

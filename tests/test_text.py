@@ -9,11 +9,10 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compressors import tokens
-from compressors._markers import MARKER_PREFIX
+from compressors import CompressionConfig, CompressionContext, tokens
 from compressors._select import bm25, bm25_texts, select, words
 from compressors._text import chunk_text, compress_text
-from compressors._types import CompressionConfig, CompressionContext
+from compressors.markers import MARKER_PREFIX
 
 VOCAB = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "omicron", "sigma"]
 

@@ -1,7 +1,7 @@
 """TOON against every conformance fixture of the TOON specification in eval-data/toon-spec/
 (516 cases, one test each), and the decoder we check with against the conformant one.
 
-What we send is written by ``toons`` (``compressors._json.toon_encode``) and checked before it
+What we send is written by ``toons`` (``compressors.toon.toon_encode``) and checked before it
 is sent by decoding it again with ``toons`` (``toon_decode``). ``toons`` passes every encode
 fixture, but its decoder reads whole numbers written with an exponent or a decimal point
 (``1e6``, ``-0.0``) as floats where the spec wants integers (10 decode fixtures), so the decode
@@ -34,7 +34,7 @@ from conftest import eval_data_root
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compressors._json import same_value, toon_decode, toon_encode
+from compressors.toon import same_value, toon_decode, toon_encode
 
 pytestmark = pytest.mark.evaldata
 

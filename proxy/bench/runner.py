@@ -19,7 +19,7 @@ Layout, all on 127.0.0.1::
 - Requests go out one at a time (a conversation is sequential), each to both paths with the
   same body bytes, alternating which path goes first, so machine noise hits both alike.
 
-Fidelity: for request k, the hard tokens (:func:`compressors._hardtokens.hard_tokens`) that
+Fidelity: for request k, the hard tokens (:func:`compressors.hardtokens.hard_tokens`) that
 occur in the tool outputs of its prompt *and* in any later assistant turn (text or tool-call
 arguments) are what the agent goes on to use; the share of them still present anywhere in
 what nocp sent upstream is the recall. Summed over requests (micro-average).
@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from compressors._hardtokens import hard_tokens
+from compressors.hardtokens import hard_tokens
 from proxy.bench.criteria import Criterion, Fidelity, Totals, evaluate
 from proxy.bench.scenarios import Conversation, Message, Scenario, seed_scenarios
 from proxy.pricing import Price, PriceTable

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import structlog
 
 from compressors import tokens
-from compressors._markers import content_id, marker_id, omitted_marker
-from compressors._summary import TurnText, facts_pass
+from compressors.markers import content_id, marker_id, omitted_marker
+from compressors.summary import TurnText, facts_pass
 from proxy.config import HistoryConfig, Settings
 from proxy.pipeline import StageContext
 from proxy.protocols import Prompt, Segment

@@ -22,7 +22,6 @@ from typing import Final
 
 __all__ = [
     "ID_CHARS",
-    "MARKER_ID",
     "MARKER_PREFIX",
     "content_id",
     "marker_id",

@@ -8,7 +8,7 @@ what lets a stored summary be reused and a provider's prompt cache keep working.
   statements or hard tokens), an assistant turn keeps its first sentence and the commands it
   ran, a tool output keeps its first line, its error lines and its size.
 - :func:`facts_pass` collects the hard facts of summarized turns (paths, URLs, ids, numbers,
-  error codes via :mod:`compressors._hardtokens`; commands; error lines) and renders the ones a
+  error codes via :mod:`compressors.hardtokens`; commands; error lines) and renders the ones a
   summary lost as a compact, verbatim list, to be appended to whatever a summarizer returned.
 - :func:`render_transcript` is the plain transcript an LLM summarizer is given.
 """
@@ -21,16 +21,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from compressors._hardtokens import hard_tokens, hard_tokens_by_kind
+from compressors.hardtokens import hard_tokens, hard_tokens_by_kind
 
 __all__ = [
-    "FACT_KINDS",
+    "FACTS_HEADER",
     "SUMMARY_HEADER",
     "TurnText",
-    "commands_of",
-    "error_lines",
     "extractive_summary",
-    "facts_of",
     "facts_pass",
     "render_transcript",
 ]
@@ -40,7 +37,7 @@ SUMMARY_HEADER: Final = (
 )
 FACTS_HEADER: Final = "Facts from the summarized messages (verbatim):"
 
-# Hard-token kinds the facts pass keeps (identifiers are too many to list; see _hardtokens).
+# Hard-token kinds the facts pass keeps (identifiers are too many to list; see compressors.hardtokens).
 FACT_KINDS: Final = ("error_code", "path", "url", "uuid", "id", "number")
 _LABELS: Final = {
     "error_code": "error codes",

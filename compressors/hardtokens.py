@@ -55,7 +55,7 @@ import errno
 import re
 from typing import Final
 
-__all__ = ["KINDS", "MAX_RUN_CHARS", "hard_tokens", "hard_tokens_by_kind"]
+__all__ = ["KINDS", "hard_tokens", "hard_tokens_by_kind"]
 
 KINDS: Final = ("url", "uuid", "number", "id", "error_code", "path", "identifier")
 MAX_RUN_CHARS: Final = 512
