@@ -70,7 +70,7 @@ from proxy.bench.traces import eval_data_root  # noqa: E402
 from proxy.config import HistoryConfig, RetrievalConfig  # noqa: E402
 from proxy.pipeline import Pipeline, StageContext  # noqa: E402
 from proxy.protocols import OpenAIChatAdapter, Prompt  # noqa: E402
-from proxy.protocols._base import Call, ModelTurn  # noqa: E402
+from proxy.protocols import Call, ModelTurn  # noqa: E402
 from proxy.retrieval import Retrieval, RetrievalRequest  # noqa: E402
 from proxy.sessions import SQLiteSessionStore  # noqa: E402
 from proxy.stages import HistoryStage, ToolOutputStage  # noqa: E402

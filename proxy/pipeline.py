@@ -15,17 +15,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
 from proxy.protocols import Prompt
 from proxy.translog import FailOpen, TransactionLog
 
-if TYPE_CHECKING:
-    from proxy.retrieval import RetrievalRequest
-
 _log = structlog.get_logger("nocp.pipeline")
+
+
+class CutRecorder(Protocol):
+    """Where a lossy stage records its cuts when they are reversible (the retrieval tool
+    loop): the original of each cut whose markers carry ``ref``."""
+
+    tool_name: str
+
+    def add_cut(self, ref: str, text: str, *, tool: str | None, content_type: str, kind: str) -> None:
+        """A stage made a lossy cut whose markers carry ``ref``; ``text`` is the original."""
 
 
 @dataclass(slots=True)
@@ -33,15 +40,15 @@ class StageContext:
     """What a stage may read (and the log record it may add segment details to).
 
     ``retrieval`` is set when reversible compression is on: a lossy stage then makes
-    id-carrying markers, records each cut's original there, and leaves whole the content the
-    session already retrieved (see :mod:`proxy.retrieval`)."""
+    id-carrying markers and records each cut's original there (see :mod:`proxy.toolloop`);
+    outputs of the retrieval tool itself (``tool_name``) are left alone."""
 
     model: str
     protocol: str
     record: TransactionLog
     query: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
-    retrieval: RetrievalRequest | None = None
+    retrieval: CutRecorder | None = None
 
 
 Stage = Callable[[Prompt, StageContext], Awaitable[Prompt]]

@@ -9,7 +9,7 @@ A summarizer folds newly aged turns into a session's running summary::
 deterministic facts pass to whatever comes back) and the tokens the call cost, which the
 TransactionLog records as compression overhead.
 
-- :class:`ExtractiveSummarizer`: :func:`compressors._summary.extractive_summary`. The new
+- :class:`ExtractiveSummarizer`: :func:`compressors.summary.extractive_summary`. The new
   summary is the previous one with a new section appended, so it starts with the bytes of the
   old one. Deterministic, free, instant.
 - :class:`OpenAISummarizer` (chat completions) and :class:`GeminiSummarizer` (generateContent):

@@ -159,6 +159,12 @@ async def test_session_id_is_derived_and_logged(fake: FakeUpstream, make_proxy: 
     assert ids[4].startswith("h-") and ids[4] != ids[2]
 
 
+def assert_alternates(contents: list[dict[str, Any]]) -> None:
+    """Assert that Gemini turns alternate between user and model."""
+    roles = [c.get("role", "user") for c in contents]
+    assert all(a != b for a, b in zip(roles, roles[1:], strict=False)), roles
+
+
 async def test_gemini_history_rolls_up_through_the_proxy(fake: FakeUpstream, make_proxy: Any) -> None:
     """A long Gemini conversation is rolled up before it reaches the upstream, pairs kept whole."""
     proxy = await make_proxy(history={**HISTORY, "threshold_tokens": 1500})
@@ -185,7 +191,9 @@ async def test_gemini_history_rolls_up_through_the_proxy(fake: FakeUpstream, mak
         assert resp.status == 200
     sent = fake.requests[-1].json()["contents"]
     assert len(sent) < len(contents)
-    text = sent[1]["parts"][0]["text"]
+    assert sent[1]["role"] == "model"  # no second user turn after the first
+    first, text = (p["text"] for p in sent[0]["parts"][:2])  # the summary joined the first user turn
+    assert first == "Track my invoices."
     assert text.startswith(SUMMARY_HEADER) and "/data/invoices/2026/inv_2.pdf" in text
     for i, block in enumerate(sent):
         if any("functionResponse" in p for p in block["parts"]):
@@ -224,7 +232,8 @@ async def test_gemini_summarizer_through_an_upstream(fake: FakeUpstream, make_pr
     assert "gemini-2.5-flash-lite:generateContent" in call.path
     assert call.headers["x-goog-api-key"] == "AIzaClientKey0123456789"
     assert call.json()["systemInstruction"]["parts"][0]["text"] == SYSTEM_PROMPT
-    text = main.json()["contents"][1]["parts"][0]["text"]
+    assert_alternates(main.json()["contents"])
+    text = main.json()["contents"][0]["parts"][1]["text"]
     assert "Invoices INV-4000 to INV-4005 were dictated." in text and "/data/invoices/2025/inv_1.pdf" in text
     (line,) = await proxy.log_lines(1)
     billed = fake.usage_log[0]

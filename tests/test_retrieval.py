@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import types
 
-from compressors._markers import content_id
+from compressors.markers import content_id
 from proxy.protocols.openai_chat import OpenAIRetrievalSniffer
 from proxy.retrieval import LAST_ROUND_NOTE
 from proxy.server import STATE

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from compressors import CompressionConfig, CompressionContext, compress
-from compressors._markers import content_id, marker_id, marker_ids, omitted_marker, unavailable
+from compressors.markers import content_id, marker_id, marker_ids, omitted_marker, unavailable
 from proxy.protocols import GeminiAdapter, OpenAIChatAdapter
 from proxy.protocols._base import add_usage
 from proxy.protocols.gemini import JSONArraySplitter

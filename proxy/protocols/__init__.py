@@ -1,18 +1,43 @@
-"""Wire protocols: one adapter module per protocol, behind this surface."""
+"""Wire protocols: one adapter module per protocol, behind this surface.
 
-from proxy.protocols._base import Adapter, Prompt, Rollup, Segment, SegmentKind, StreamSniffer, Turn, Usage
+``ADAPTERS`` is the registry the server serves: each adapter's ``routes`` go to the exchange.
+Adding a protocol is adding its adapter here; the server and the exchange stay as they are.
+"""
+
+from proxy.protocols._adapter import Adapter, Route
+from proxy.protocols._answer import Call, ModelTurn, ToolSpec, Usage, add_usage, anchor_digest
+from proxy.protocols._codec import decode_json_object, digest, encode_json
+from proxy.protocols._prompt import PathKey, Prompt, Rollup, Segment, SegmentKind, Turn
+from proxy.protocols._stream import HopStream, JSONArraySplitter, SSESplitter, StreamEvent, sse_data
 from proxy.protocols.gemini import GeminiAdapter
 from proxy.protocols.openai_chat import OpenAIChatAdapter
 
+ADAPTERS: tuple[Adapter, ...] = (OpenAIChatAdapter(), GeminiAdapter())
+
 __all__ = [
+    "ADAPTERS",
     "Adapter",
+    "Call",
     "GeminiAdapter",
+    "HopStream",
+    "JSONArraySplitter",
+    "ModelTurn",
     "OpenAIChatAdapter",
+    "PathKey",
     "Prompt",
     "Rollup",
+    "Route",
+    "SSESplitter",
     "Segment",
     "SegmentKind",
-    "StreamSniffer",
+    "StreamEvent",
+    "ToolSpec",
     "Turn",
     "Usage",
+    "add_usage",
+    "anchor_digest",
+    "decode_json_object",
+    "digest",
+    "encode_json",
+    "sse_data",
 ]

@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, ClassVar, Literal
 
 import msgspec
 
 from compressors import tokens
 from proxy.exceptions import BadRequest, ProxyHTTPError
-from proxy.protocols._base import (
-    Adapter,
-    Call,
-    ModelTurn,
-    Prompt,
-    RetrievalSniffer,
-    Segment,
-    SSESplitter,
-    StreamSniffer,
-    ToolSpec,
-    Turn,
-    Usage,
-    add_usage,
-    anchor_digest,
-    decode_json_object,
-    digest,
-    encode_json,
-    sse_data,
-)
+from proxy.protocols._adapter import Adapter, Route
+from proxy.protocols._answer import Call, ModelTurn, ToolSpec, Usage, add_usage
+from proxy.protocols._codec import decode, decode_json_object, digest, encode_json
+from proxy.protocols._prompt import Prompt, Segment, Turn
+from proxy.protocols._stream import HopStream, JSONArraySplitter, SSESplitter, StreamEvent, sse_data
+
+__all__ = ["GeminiAdapter", "GeminiStream"]
+
+_GEMINI_PREFIXES = ("/v1beta/", "/v1alpha/", "/upload/")
 
 _STATUS_NAMES: Mapping[int, str] = {
     400: "INVALID_ARGUMENT",
@@ -67,47 +57,6 @@ def _to_usage(meta: _UsageMeta | None) -> Usage:
         completion_tokens=meta.candidatesTokenCount,
         cached_tokens=meta.cachedContentTokenCount or 0 if meta.promptTokenCount is not None else None,
     )
-
-
-class GeminiSniffer(StreamSniffer):
-    """Reads usage from ``streamGenerateContent``: SSE (``alt=sse``) or a streamed JSON array.
-    Every chunk is forwarded unchanged as it arrives."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._events = SSESplitter()
-        self._sse: bool | None = None
-        self._array: list[bytes] = []
-
-    def _record(self, response: _Response) -> None:
-        if response.usageMetadata is not None:
-            self.usage = _to_usage(response.usageMetadata)
-        for cand in response.candidates:
-            reason = cand.get("finishReason")
-            if isinstance(reason, str):
-                self.finish_reasons.append(reason)
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self._sse is None and chunk.strip():
-            self._sse = chunk.lstrip().startswith(b"data:")
-        if self._sse:
-            for event in self._events.feed(chunk):
-                data = sse_data(event)
-                if data and (b"usageMetadata" in data or b"finishReason" in data):
-                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                        self._record(_response_decoder.decode(data))
-        else:
-            self._array.append(chunk)
-        return chunk
-
-    def close(self) -> bytes:
-        if self._array:
-            try:
-                for response in _array_decoder.decode(b"".join(self._array)):
-                    self._record(response)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                pass
-        return b""
 
 
 def _compact(value: Any) -> str:
@@ -170,188 +119,150 @@ def _parts_of(cand: dict[str, Any] | None) -> list[Any]:
     return parts if isinstance(parts, list) else []
 
 
-class JSONArraySplitter:
-    """Splits a streamed top-level JSON array into its elements' bytes as each completes."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0  # next byte to scan
-        self._start: int | None = None  # start of the element being read
-        self._depth = 0
-        self._in_string = False
-        self._escape = False
-        self._opened = False
-
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        self._buf += chunk
-        buf = self._buf
-        i = self._pos
-        while i < len(buf):
-            c = buf[i]
-            if self._in_string:
-                if self._escape:
-                    self._escape = False
-                elif c == 0x5C:  # backslash
-                    self._escape = True
-                elif c == 0x22:
-                    self._in_string = False
-            elif not self._opened:
-                if c == 0x5B:  # the array's [
-                    self._opened = True
-            elif c == 0x22:
-                self._in_string = True
-                if self._start is None:
-                    self._start = i
-            elif c in (0x7B, 0x5B):  # { [
-                if self._start is None:
-                    self._start = i
-                self._depth += 1
-            elif c in (0x7D, 0x5D):  # } ]
-                if self._depth == 0:  # the array's closing ]
-                    i += 1
-                    continue
-                self._depth -= 1
-                if self._depth == 0 and self._start is not None:
-                    yield bytes(buf[self._start : i + 1])
-                    self._start = None
-            i += 1
-        if self._start is None:  # nothing pending: drop what was scanned
-            del buf[:i]
-            i = 0
-        self._pos = i
-
-
-class GeminiRetrievalSniffer(RetrievalSniffer):
-    """:class:`RetrievalSniffer` for ``streamGenerateContent``: SSE (``alt=sse``) or a JSON
-    array (re-framed as ``[`` + elements joined by ``,\\r\\n`` + ``]``)."""
+class GeminiStream(HopStream):
+    """``streamGenerateContent``: SSE (``alt=sse``) or a streamed JSON array, whose elements
+    are re-framed as ``[`` + elements joined by ``,\\r\\n`` + ``]`` when any is rendered anew.
+    Each element is a whole response with one candidate; nocp's own ``functionCall`` parts are
+    taken out when rendering, and a continuing hop takes the client stream's ``responseId``."""
 
     def __init__(
-        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
+        self, tool: str | None, *, drop_usage_chunk: bool = False, after: HopStream | None = None
     ) -> None:
-        super().__init__(tool, drop_usage_chunk=drop_usage_chunk, prior=prior, allow_round=allow_round)
-        self._sse: bool | None = None
+        super().__init__(tool, drop_usage_chunk=drop_usage_chunk, after=after)
+        prev = after if isinstance(after, GeminiStream) else None
+        self._sse: bool | None = prev._sse if prev is not None else None
+        self._sep: bytes = prev._sep if prev is not None else b"\r\n\r\n"
         self._events = SSESplitter()
         self._array = JSONArraySplitter()
-        self._emitted = 0  # array elements sent so far
+        self._raw_array: list[bytes] = []
         self._parts: list[Any] = []  # every part of the answer, in order
-        self._sep = b"\r\n\r\n"
+        self.response_id: str | None = prev.response_id if prev is not None else None
 
-    def turn(self) -> ModelTurn:
-        return ModelTurn(
-            message={"role": "model", "parts": list(self._parts)},
-            calls=[_call(p) for p in self._parts if _fcall(p) is not None],
-            usage=self.usage_raw,
-        )
-
-    def ours(self) -> list[Call]:
-        return [_call(p) for p in self._parts if _is_ours(p, self.tool)]
-
-    def client_calls(self) -> int:
-        return sum(1 for p in self._parts if _fcall(p) is not None and not _is_ours(p, self.tool))
-
-    def client_message(self) -> tuple[str, list[tuple[str, str, str]]]:
-        return _client_view(self._parts, self.tool)
-
-    def _observe(self, response: Any) -> None:
+    def _event(self, raw: bytes, data: bytes | None) -> StreamEvent:
+        event = StreamEvent(raw)
+        if not data:
+            return event
+        if self.tool is None and b"usageMetadata" not in data and b"finishReason" not in data:
+            return event
+        response = event.data = decode(data)
         if not isinstance(response, dict):
-            return
+            return event
+        if self.response_id is None and isinstance(response.get("responseId"), str):
+            self.response_id = response["responseId"]
         meta = response.get("usageMetadata")
-        decided: str | None = None
         if isinstance(meta, dict):
+            event.usage = True
             self.usage_raw = meta
             with contextlib.suppress(msgspec.ValidationError):
                 self.usage = _to_usage(msgspec.convert(meta, _UsageMeta))
-        cands = response.get("candidates")
-        if not isinstance(cands, list) or not cands:
-            decided = "other"
         cand = _candidate(response)
+        calls: list[str] = []
         for part in _parts_of(cand):
+            if (fc := _fcall(part)) is not None:
+                calls.append(str(fc.get("name", "")))
+            elif isinstance(part, dict):
+                event.text += _visible_text([part])
             self._parts.append(part)
-            if _fcall(part) is not None:
-                decided = decided or ("ours" if _is_ours(part, self.tool) else "call")
-            elif isinstance(part, dict) and _visible_text([part]):
-                decided = decided or "text"
+        event.calls = tuple(calls)
         if cand is not None and isinstance(cand.get("finishReason"), str):
             self.finish_reasons.append(cand["finishReason"])
-            decided = decided or "finish"
-        if self.mode == "undecided" and decided is not None:
-            self.mode = "consume" if decided == "ours" and self.allow_round else "relay"
+            event.finishing = True
+        return event
 
-    def _rewrite(self, raw: bytes, response: Any) -> bytes | None:
-        """One element / event as the client gets it; None: drop it."""
-        if not isinstance(response, dict):
-            return raw
-        changed = False
-        cand = _candidate(response)
-        parts = _parts_of(cand)
-        if any(_is_ours(p, self.tool) for p in parts):
-            kept = [p for p in parts if not _is_ours(p, self.tool)]
-            finishing = cand is not None and "finishReason" in cand
-            if not kept and not finishing:
-                return None
-            assert cand is not None
-            cand["content"]["parts"] = kept or [{"text": ""}]
-            changed = True
-        meta = response.get("usageMetadata")
-        if self.prior and isinstance(meta, dict):
-            response["usageMetadata"] = add_usage(meta, self.prior)
-            changed = True
-        if not changed:
-            return raw
-        data = encode_json(response)
-        return b"data: " + data + self._sep if self._sse else data
-
-    def _release(self, items: list[tuple[bytes, Any]]) -> bytes:
-        out = []
-        for raw, response in items:
-            data = self._rewrite(raw, response)
-            if data is None:
-                continue
-            if not self._sse:
-                data = (b"[" if self._emitted == 0 else b",\r\n") + data
-                self._emitted += 1
-            out.append(data)
-        return b"".join(out)
-
-    def _items(self, chunk: bytes) -> Iterator[tuple[bytes, Any]]:
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
         if self._sse is None and chunk.strip():
             self._sse = chunk.lstrip().startswith(b"data:")
         if self._sse:
-            for event in self._events.feed(chunk):
-                if b"\r\n\r\n" not in event:
+            out = []
+            for raw in self._events.feed(chunk):
+                if b"\r\n\r\n" not in raw:
                     self._sep = b"\n\n"
-                data = sse_data(event)
-                yield event, self._decode(data) if data else None
-        elif self._sse is False:
-            for element in self._array.feed(chunk):
-                yield element, self._decode(element)
-
-    @staticmethod
-    def _decode(data: bytes) -> Any:
-        try:
-            return msgspec.json.decode(data)
-        except msgspec.DecodeError:
-            return None
-
-    def _rest(self) -> tuple[bytes, Any] | None:
-        if self._sse and (rest := self._events.rest()):
-            data = sse_data(rest)
-            return rest, self._decode(data) if data else None
-        return None
-
-    def _finishing(self, parsed: Any) -> bool:
-        return isinstance(c := _candidate(parsed), dict) and "finishReason" in c
-
-    def _end(self) -> bytes:
+                out.append(self._event(raw, sse_data(raw)))
+            return out
         if self._sse is False:
-            return b"]" if self._emitted else b"[]"
+            if self.passthrough:  # usage only: read the array whole at the end
+                self._raw_array.append(chunk)
+                return [StreamEvent(chunk)]
+            return [self._event(element, element) for element in self._array.feed(chunk)]
+        return []
+
+    def close(self) -> list[StreamEvent]:
+        if self._sse and (rest := self._events.rest()).strip():
+            return [self._event(rest, sse_data(rest))]
+        if self._raw_array:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                for response in _array_decoder.decode(b"".join(self._raw_array)):
+                    if response.usageMetadata is not None:
+                        self.usage = _to_usage(response.usageMetadata)
+                    for cand in response.candidates:
+                        if isinstance(reason := cand.get("finishReason"), str):
+                            self.finish_reasons.append(reason)
+        return []
+
+    def calls(self) -> list[Call]:
+        return [_call(p) for p in self._parts if _fcall(p) is not None]
+
+    def text(self) -> str:
+        return _visible_text(self._parts)
+
+    def turn(self) -> ModelTurn:
+        return ModelTurn(
+            message={"role": "model", "parts": list(self._parts)}, calls=self.calls(), usage=self.usage_raw
+        )
+
+    def render(self, event: StreamEvent, prior: Mapping[str, Any] | None) -> bytes | None:
+        response = event.data
+        data: bytes | None = None
+        if isinstance(response, dict):
+            changed = False
+            cand = _candidate(response)
+            parts = _parts_of(cand)
+            if self.tool is not None and any(_is_ours(p, self.tool) for p in parts):
+                kept = [p for p in parts if not _is_ours(p, self.tool)]
+                if not kept and not event.finishing and not event.usage:
+                    return None
+                assert cand is not None
+                cand["content"]["parts"] = kept or [{"text": ""}]
+                changed = True
+            if (
+                self.continues
+                and self.response_id
+                and response.get("responseId") not in (None, self.response_id)
+            ):
+                response["responseId"] = self.response_id
+                changed = True
+            meta = response.get("usageMetadata")
+            if prior and isinstance(meta, dict):
+                response["usageMetadata"] = add_usage(meta, prior)
+                changed = True
+            if changed:
+                data = encode_json(response)
+        if self._sse is False and not self.passthrough:  # a re-framed array element
+            element = data if data is not None else event.raw
+            self.emitted += 1
+            return (b"[" if self.emitted == 1 else b",\r\n") + element
+        self.emitted += 1
+        if data is None:
+            return event.raw
+        return b"data: " + data + self._sep
+
+    def end(self) -> bytes:
+        if self._sse is False and not self.passthrough:
+            return b"]" if self.emitted else b"[]"
         return b""
 
 
 class GeminiAdapter(Adapter):
     """Adapter for Gemini ``generateContent`` / ``streamGenerateContent``."""
 
-    protocol: ClassVar[Literal["openai", "gemini"]] = "gemini"
+    protocol: ClassVar[str] = "gemini"
+    upstream_protocol: ClassVar[str] = "gemini"
+    routes: ClassVar[tuple[Route, ...]] = (
+        (
+            "POST",
+            r"/{version:v1beta|v1alpha|v1}/models/{model:[^/:]+}:{method:generateContent|streamGenerateContent}",
+        ),
+    )
 
     def parse(self, body: bytes, match_info: Mapping[str, str]) -> dict[str, Any]:
         data = decode_json_object(body)
@@ -456,8 +367,35 @@ class GeminiAdapter(Adapter):
         except (msgspec.DecodeError, msgspec.ValidationError):
             return Usage()
 
-    def sniffer(self, body: Mapping[str, Any], injected_usage: bool) -> StreamSniffer:
-        return GeminiSniffer()
+    def hop_stream(
+        self, tool: str | None, *, drop_usage_chunk: bool = False, after: HopStream | None = None
+    ) -> HopStream:
+        return GeminiStream(tool, drop_usage_chunk=drop_usage_chunk, after=after)
+
+    def claims(self, path: str, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
+        return path.startswith(_GEMINI_PREFIXES) or "x-goog-api-key" in headers or "key" in query
+
+    def enforce_turns(self, body: dict[str, Any], client_turns: AbstractSet[int]) -> bool:
+        """Consecutive turns of one role, one of them nocp's (a summary, a retrieval round),
+        are merged into one (Gemini rejects same-role turns in a row): their parts joined in
+        order, the first turn's other fields kept."""
+        contents = body["contents"]
+        merged: list[Any] = []
+        for block in contents:
+            prev = merged[-1] if merged else None
+            if (
+                isinstance(prev, dict)
+                and isinstance(block, dict)
+                and prev.get("role", "user") == block.get("role", "user")
+                and not (id(prev) in client_turns and id(block) in client_turns)
+            ):
+                merged[-1] = {**prev, "parts": [*(prev.get("parts") or []), *(block.get("parts") or [])]}
+            else:
+                merged.append(block)
+        if len(merged) == len(contents):
+            return False
+        body["contents"] = merged
+        return True
 
     def count_prompt(self, body: Mapping[str, Any], model: str) -> int:
         return tokens.count_gemini_request(body)
@@ -556,15 +494,37 @@ class GeminiAdapter(Adapter):
             parsed["usageMetadata"] = add_usage(parsed["usageMetadata"], prior)
         return encode_json(parsed)
 
-    def client_message(self, data: bytes, tool: str) -> tuple[str, list[tuple[str, str, str]]]:
-        found = self._response(data)
-        return _client_view(_parts_of(found[1]), tool) if found else ("", [])
+    def intercepts(self, body: Mapping[str, Any], tool: str) -> bool:
+        blocker = self.retrieval_blocker(body, tool)
+        return blocker is None or blocker.startswith(("function calling", "allowedFunctionNames", "built-in"))
 
-    def follow_up(
-        self, body: Mapping[str, Any], turn: ModelTurn, answers: Sequence[tuple[Call, str]]
-    ) -> dict[str, Any]:
-        parts = [self._response_part(call.name, call.id, text) for call, text in answers]
-        return {**body, "contents": [*body["contents"], turn.message, {"role": "user", "parts": parts}]}
+    def remove_tool(self, body: dict[str, Any], tool: str, *, forbid_calls: bool) -> None:
+        tools = []
+        for t in body.get("tools") or ():
+            if isinstance(t, dict):
+                for key in ("functionDeclarations", "function_declarations"):
+                    if isinstance(t.get(key), list):
+                        decls = [d for d in t[key] if not (isinstance(d, dict) and d.get("name") == tool)]
+                        t = {**t, key: decls}
+                        if not decls and len(t) == 1:
+                            t = {}
+            if t:
+                tools.append(t)
+        if tools:
+            body["tools"] = tools
+        else:
+            body.pop("tools", None)
+        if forbid_calls and tools:
+            mode = (
+                ((body.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
+                if isinstance(body.get("toolConfig"), dict)
+                else None
+            )
+            if str(mode or "").upper() != "ANY":
+                body["toolConfig"] = {"functionCallingConfig": {"mode": "NONE"}}
+
+    def tool_results(self, answers: Sequence[tuple[Call, str]]) -> list[dict[str, Any]]:
+        return [{"role": "user", "parts": [self._response_part(c.name, c.id, text) for c, text in answers]}]
 
     @staticmethod
     def _response_part(name: str, call_id: str | None, text: str) -> dict[str, Any]:
@@ -574,37 +534,12 @@ class GeminiAdapter(Adapter):
         resp["response"] = {"content": text}
         return {"functionResponse": resp}
 
-    def assistant_anchors(self, body: Mapping[str, Any]) -> list[tuple[int, str]]:
-        out = []
-        for i, block in enumerate(body["contents"]):
-            if block.get("role") == "model":
-                text, calls = _client_view(block.get("parts") or [], "")
-                out.append((i, anchor_digest(text, calls)))
-        return out
+    def client_view(self, message: Mapping[str, Any], tool: str) -> tuple[str, list[tuple[str, str, str]]]:
+        return _client_view(message.get("parts") or [], tool)
 
-    def insert_answers(
-        self, body: dict[str, Any], index: int, calls: Sequence[Any], answers: Sequence[str]
-    ) -> None:
-        contents = body["contents"]
-        block = contents[index]
-        block["parts"] = [*(block.get("parts") or []), *copy.deepcopy(list(calls))]
-        parts = []
-        for part, text in zip(calls, answers, strict=True):
-            fc = _fcall(part) or {}
-            parts.append(self._response_part(str(fc.get("name", "")), fc.get("id"), text))
-        nxt = contents[index + 1] if index + 1 < len(contents) else None
-        if isinstance(nxt, dict) and nxt.get("role", "user") == "user":
-            rest = nxt.get("parts") or []
-            n = 0  # after the function responses already there, before the user's own text
-            while n < len(rest) and isinstance(rest[n], dict) and "functionResponse" in rest[n]:
-                n += 1
-            nxt["parts"] = [*rest[:n], *parts, *rest[n:]]
-        else:
-            contents.insert(index + 1, {"role": "user", "parts": parts})
+    def visible_message(self, text: str, calls: Sequence[Call]) -> dict[str, Any]:
+        parts: list[Any] = [{"text": text}] if text else []
+        return {"role": "model", "parts": [*parts, *(c.raw for c in calls)]}
 
-    def retrieval_sniffer(
-        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
-    ) -> RetrievalSniffer:
-        return GeminiRetrievalSniffer(
-            tool, drop_usage_chunk=drop_usage_chunk, prior=prior, allow_round=allow_round
-        )
+    def assistant_indexes(self, body: Mapping[str, Any]) -> list[int]:
+        return [i for i, block in enumerate(body["contents"]) if block.get("role") == "model"]

@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import copy
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import msgspec
 
 from compressors import tokens
 from proxy.exceptions import BadRequest, ProxyHTTPError
-from proxy.protocols._base import (
-    Adapter,
-    Call,
-    ModelTurn,
-    PathKey,
-    Prompt,
-    RetrievalSniffer,
-    Segment,
-    SegmentKind,
-    SSESplitter,
-    StreamSniffer,
-    ToolSpec,
-    Turn,
-    Usage,
-    add_usage,
-    anchor_digest,
-    decode_json_object,
-    digest,
-    encode_json,
-    sse_data,
-)
+from proxy.protocols._adapter import Adapter, Route
+from proxy.protocols._answer import Call, ModelTurn, ToolSpec, Usage, add_usage
+from proxy.protocols._codec import decode, decode_json_object, digest, encode_json
+from proxy.protocols._prompt import PathKey, Prompt, Segment, SegmentKind, Turn
+from proxy.protocols._stream import HopStream, SSESplitter, StreamEvent, sse_data
+
+__all__ = ["ChatStream", "OpenAIChatAdapter"]
 
 _ROLE_KIND: Mapping[str, SegmentKind] = {
     "system": "system",
@@ -53,13 +38,7 @@ class _Body(msgspec.Struct):
     usage: _UsageIn | None = None
 
 
-class _Chunk(msgspec.Struct):
-    choices: list[dict[str, Any]] = msgspec.field(default_factory=list)
-    usage: _UsageIn | None = None
-
-
 _body_decoder = msgspec.json.Decoder(_Body)
-_chunk_decoder = msgspec.json.Decoder(_Chunk)
 
 
 def _to_usage(raw: _UsageIn) -> Usage:
@@ -71,53 +50,6 @@ def _to_usage(raw: _UsageIn) -> Usage:
     )
 
 
-class OpenAIChatSniffer(StreamSniffer):
-    """Reads usage and finish reasons from a chat-completions SSE stream.
-
-    When the proxy added ``stream_options.include_usage`` itself, the usage-only chunk the
-    client did not ask for is held back; every other event is forwarded as it completes.
-    Otherwise chunks are forwarded exactly as they arrive.
-    """
-
-    def __init__(self, drop_usage_chunk: bool) -> None:
-        super().__init__()
-        self._drop = drop_usage_chunk
-        self._events = SSESplitter()
-
-    def _inspect(self, event: bytes) -> bool:
-        """Record what the event says; return False when it must not be forwarded."""
-        data = sse_data(event)
-        if not data or data == b"[DONE]":
-            return True
-        has_usage = b'"usage"' in data and b'"usage":null' not in data
-        if not has_usage and b'"finish_reason":"' not in data:
-            return True
-        try:
-            chunk = _chunk_decoder.decode(data)
-        except msgspec.DecodeError:
-            return True
-        for choice in chunk.choices:
-            reason = choice.get("finish_reason")
-            if isinstance(reason, str):
-                self.finish_reasons.append(reason)
-        if chunk.usage is not None:
-            self.usage = _to_usage(chunk.usage)
-            if self._drop and not chunk.choices:
-                return False
-        return True
-
-    def feed(self, chunk: bytes) -> bytes:
-        if not self._drop:
-            for event in self._events.feed(chunk):
-                self._inspect(event)
-            return chunk
-        return b"".join(e for e in self._events.feed(chunk) if self._inspect(e))
-
-    def close(self) -> bytes:
-        rest = self._events.rest()
-        return rest if self._drop else b""
-
-
 def _text(content: Any) -> str:
     """The text of a message ``content``: a string, text parts joined, or ``""``."""
     if isinstance(content, str):
@@ -125,6 +57,10 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
+
+
+def _raw_call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def _call_of(raw: Any) -> Call | None:
@@ -142,189 +78,182 @@ def _call_of(raw: Any) -> Call | None:
     )
 
 
-def _raw_call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+def _empty_delta(delta: Any) -> bool:
+    return isinstance(delta, dict) and all(v in (None, "", []) for v in delta.values())
 
 
-def _client_calls(calls: Sequence[Call]) -> list[tuple[str, str, str]]:
-    return [(c.id or "", c.name, c.arguments) for c in calls]
+class ChatStream(HopStream):
+    """A chat-completions SSE stream (one choice): ``data: {chunk}`` events and ``[DONE]``.
 
-
-def _name_of(call: dict[str, Any]) -> Any:
-    fn = call.get("function")
-    return fn.get("name") if isinstance(fn, dict) else None
-
-
-def _event(chunk: Any) -> bytes:
-    return b"data: " + encode_json(chunk) + b"\n\n"
-
-
-class OpenAIRetrievalSniffer(RetrievalSniffer):
-    """:class:`RetrievalSniffer` for chat-completions SSE streams (one choice)."""
+    Tool calls are followed by their ``index``; nocp's own are taken out when rendering and
+    the client's renumbered from 0, and a ``tool_calls`` finish reason left without calls
+    becomes ``stop``. A continuing hop drops its role chunk and takes the client stream's id.
+    """
 
     def __init__(
-        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
+        self, tool: str | None, *, drop_usage_chunk: bool = False, after: HopStream | None = None
     ) -> None:
-        super().__init__(tool, drop_usage_chunk=drop_usage_chunk, prior=prior, allow_round=allow_round)
+        super().__init__(tool, drop_usage_chunk=drop_usage_chunk, after=after)
         self._events = SSESplitter()
         self._text: list[str] = []
         self._calls: dict[int, dict[str, Any]] = {}  # index -> {"id", "name", "arguments"}
         self._ours: set[int] = set()
         self._renumber: dict[int, int] = {}
+        self.stream_id: str | None = after.stream_id if isinstance(after, ChatStream) else None
 
-    # ----------------------------------------------------------------- what was answered
+    # ----------------------------------------------------------------- parsing
+
+    def _event(self, raw: bytes) -> StreamEvent:
+        event = StreamEvent(raw)
+        data = sse_data(raw)
+        if not data or data == b"[DONE]":
+            return event
+        if self.tool is None and b'"usage":{' not in data and b'"finish_reason":"' not in data:
+            return event  # nothing to learn, nothing to change: not decoded
+        chunk = event.data = decode(data)
+        if not isinstance(chunk, dict):
+            return event
+        if self.stream_id is None and isinstance(chunk.get("id"), str):
+            self.stream_id = chunk["id"]
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            event.usage = True
+            self.usage_raw = usage
+            with contextlib.suppress(msgspec.ValidationError):
+                self.usage = _to_usage(msgspec.convert(usage, _UsageIn))
+        calls: list[str] = []
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                for key in ("content", "refusal"):
+                    if isinstance(delta.get(key), str) and delta[key]:
+                        event.text += delta[key]
+                        if key == "content":
+                            self._text.append(delta[key])
+                for tc in delta.get("tool_calls") or ():
+                    if isinstance(tc, dict):
+                        self._observe_call(tc, calls)
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str):
+                self.finish_reasons.append(reason)
+                event.finishing = True
+        event.calls = tuple(calls)
+        return event
+
+    def _observe_call(self, tc: dict[str, Any], new: list[str]) -> None:
+        index = tc.get("index", 0)
+        fn: dict[str, Any] = tc["function"] if isinstance(tc.get("function"), dict) else {}
+        call = self._calls.get(index)
+        if call is None:
+            name = str(fn.get("name") or "")
+            call = self._calls[index] = {"id": tc.get("id"), "name": name, "arguments": ""}
+            new.append(name)
+            if self.tool is not None and name == self.tool:
+                self._ours.add(index)
+            else:
+                self._renumber[index] = len(self._renumber)
+        if isinstance(fn.get("arguments"), str):
+            call["arguments"] += fn["arguments"]
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        return [self._event(raw) for raw in self._events.feed(chunk)]
+
+    def close(self) -> list[StreamEvent]:
+        rest = self._events.rest()
+        return [self._event(rest)] if rest.strip() else []
+
+    # ----------------------------------------------------------------- the answer
+
+    def _call(self, index: int) -> Call:
+        c = self._calls[index]
+        return Call(
+            name=c["name"],
+            arguments=c["arguments"],
+            id=c["id"],
+            raw=_raw_call(c["id"], c["name"], c["arguments"]),
+        )
+
+    def calls(self) -> list[Call]:
+        return [self._call(i) for i in sorted(self._calls)]
+
+    def text(self) -> str:
+        return "".join(self._text)
 
     def turn(self) -> ModelTurn:
-        calls = [self._as_call(i) for i in sorted(self._calls)]
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self._text) or None}
+        calls = self.calls()
+        message: dict[str, Any] = {"role": "assistant", "content": self.text() or None}
         if calls:
             message["tool_calls"] = [c.raw for c in calls]
         return ModelTurn(message=message, calls=calls, usage=self.usage_raw)
 
-    def _as_call(self, index: int) -> Call:
-        c = self._calls[index]
-        raw = {
-            "id": c["id"],
-            "type": "function",
-            "function": {"name": c["name"], "arguments": c["arguments"]},
-        }
-        return Call(name=c["name"], arguments=c["arguments"], id=c["id"], raw=raw)
+    # ----------------------------------------------------------------- for the client
 
-    def ours(self) -> list[Call]:
-        return [self._as_call(i) for i in sorted(self._ours)]
-
-    def client_calls(self) -> int:
-        return len(self._calls) - len(self._ours)
-
-    def client_message(self) -> tuple[str, list[tuple[str, str, str]]]:
-        calls = [self._as_call(i) for i in sorted(self._calls) if i not in self._ours]
-        return "".join(self._text), _client_calls(calls)
-
-    # ----------------------------------------------------------------- the stream
-
-    def _observe(self, chunk: Any) -> None:
-        """Record what one chunk says, and decide the mode when it tells."""
-        if not isinstance(chunk, dict):
-            return
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage_raw = usage
-            with contextlib.suppress(msgspec.ValidationError):
-                self.usage = _to_usage(msgspec.convert(usage, _UsageIn))
-        decided_by: str | None = "usage" if isinstance(usage, dict) else None
+    def render(self, event: StreamEvent, prior: Mapping[str, Any] | None) -> bytes | None:
+        chunk = event.data
+        if not isinstance(chunk, dict) or (self.passthrough and not event.usage):
+            self.emitted += 1
+            return event.raw
+        changed = False
+        if self.continues and self.stream_id and chunk.get("id") != self.stream_id:
+            chunk["id"] = self.stream_id
+            changed = True
+        stop = bool(self._ours) and len(self._ours) == len(self._calls)
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                self._text.append(content)
-                decided_by = decided_by or "text"
-            if isinstance(delta.get("refusal"), str) and delta["refusal"]:
-                decided_by = decided_by or "text"
-            for tc in delta.get("tool_calls") or ():
-                index = tc.get("index", 0)
-                fn = tc.get("function") or {}
-                call = self._calls.get(index)
-                if call is None:
-                    name = str(fn.get("name") or "")
-                    call = self._calls[index] = {"id": tc.get("id"), "name": name, "arguments": ""}
-                    if name == self.tool:
-                        self._ours.add(index)
-                        decided_by = decided_by or "ours"
-                    else:
-                        self._renumber[index] = len(self._renumber)
-                        decided_by = decided_by or "call"
-                if isinstance(fn.get("arguments"), str):
-                    call["arguments"] += fn["arguments"]
-            reason = choice.get("finish_reason")
-            if isinstance(reason, str):
-                self.finish_reasons.append(reason)
-                decided_by = decided_by or "finish"
-        if self.mode == "undecided" and decided_by is not None:
-            self.mode = "consume" if decided_by == "ours" and self.allow_round else "relay"
-
-    def _rewrite(self, event: bytes, chunk: Any) -> bytes | None:
-        """``event`` as the client gets it: retrieval calls out, usage summed; None: drop it."""
-        if not isinstance(chunk, dict):
-            return event
-        changed = False
-        has_finish = False
-        for choice in chunk.get("choices") or ():
             delta = choice.get("delta")
-            if isinstance(delta, dict) and delta.get("tool_calls"):
-                kept = []
-                for tc in delta["tool_calls"]:
-                    index = tc.get("index", 0)
-                    if index in self._ours:
-                        changed = True
-                        continue
-                    new = self._renumber.get(index, index)
-                    if new != index:
-                        tc = {**tc, "index": new}
-                        changed = True
-                    kept.append(tc)
-                if kept:
-                    delta["tool_calls"] = kept
-                else:
-                    del delta["tool_calls"]
-            if choice.get("finish_reason") == "tool_calls" and self._ours and not self.client_calls():
+            if isinstance(delta, dict):
+                if self.continues and "role" in delta:
+                    del delta["role"]
+                    changed = True
+                if delta.get("tool_calls"):
+                    kept = []
+                    for tc in delta["tool_calls"]:
+                        index = tc.get("index", 0) if isinstance(tc, dict) else None
+                        if index in self._ours:
+                            changed = True
+                            continue
+                        new = self._renumber.get(index, index) if index is not None else None
+                        if new != index:
+                            tc = {**tc, "index": new}
+                            changed = True
+                        kept.append(tc)
+                    if kept:
+                        delta["tool_calls"] = kept
+                    else:
+                        del delta["tool_calls"]
+            if stop and choice.get("finish_reason") == "tool_calls":
                 choice["finish_reason"] = "stop"
                 changed = True
-            has_finish = has_finish or choice.get("finish_reason") is not None
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             if self.drop_usage_chunk and not chunk.get("choices"):
                 return None
-            if self.prior:
-                chunk["usage"] = add_usage(usage, self.prior)
+            if prior:
+                chunk["usage"] = add_usage(usage, prior)
                 changed = True
         if not changed:
-            return event
-        choices = chunk.get("choices") or []
-        if choices and not has_finish and not usage and all(not c.get("delta") for c in choices):
+            self.emitted += 1
+            return event.raw
+        choices = [c for c in chunk.get("choices") or () if isinstance(c, dict)]
+        if (
+            choices
+            and not isinstance(usage, dict)
+            and all(c.get("finish_reason") is None and _empty_delta(c.get("delta")) for c in choices)
+        ):
             return None  # nothing left but an empty delta
-        return _event(chunk)
-
-    def _parse(self, event: bytes) -> Any:
-        data = sse_data(event)
-        if not data or data == b"[DONE]":
-            return None
-        try:
-            return msgspec.json.decode(data)
-        except msgspec.DecodeError:
-            return None
-
-    def _release(self, items: list[tuple[bytes, Any]]) -> bytes:
-        out = []
-        for event, chunk in items:
-            data = self._rewrite(event, chunk)
-            if data:
-                out.append(data)
-        return b"".join(out)
-
-    def _items(self, chunk: bytes) -> Iterator[tuple[bytes, Any]]:
-        for event in self._events.feed(chunk):
-            yield event, self._parse(event)
-
-    def _rest(self) -> tuple[bytes, Any] | None:
-        rest = self._events.rest()
-        return (rest, self._parse(rest)) if rest else None
-
-    def _finishing(self, parsed: Any) -> bool:
-        return any(isinstance(c, dict) and c.get("finish_reason") for c in _choices(parsed))
-
-
-def _choices(chunk: Any) -> list[Any]:
-    if isinstance(chunk, dict) and isinstance(chunk.get("choices"), list):
-        return list(chunk["choices"])
-    return []
+        self.emitted += 1
+        return b"data: " + encode_json(chunk) + b"\n\n"
 
 
 class OpenAIChatAdapter(Adapter):
     """Adapter for ``/v1/chat/completions``."""
 
-    protocol: ClassVar[Literal["openai", "gemini"]] = "openai"
+    protocol: ClassVar[str] = "openai"
+    upstream_protocol: ClassVar[str] = "openai"
+    routes: ClassVar[tuple[Route, ...]] = (("POST", "/v1/chat/completions"),)
 
     def parse(self, body: bytes, match_info: Mapping[str, str]) -> dict[str, Any]:
         data = decode_json_object(body)
@@ -426,8 +355,10 @@ class OpenAIChatAdapter(Adapter):
             return Usage()
         return _to_usage(parsed.usage) if parsed.usage else Usage()
 
-    def sniffer(self, body: Mapping[str, Any], injected_usage: bool) -> StreamSniffer:
-        return OpenAIChatSniffer(drop_usage_chunk=injected_usage)
+    def hop_stream(
+        self, tool: str | None, *, drop_usage_chunk: bool = False, after: HopStream | None = None
+    ) -> HopStream:
+        return ChatStream(tool, drop_usage_chunk=drop_usage_chunk, after=after)
 
     def count_prompt(self, body: Mapping[str, Any], model: str) -> int:
         return tokens.count_chat_request(body, model)
@@ -518,48 +449,42 @@ class OpenAIChatAdapter(Adapter):
             parsed["usage"] = add_usage(parsed["usage"], prior)
         return encode_json(parsed)
 
-    def client_message(self, data: bytes, tool: str) -> tuple[str, list[tuple[str, str, str]]]:
-        turn = self.model_turn(data)
-        if turn is None:
-            return "", []
-        return _text(turn.message.get("content")), _client_calls([c for c in turn.calls if c.name != tool])
+    def intercepts(self, body: Mapping[str, Any], tool: str) -> bool:
+        blocker = self.retrieval_blocker(body, tool)
+        return blocker is None or blocker.startswith("tool_choice")
 
-    def follow_up(
-        self, body: Mapping[str, Any], turn: ModelTurn, answers: Sequence[tuple[Call, str]]
-    ) -> dict[str, Any]:
-        results = [{"role": "tool", "tool_call_id": call.id or "", "content": text} for call, text in answers]
-        return {**body, "messages": [*body["messages"], turn.message, *results]}
-
-    def assistant_anchors(self, body: Mapping[str, Any]) -> list[tuple[int, str]]:
-        out = []
-        for i, msg in enumerate(body["messages"]):
-            if msg.get("role") != "assistant":
-                continue
-            calls = [c for raw in msg.get("tool_calls") or () if (c := _call_of(raw)) is not None]
-            out.append((i, anchor_digest(_text(msg.get("content")), _client_calls(calls))))
-        return out
-
-    def insert_answers(
-        self, body: dict[str, Any], index: int, calls: Sequence[Any], answers: Sequence[str]
-    ) -> None:
-        messages = body["messages"]
-        msg = messages[index]
-        msg["tool_calls"] = [*(msg.get("tool_calls") or []), *copy.deepcopy(list(calls))]
-        end = index + 1
-        while end < len(messages) and messages[end].get("role") == "tool":
-            end += 1
-        results = [
-            {"role": "tool", "tool_call_id": str(call.get("id") or ""), "content": text}
-            for call, text in zip(calls, answers, strict=True)
+    def remove_tool(self, body: dict[str, Any], tool: str, *, forbid_calls: bool) -> None:
+        tools = [
+            t
+            for t in body.get("tools") or ()
+            if not (isinstance(t, dict) and (t.get("function") or {}).get("name") == tool)
         ]
-        messages[end:end] = results
+        if tools:
+            body["tools"] = tools
+        else:
+            body.pop("tools", None)
+            body.pop("tool_choice", None)
+            body.pop("parallel_tool_calls", None)
+        if forbid_calls and tools and body.get("tool_choice") != "required":
+            body["tool_choice"] = "none"
 
-    def retrieval_sniffer(
-        self, tool: str, *, drop_usage_chunk: bool, prior: Mapping[str, Any] | None, allow_round: bool
-    ) -> RetrievalSniffer:
-        return OpenAIRetrievalSniffer(
-            tool, drop_usage_chunk=drop_usage_chunk, prior=prior, allow_round=allow_round
-        )
+    def tool_results(self, answers: Sequence[tuple[Call, str]]) -> list[dict[str, Any]]:
+        return [{"role": "tool", "tool_call_id": call.id or "", "content": text} for call, text in answers]
+
+    def client_view(self, message: Mapping[str, Any], tool: str) -> tuple[str, list[tuple[str, str, str]]]:
+        calls = [c for raw in message.get("tool_calls") or () if (c := _call_of(raw)) is not None]
+        return _text(message.get("content")), [
+            (c.id or "", c.name, c.arguments) for c in calls if c.name != tool
+        ]
+
+    def visible_message(self, text: str, calls: Sequence[Call]) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            message["tool_calls"] = [c.raw for c in calls]
+        return message
+
+    def assistant_indexes(self, body: Mapping[str, Any]) -> list[int]:
+        return [i for i, msg in enumerate(body["messages"]) if msg.get("role") == "assistant"]
 
     def error_body(self, err: ProxyHTTPError) -> dict[str, Any]:
         return {

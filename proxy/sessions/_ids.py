@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.protocols._base import encode_json
+from proxy.protocols import encode_json
 
 __all__ = ["HEADER", "METADATA_KEYS", "derive_session_id"]
 

@@ -7,9 +7,10 @@ provider's prompt cache keeps working. Large requests are compressed on a worker
 the event loop keeps serving other requests and the stage's time budget can take effect.
 
 With retrieval on (``ctx.retrieval``), lossy markers carry the original's content id and each
-lossy cut is recorded there (its original is stored once the request is ready to go). An
-output the session already retrieved is sent whole from then on (it changes once, on the
-turn after the retrieval), and the retrieval tool's own results are never compressed.
+lossy cut is recorded there (its original is stored once the request is ready to go). A cut
+keeps its bytes on every turn, also after the model retrieved from it (what it retrieved is
+put back beside it, see :mod:`proxy.toolloop`), and the retrieval tool's own results are
+never compressed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import msgspec
 from compressors import CompressionConfig, CompressionContext, CompressionResult, compress
 from proxy.pipeline import StageContext
 from proxy.protocols import Prompt, Segment
-from proxy.retrieval import RetrievalRequest
 from proxy.translog import SegmentRecord
 
 _THREAD_CHARS = 64 * 1024  # below this, a thread hop costs more than the work
@@ -77,8 +77,6 @@ class ToolOutputStage:
             results = await asyncio.to_thread(self._run, work, ctx.model, config)
         else:
             results = self._run(work, ctx.model, config)
-        if retrieval is not None:
-            results = await self._keep_retrieved(work, results, retrieval)
         record = ctx.record
         for (i, seg, _), result in zip(work, results, strict=True):
             record.segments.append(
@@ -106,34 +104,3 @@ class ToolOutputStage:
                     record.input_compression_methods.append(result.method)
                 record.compression_justified = True
         return prompt
-
-    @staticmethod
-    async def _keep_retrieved(
-        work: list[tuple[int, Segment, str]], results: list[CompressionResult], retrieval: RetrievalRequest
-    ) -> list[CompressionResult]:
-        """``results`` with each lossy cut the session already retrieved undone."""
-        refs = [res.ref for res in results if res.ref is not None]
-        if not refs:
-            return results
-        try:
-            done = await retrieval.retrieved(refs)
-        except Exception as exc:  # the store is down: compress as usual rather than not at all
-            retrieval.fail_open("retrieved ids", exc)
-            return results
-        if not done:
-            return results
-        return [
-            msgspec.structs.replace(
-                res,
-                text=seg.text,
-                tokens_after=res.tokens_before,
-                method="none",
-                lossless=True,
-                omitted=(),
-                ref=None,
-                skipped_reason="retrieved",
-            )
-            if res.ref in done
-            else res
-            for (_, seg, _), res in zip(work, results, strict=True)
-        ]

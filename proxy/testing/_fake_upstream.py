@@ -79,6 +79,10 @@ class FakeUpstream:
         self.disconnects = 0
         self.disconnected = asyncio.Event()
         self.prefix_cache = PrefixCache()
+        # How OpenAI streams begin: "role_first" (a role-only chunk, as vLLM-style servers
+        # send) or "openai" (OpenAI's: an answer with only tool calls has the role in the
+        # first call's delta).
+        self.openai_stream_shape = "role_first"
         self._script: deque[Step] = deque()
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -319,7 +323,13 @@ class FakeUpstream:
         options = payload.get("stream_options")
         include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
         events = openai.stream_events(
-            turn, cid=cid, created=self.created, model=model, usage=usage, include_usage=include_usage
+            turn,
+            cid=cid,
+            created=self.created,
+            model=model,
+            usage=usage,
+            include_usage=include_usage,
+            shape=self.openai_stream_shape,
         )
         return await self._stream(request, events, plan, "text/event-stream", body)
 

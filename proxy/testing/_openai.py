@@ -191,10 +191,15 @@ def stream_events(
     model: str,
     usage: Mapping[str, Any],
     include_usage: bool,
+    shape: str = "role_first",
 ) -> list[bytes]:
     """The SSE events of a streamed completion: a role chunk, content pieces (one per word),
     tool-call deltas (header then argument pieces), a finish chunk, the usage chunk when
-    ``include_usage`` (every other chunk then carries ``"usage": null``), and ``[DONE]``."""
+    ``include_usage`` (every other chunk then carries ``"usage": null``), and ``[DONE]``.
+
+    ``shape`` ``"role_first"`` (vLLM-style servers) always sends the role alone first;
+    ``"openai"`` (OpenAI's own) puts the role into the first tool-call delta of an answer that
+    has no text, as OpenAI does."""
 
     def event(choices: list[dict[str, Any]], final_usage: Mapping[str, Any] | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -213,12 +218,16 @@ def stream_events(
     def delta(d: dict[str, Any], finish: str | None = None) -> bytes:
         return event([{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}])
 
-    events = [delta({"role": "assistant", "content": "" if turn.text is not None else None, "refusal": None})]
+    role = {"role": "assistant", "content": "" if turn.text is not None else None, "refusal": None}
+    merge_role = shape == "openai" and not turn.text and bool(turn.calls)
+    events = [] if merge_role else [delta(role)]
     if turn.text:
         events += [delta({"content": piece}) for piece in split_words(turn.text)]
     for i, c in enumerate(turn.calls):
         head = {"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": ""}}
-        events.append(delta({"tool_calls": [head]}))
+        events.append(
+            delta({**role, "tool_calls": [head]} if merge_role and i == 0 else {"tool_calls": [head]})
+        )
         if c.arguments:
             events += [
                 delta({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})

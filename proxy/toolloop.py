@@ -1,0 +1,452 @@
+"""The retrieval tool loop: nocp answers ``nocp_retrieve`` itself, inside the client's request.
+
+A feature of the exchange (:mod:`proxy.exchange`), written once for every protocol against
+the adapter's tool-loop pieces. In one request:
+
+- **before stages**: retrieval rounds of earlier requests are put back where they happened.
+  After a round, the client holds only the answer; the model saw its call, nocp's answer and
+  its own continuation. Those messages are stored under the answer as the client got it (its
+  position and a digest of its text and calls) and replace that answer in every later
+  request that still holds it, the same bytes each time: the prompt cache keeps hitting and
+  what the model retrieved stays in front of it, while the cut output keeps its compressed
+  bytes (a retrieval never un-compresses it).
+- **after stages**: the originals of the cuts sent are stored (timers restarted), and the
+  tool is offered when the request carries a marker of one (unless the client forbids or
+  forces tools: then the markers say ``not retrievable``). The marker ids of the request are
+  the only ids answered: an id from another conversation gets "nothing stored".
+- **on response**: the name is reserved: a call to it is nocp's to answer whether or not the
+  tool was offered in this request (a model may call it on a later turn or a retry). A
+  response whose only calls are nocp's is a round: answered, and the conversation continued
+  upstream, at most ``retrieval.max_rounds`` times; the request after the last round no
+  longer offers the tool, so the model answers with what it has. Streams are relayed as they
+  arrive: text streamed before a call (a preamble) is followed, in the same client stream, by
+  the answer after the round (one assistant message; the continuation's role chunk and id are
+  the first hop's). nocp's calls beside the client's own are taken out of what the client
+  gets and answered in the stored messages, which later requests put back.
+
+Every stored key is scoped by tenant (a hash of the client's credential) and session id.
+Fail open: a failure in here never fails the request; it is recorded in the TransactionLog's
+``fail_open`` (stage ``retrieval``) and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any, Final, Literal
+
+import msgspec
+import structlog
+
+from compressors import tokens
+from compressors.markers import ID_CHARS, ID_SUFFIX, marker_ids, unavailable
+from proxy.config import RetrievalConfig, Settings
+from proxy.exchange import Exchange, FeatureRequest
+from proxy.protocols import Call, HopStream, ModelTurn, Prompt, StreamEvent, add_usage, anchor_digest
+from proxy.retrieval import LAST_ROUND_NOTE, Original, duration, ref_of, select, tool_spec
+from proxy.sessions import SessionStore
+from proxy.translog import FailOpen, HopUsage, RetrievalRecord, retrieval_overhead_tokens
+
+__all__ = ["Hidden", "ToolLoop"]
+
+_log = structlog.get_logger("nocp.toolloop")
+
+
+class Hidden(msgspec.Struct, frozen=True):
+    """The messages that stand, for the model, where the client holds one assistant answer:
+    the model's own messages of the rounds (nocp's calls included) and nocp's answers."""
+
+    messages: list[Any]
+
+
+_original_decoder = msgspec.json.Decoder(Original)
+_hidden_decoder = msgspec.json.Decoder(Hidden)
+_encoder = msgspec.json.Encoder()
+_UNDECIDED: Final = "undecided"
+
+
+def scope(tenant: str, session: str | None) -> str:
+    """The key prefix of everything stored for ``session`` of ``tenant``."""
+    raw = f"{tenant}\0{session or '-'}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+class ToolLoop:
+    """The feature: retrieval config, the session store and the tool nocp offers."""
+
+    def __init__(self, config: RetrievalConfig, store: SessionStore, *, session_ttl_s: float) -> None:
+        self.config = config
+        self.store = store
+        self.session_ttl_s = session_ttl_s
+        self.spec = tool_spec(config)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: SessionStore) -> ToolLoop | None:
+        """The feature when ``retrieval.enabled``, else None."""
+        if not settings.retrieval.enabled:
+            return None
+        return cls(
+            settings.retrieval, store, session_ttl_s=max(settings.sessions.ttl_s, settings.retrieval.ttl_s)
+        )
+
+    def begin(self, x: Exchange) -> LoopRequest:
+        """The loop's state for one request."""
+        return LoopRequest(self, x)
+
+
+class LoopRequest(FeatureRequest):
+    """The tool loop in one request (see the module docstring)."""
+
+    def __init__(self, app: ToolLoop, x: Exchange) -> None:
+        self.app = app
+        self.config = app.config
+        self.tool_name = app.config.tool_name
+        self.intercept = x.adapter.intercepts(x.body, self.tool_name)
+        self.owns_response = self.intercept
+        self.tool = self.tool_name if self.intercept else None
+        self.scope = scope(x.tenant, x.record.session_id)
+        self.record = x.record
+        self.model = x.model
+        self.cut_originals: dict[str, Original] = {}
+        self.conversation: set[str] = set()  # marker ids of the request sent: the ids answered
+        self.offered = False
+        self.rounds = 0
+        self.prior: dict[str, Any] | None = None  # raw usage of the rounds so far, summed
+        self.sent: dict[str, Any] | None = None  # the last request sent, for a follow-up
+        self.hidden: list[Any] = []  # the rounds' messages, as the model saw them
+        self.shown: list[str] = []  # text the client received (every hop of a stream)
+        # per streamed hop
+        self.mode: Literal["undecided", "relay", "consume"] = _UNDECIDED
+        self.held: list[StreamEvent] = []
+        self.tail = False
+        self.failed: str | None = None
+        self.raw = bytearray()  # the hop as received, until something reaches the client
+        self.released = False
+
+    # ----------------------------------------------------------------- keys, failures
+
+    def _okey(self, ref: str) -> str:
+        return f"o:{self.scope}:{ref}"
+
+    def _hkey(self, index: int, anchor: str) -> str:
+        return f"h:{self.scope}:{index}:{anchor}"
+
+    def fail_open(self, where: str, exc: BaseException) -> None:
+        """Record and log a failure of the loop; the request goes on."""
+        reason = f"{where}: {type(exc).__name__}: {exc}"[:500]
+        self.record.fail_open.append(FailOpen(stage="retrieval", reason=reason))
+        _log.warning("retrieval_failed_open", reason=reason)
+
+    # ----------------------------------------------------------------- for the stages
+
+    @property
+    def cuts(self) -> LoopRequest:
+        return self
+
+    def add_cut(self, ref: str, text: str, *, tool: str | None, content_type: str, kind: str) -> None:
+        """A stage made a lossy cut whose markers carry ``ref``; ``text`` is the original."""
+        self.cut_originals.setdefault(
+            ref, Original(text=text, tool=tool, content_type=content_type, kind=kind)
+        )
+
+    # ----------------------------------------------------------------- before the stages
+
+    def _anchor(self, x: Exchange, message: Any) -> str:
+        return anchor_digest(*x.adapter.client_view(message, self.tool_name))
+
+    async def before_stages(self, x: Exchange) -> bool:
+        """Put back the rounds of earlier requests; True if any was."""
+        if not self.intercept:
+            return False
+        try:
+            turns = x.body[x.adapter.turns_key]
+            indexes = x.adapter.assistant_indexes(x.body)
+            if not indexes:
+                return False
+            keys = [self._hkey(i, self._anchor(x, turns[i])) for i in indexes]
+            values = await self.app.store.get_blobs(keys, ttl_s=self.app.session_ttl_s)
+            found = [(i, _hidden_decoder.decode(v)) for i, v in zip(indexes, values, strict=True) if v]
+            for i, hidden in reversed(found):  # from the end: earlier indexes stay valid
+                turns[i : i + 1] = hidden.messages
+            return bool(found)
+        except Exception as exc:
+            self.fail_open("putting back earlier rounds", exc)
+            return False
+
+    # ----------------------------------------------------------------- after the stages
+
+    async def after_stages(self, x: Exchange, before: Prompt, after: Prompt) -> Prompt:
+        """Store the originals of the cuts sent and decide whether the tool is offered; when
+        it is not, the markers say so."""
+        texts = [s.text for s in after.segments if ID_SUFFIX in s.text]
+        if after.rollup is not None:
+            texts.append(after.rollup.text)
+        self.conversation = {ref for t in texts for ref in marker_ids(t)}
+        present = sorted(ref for ref in self.conversation if ref in self.cut_originals)
+        blocker = x.adapter.retrieval_blocker(x.body, self.tool_name)
+        if not present:
+            agent = x.body.get("tools") or any(g.kind in ("tool_call", "tool_output") for g in after.segments)
+            if self.config.offer_to_agents and agent and blocker is None:
+                self.offered = self.record.retrieval_offered = True
+            return after
+        if blocker is None:
+            try:
+                await self._store_originals(present)
+            except Exception as exc:
+                self.fail_open("storing originals", exc)
+                blocker = "store unavailable"
+        if blocker is not None:
+            _log.debug("retrieval_not_offered", reason=blocker)
+            self.conversation -= set(present)
+            return _mark_unavailable(before, after, set(present))
+        self.offered = self.record.retrieval_offered = True
+        return after
+
+    async def _store_originals(self, refs: list[str]) -> None:
+        store, ttl = self.app.store, self.config.ttl_s
+        keys = [self._okey(r) for r in refs]
+        live = await store.touch_blobs(keys, ttl_s=ttl)
+        missing = {
+            k: _encoder.encode(self.cut_originals[r])
+            for k, r, ok in zip(keys, refs, live, strict=True)
+            if not ok
+        }
+        await store.put_blobs(missing, ttl_s=ttl)
+
+    def before_send(self, x: Exchange) -> bool:
+        if self.offered:
+            x.adapter.add_tool(x.body, self.app.spec)
+            return True
+        return False
+
+    # ----------------------------------------------------------------- answering
+
+    @property
+    def allow_round(self) -> bool:
+        """True while another round may follow: ``max_rounds`` with the tool offered, and one
+        more for a model that calls it after it was withdrawn."""
+        return self.rounds <= self.config.max_rounds
+
+    async def _round(self, x: Exchange, turn: ModelTurn, ours: list[Call]) -> dict[str, Any]:
+        """Answer a round's calls; the request that continues the conversation."""
+        answers = await self._answer(ours)
+        self.prior = add_usage(turn.usage, self.prior)
+        self.rounds += 1
+        self.record.retrieval_rounds = self.rounds
+        self.hidden += [turn.message, *x.adapter.tool_results(answers)]
+        body = x.adapter.follow_up(self.sent or x.body, turn, answers)
+        if self.rounds >= self.config.max_rounds:
+            x.adapter.remove_tool(body, self.tool_name, forbid_calls=self.rounds > self.config.max_rounds)
+        self.sent = body
+        return body
+
+    async def _answer(self, calls: list[Call]) -> list[tuple[Call, str]]:
+        """The tool result for each call; records each retrieval."""
+        refs = [ref_of(c) for c in calls]
+        wanted = list(dict.fromkeys(r for r, _ in refs if r and r in self.conversation))
+        originals: dict[str, Original] = {}
+        failed = False
+        if wanted:
+            try:
+                values = await self.app.store.get_blobs(
+                    [self._okey(r) for r in wanted], ttl_s=self.config.ttl_s
+                )
+                originals = {r: _original_decoder.decode(v) for r, v in zip(wanted, values, strict=True) if v}
+            except Exception as exc:
+                self.fail_open("reading originals", exc)
+                failed = True
+        last = self.rounds + 1 >= self.config.max_rounds
+        out: list[tuple[Call, str]] = []
+        for call, (ref, query) in zip(calls, refs, strict=True):
+            original = originals.get(ref) if ref else None
+            if ref is None:
+                text = (
+                    f"{self.tool_name} needs the id of a [nocp omitted: ...; id=<id>] marker "
+                    f"(a {ID_CHARS}-character hex string)."
+                )
+            elif failed:
+                text = (
+                    f"The content of id {ref} cannot be fetched right now; answer from what the "
+                    "conversation shows."
+                )
+            elif original is None:
+                text = (
+                    f"Nothing is stored under id {ref}: it expired (originals are kept "
+                    f"{duration(self.config.ttl_s)} after their last use) or never existed. Answer from "
+                    "what the conversation shows, and say what is missing if it matters."
+                )
+            else:
+                text = select(original.text, query, self.config.max_result_chars)
+            if last:
+                text += LAST_ROUND_NOTE
+            n = tokens.count(text, self.model)
+            self.record.retrieval_tokens += n
+            self.record.retrievals.append(
+                RetrievalRecord(
+                    id=ref or "",
+                    tool=original.tool if original else None,
+                    content_type=original.content_type if original else "unknown",
+                    found=original is not None,
+                    deferred=False,
+                    tokens=n,
+                )
+            )
+            out.append((call, text))
+        return out
+
+    async def _remember(
+        self, x: Exchange, turn: ModelTurn, answers: list[tuple[Call, str]], visible: Any
+    ) -> None:
+        """Store the rounds (and answers to calls the client did not get) under the answer
+        the client got, ``visible``, for the next requests to put back."""
+        if not self.hidden and not answers:
+            return
+        messages = [*self.hidden, turn.message, *x.adapter.tool_results(answers)]
+        key = self._hkey(x.client_len, self._anchor(x, visible))
+        try:
+            await self.app.store.put_blobs(
+                {key: _encoder.encode(Hidden(messages=messages))}, ttl_s=self.app.session_ttl_s
+            )
+        except Exception as exc:
+            self.fail_open("storing the rounds", exc)
+
+    def _defer(self, ours: list[Call]) -> None:
+        for rec in self.record.retrievals[-len(ours) :]:
+            rec.deferred = True
+
+    # ----------------------------------------------------------------- whole answers
+
+    async def on_reply(self, x: Exchange, data: bytes) -> tuple[bytes, dict[str, Any] | None]:
+        try:
+            turn = x.adapter.model_turn(data)
+            if turn is None:
+                return (
+                    x.adapter.client_reply(data, self.tool_name, self.prior) if self.prior else data
+                ), None
+            ours = [c for c in turn.calls if c.name == self.tool_name]
+            if ours and len(ours) == len(turn.calls) and self.allow_round:
+                return data, await self._round(x, turn, ours)
+            answers = await self._answer(ours) if ours else []
+            self._defer(ours)
+            await self._remember(x, turn, answers, turn.message)
+            if ours or self.prior:
+                data = x.adapter.client_reply(data, self.tool_name, self.prior)
+            return data, None
+        except Exception as exc:
+            self.fail_open("answer", exc)
+            return data, None
+
+    # ----------------------------------------------------------------- streamed answers
+
+    def _decide(self, event: StreamEvent) -> None:
+        if self.mode != _UNDECIDED:
+            return
+        # Held only when the answer begins with nocp's call: anything else (a role chunk
+        # included) goes out at once; a round found later continues the same client stream.
+        ours = bool(event.calls) and event.calls[0] == self.tool_name and self.allow_round
+        self.mode = "consume" if ours else "relay"
+
+    def _render(self, hop: HopStream, events: Iterable[StreamEvent]) -> bytes:
+        out = []
+        for event in events:
+            data = hop.render(event, self.prior)
+            if data:
+                out.append(data)
+                if event.text:
+                    self.shown.append(event.text)
+        return b"".join(out)
+
+    def on_chunk(self, x: Exchange, hop: HopStream, chunk: bytes) -> bytes:
+        if self.failed is not None:
+            return chunk
+        if not self.released:
+            self.raw += chunk
+        try:
+            out: list[bytes] = []
+            for event in hop.feed(chunk):
+                self._decide(event)
+                if self.mode == "relay" and not self.tail:
+                    if self.held:
+                        out.append(self._render(hop, self.held))
+                        self.held.clear()
+                    if event.finishing:
+                        self.tail = True  # from the finish on, events wait for the hop's end
+                        self.held.append(event)
+                    else:
+                        out.append(self._render(hop, (event,)))
+                else:
+                    self.held.append(event)
+            data = b"".join(out)
+            if data:
+                self.released = True
+                self.raw = bytearray()
+            return data
+        except Exception as exc:  # fail open: from here on, pass the stream through
+            return self._fail(exc, chunk)
+
+    def _fail(self, exc: Exception, chunk: bytes) -> bytes:
+        self.failed = f"{type(exc).__name__}: {exc}"[:300]
+        self.fail_open("stream", exc)
+        if self.released:
+            return chunk
+        self.released = True
+        data, self.raw = bytes(self.raw), bytearray()
+        return data
+
+    def _next_hop(self) -> None:
+        self.mode, self.held, self.tail, self.raw = _UNDECIDED, [], False, bytearray()
+
+    async def on_stream_end(self, x: Exchange, hop: HopStream) -> tuple[bytes, dict[str, Any] | None]:
+        if self.failed is not None:
+            return b"", None
+        try:
+            for event in hop.close():
+                self._decide(event)
+                self.held.append(event)
+            ours, client = hop.ours(), hop.client_calls()
+            turn = hop.turn()
+            if ours and not client and self.allow_round:
+                follow = await self._round(x, turn, ours)  # what is held never reaches the client
+                self._next_hop()
+                return b"", follow
+            answers = await self._answer(ours) if ours else []
+            self._defer(ours)
+            await self._remember(x, turn, answers, x.adapter.visible_message("".join(self.shown), client))
+            data = self._render(hop, self.held) + hop.end()
+            self.held.clear()
+            return data, None
+        except Exception as exc:
+            self.fail_open("stream end", exc)
+            self.failed = f"{type(exc).__name__}: {exc}"[:300]
+            if self.released:
+                return b"", None
+            return bytes(self.raw), None
+
+    # ----------------------------------------------------------------- finish
+
+    def finish(self, x: Exchange) -> None:
+        """Per-hop usage, and what the rounds cost, into the record."""
+        hops = x.hops
+        if len(hops) <= 1:
+            return
+        rec = self.record
+        rec.retrieval_hops = [
+            HopUsage(
+                prompt_tokens=u.prompt_tokens,
+                cached_tokens=u.cached_tokens,
+                completion_tokens=u.completion_tokens,
+            )
+            for u in hops
+        ]
+        # What the rounds cost, subtracted from the savings like a summarizer's tokens.
+        rec.compression_overhead_tokens += retrieval_overhead_tokens(hops, self.rounds)
+
+
+def _mark_unavailable(before: Prompt, after: Prompt, present: set[str]) -> Prompt:
+    for i, (old, new) in enumerate(zip(before.segments, after.segments, strict=True)):
+        if new.text != old.text:
+            after = after.with_text(i, unavailable(new.text, present))
+    if after.rollup is not None:
+        r = after.rollup
+        after = after.with_rollup(r.start, r.end, unavailable(r.text, present))
+    return after
