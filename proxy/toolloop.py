@@ -311,7 +311,8 @@ class LoopRequest(FeatureRequest):
             self.fail_open("storing the rounds", exc)
 
     def _defer(self, ours: list[Call]) -> None:
-        for rec in self.record.retrievals[-len(ours) :]:
+        """The answers to ``ours`` reach the model only in the next requests."""
+        for rec in self.record.retrievals[len(self.record.retrievals) - len(ours) :]:
             rec.deferred = True
 
     # ----------------------------------------------------------------- whole answers
@@ -411,16 +412,19 @@ class LoopRequest(FeatureRequest):
                 return b"", follow
             answers = await self._answer(ours) if ours else []
             self._defer(ours)
-            await self._remember(x, turn, answers, x.adapter.visible_message("".join(self.shown), client))
-            data = self._render(hop, self.held) + hop.end()
+            data = self._render(hop, self.held) + hop.end()  # the client gets it after _remember
             self.held.clear()
+            await self._remember(x, turn, answers, x.adapter.visible_message("".join(self.shown), client))
             return data, None
-        except Exception as exc:
+        except Exception as exc:  # fail open: what came, as far as the client has not had it
             self.fail_open("stream end", exc)
             self.failed = f"{type(exc).__name__}: {exc}"[:300]
-            if self.released:
+            if not self.released:
+                return bytes(self.raw), None
+            try:
+                return self._render(hop, self.held) + hop.end(), None
+            except Exception:
                 return b"", None
-            return bytes(self.raw), None
 
     # ----------------------------------------------------------------- finish
 

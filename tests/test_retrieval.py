@@ -14,7 +14,8 @@ from google import genai
 from google.genai import types
 
 from compressors.markers import content_id
-from proxy.protocols.openai_chat import OpenAIRetrievalSniffer
+from proxy.protocols import OpenAIChatAdapter
+from proxy.protocols.openai_chat import ChatStream
 from proxy.retrieval import LAST_ROUND_NOTE
 from proxy.server import STATE
 from proxy.testing import FakeUpstream, Reply, Stall, ToolCall
@@ -172,36 +173,51 @@ async def test_openai_stream_round_never_leaks(
 
 
 async def test_round_bound(fake: FakeUpstream, make_proxy: Any) -> None:
-    """At most max_rounds rounds; the last result says so and a later retrieval call is dropped."""
+    """At most max_rounds rounds: the last result says so and the request after it no longer
+    offers the tool, so the model answers with what it has."""
     proxy = await make_proxy(retrieval={"max_rounds": 2})
     fake.script(
-        *(ToolCall(TOOL, {"id": REF, "query": f"batch {i}"}) for i in range(3)), Reply("never reached")
+        *(ToolCall(TOOL, {"id": REF, "query": f"batch {i}"}) for i in range(2)), Reply("Batch 417 failed.")
     )
     async with _client(proxy.url) as client:
         resp = await client.chat.completions.create(model="gpt-4o", messages=conversation())
-    assert len(fake.requests) == 3
-    assert resp.choices[0].message.tool_calls is None and resp.choices[0].finish_reason == "stop"
-    last = fake.requests[-1].json()["messages"]
-    assert last[-1]["content"].endswith(LAST_ROUND_NOTE)
-    assert not last[-3]["content"].endswith(LAST_ROUND_NOTE)
+    assert resp.choices[0].message.content == "Batch 417 failed." and resp.choices[0].finish_reason == "stop"
+    first, second, last = (r.json() for r in fake.requests)
+    assert tool_names(first) == tool_names(second) == [TOOL] and "tools" not in last
+    assert last["messages"][-1]["content"].endswith(LAST_ROUND_NOTE)
+    assert not last["messages"][-3]["content"].endswith(LAST_ROUND_NOTE)
     (line,) = await proxy.log_lines(1)
     assert line["retrieval_rounds"] == 2 and len(line["retrieval_hops"]) == 3
-    assert [r["deferred"] for r in line["retrievals"]] == [False, False, True]
+    assert [r["deferred"] for r in line["retrievals"]] == [False, False]
 
 
-async def test_round_bound_streamed(fake: FakeUpstream, make_proxy: Any) -> None:
-    """The round bound holds for streams: the last hop is relayed without its retrieval call."""
+@pytest.mark.parametrize("stream", [False, True])
+async def test_round_bound_with_a_model_that_calls_anyway(
+    fake: FakeUpstream, make_proxy: Any, stream: bool
+) -> None:
+    """A model that calls nocp_retrieve after it was withdrawn gets one last answer and a request
+    that forbids tool calls; the client never gets an empty answer or our call."""
     proxy = await make_proxy(retrieval={"max_rounds": 1})
     fake.script(
-        ToolCall(TOOL, {"id": REF}), Reply("Partial answer.", tool_calls=(ToolCall(TOOL, {"id": REF}),))
+        ToolCall(TOOL, {"id": REF}),
+        Reply("Partial answer.", tool_calls=(ToolCall(TOOL, {"id": REF}),)),
+        Reply(" Done."),
     )
     async with _client(proxy.url) as client:
-        stream = await client.chat.completions.create(model="gpt-4o", messages=conversation(), stream=True)
-        chunks = [c async for c in stream]
-    assert len(fake.requests) == 2
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Partial answer."
-    assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
-    assert chunks[-1].choices[0].finish_reason == "stop"
+        if stream:
+            it = await client.chat.completions.create(model="gpt-4o", messages=conversation(), stream=True)
+            chunks = [c async for c in it]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+            reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+            assert text == "Partial answer. Done." and reasons == ["stop"]
+        else:
+            resp = await client.chat.completions.create(model="gpt-4o", messages=conversation())
+            assert resp.choices[0].message.content == " Done." and resp.choices[0].message.tool_calls is None
+    assert len(fake.requests) == 3
+    assert "tools" not in fake.requests[1].json() and "tools" not in fake.requests[2].json()
+    (line,) = await proxy.log_lines(1)
+    assert line["retrieval_rounds"] == 2 and line["outcome"] == "ok"
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -228,10 +244,10 @@ async def test_mixed_client_and_retrieval_calls(fake: FakeUpstream, make_proxy: 
         messages += [{"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "And the log?"}]
         await client.chat.completions.create(model="gpt-4o", messages=messages, tools=[WEATHER])
     second, third = (r.json()["messages"] for r in fake.requests[1:])
-    sent_calls = second[4]["tool_calls"]
-    assert [c["function"]["name"] for c in sent_calls] == ["get_weather", TOOL]
-    assert second[5] == {"role": "tool", "tool_call_id": calls[0].id, "content": "Sunny, 21 C"}
-    assert second[6] == {"role": "tool", "tool_call_id": sent_calls[1]["id"], "content": LOG}
+    sent_calls = second[4]["tool_calls"]  # the model's own message, both calls as it made them
+    assert [c["function"]["name"] for c in sent_calls] == [TOOL, "get_weather"]
+    assert second[5] == {"role": "tool", "tool_call_id": sent_calls[0]["id"], "content": LOG}
+    assert second[6] == {"role": "tool", "tool_call_id": calls[0].id, "content": "Sunny, 21 C"}
     assert third[: len(second)] == second  # cache-stable: the same insertion on every later turn
     assert f"; id={REF}]" in second[3]["content"]  # the deferred answer holds the content; the cut stays
     lines = await proxy.log_lines(3)
@@ -323,15 +339,19 @@ async def test_gemini_mixed_calls(fake: FakeUpstream, make_proxy: Any) -> None:
     assert tool_names(sent) == ["get_weather", TOOL]  # the cut stays: its marker is still there
     model_parts = sent["contents"][3]["parts"]
     assert [p["functionCall"]["name"] for p in model_parts] == ["get_weather", TOOL]
-    responses = [p["functionResponse"] for p in sent["contents"][4]["parts"]]
-    assert [r["name"] for r in responses] == ["get_weather", TOOL]
-    assert responses[1]["response"] == {"content": LOG}
+    responses = [p["functionResponse"] for p in sent["contents"][4]["parts"]]  # one user turn
+    assert sorted(r["name"] for r in responses) == ["get_weather", TOOL]
+    assert next(r for r in responses if r["name"] == TOOL)["response"] == {"content": LOG}
+    assert [c["role"] for c in sent["contents"][3:]] == ["model", "user"]
 
 
-async def test_gemini_stream_text_then_retrieval_is_deferred(fake: FakeUpstream, make_proxy: Any) -> None:
-    """Gemini stream: text is relayed live; a retrieval call after it is deferred."""
+async def test_gemini_stream_text_then_retrieval_continues(fake: FakeUpstream, make_proxy: Any) -> None:
+    """Gemini stream: text is relayed live; a retrieval call after it is a round whose answer
+    follows in the same stream, and the round is put back on the next turn."""
     proxy = await make_proxy()
-    fake.script(Reply("Let me check.", tool_calls=(ToolCall(TOOL, {"id": REF}),)))
+    fake.script(
+        Reply("Let me check.", tool_calls=(ToolCall(TOOL, {"id": REF}),)), Reply(" The checksum was bad.")
+    )
     url = f"{proxy.url}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
     body: dict[str, Any] = {"contents": gemini_contents()}
     async with aiohttp.ClientSession() as s:
@@ -339,18 +359,20 @@ async def test_gemini_stream_text_then_retrieval_is_deferred(fake: FakeUpstream,
             raw = await r.read()
         events = [json.loads(e[6:]) for e in raw.split(b"\r\n\r\n") if e.startswith(b"data: ")]
         parts = [p for e in events for p in e["candidates"][0]["content"]["parts"]]
-        assert "".join(p.get("text", "") for p in parts) == "Let me check."
+        text = "".join(p.get("text", "") for p in parts)
+        assert text == "Let me check. The checksum was bad."
         assert not any("functionCall" in p for p in parts)
         body["contents"] += [
-            {"role": "model", "parts": [{"text": "Let me check."}]},
+            {"role": "model", "parts": [{"text": text}]},
             {"role": "user", "parts": [{"text": "Go on."}]},
         ]
         async with s.post(url, json=body) as r:
             await r.read()
-    sent = fake.requests[1].json()["contents"]
-    assert sent[3]["parts"][-1]["functionCall"]["name"] == TOOL
+    sent = fake.requests[2].json()["contents"]
+    assert sent[3]["parts"][-1]["functionCall"]["name"] == TOOL  # the round, as the model saw it
     assert sent[4]["parts"][0]["functionResponse"]["response"] == {"content": LOG}
-    assert sent[4]["parts"][1] == {"text": "Go on."}
+    assert sent[5] == {"role": "model", "parts": [{"text": " The checksum was bad."}]}  # text joined
+    assert sent[6] == {"role": "user", "parts": [{"text": "Go on."}]}
 
 
 # ------------------------------------------------------------------------------ when not to offer
@@ -435,8 +457,9 @@ async def test_expired_and_unknown_ids(fake: FakeUpstream, make_proxy: Any) -> N
     assert "nocp_retrieval_misses_total 2.0" in await metrics_text(proxy, "nocp_retrieval_misses_total 2.0")
 
 
-async def test_retrieved_content_not_compressed_again(fake: FakeUpstream, make_proxy: Any) -> None:
-    """Content the session retrieved is sent whole on later turns (other sessions: still cut)."""
+async def test_cut_keeps_its_bytes_after_a_retrieval(fake: FakeUpstream, make_proxy: Any) -> None:
+    """After a retrieval the cut output stays cut on every later turn; the round (our call and
+    its answer) is put back where it happened, the same bytes each time; other sessions get none."""
     proxy = await make_proxy()
     fake.script(ToolCall(TOOL, {"id": REF}), Reply("Bad checksum."))
     messages = conversation()
@@ -449,12 +472,17 @@ async def test_retrieved_content_not_compressed_again(fake: FakeUpstream, make_p
         await client.chat.completions.create(
             model="gpt-4o", messages=messages, extra_headers={"X-Session-Id": "s-2"}
         )
-    later, again, other = (r.json() for r in fake.requests[2:])
-    assert later["messages"][3]["content"] == LOG and "tools" not in later
-    assert again == later
-    assert f"; id={REF}]" in other["messages"][3]["content"] and tool_names(other) == [TOOL]
-    lines = await proxy.log_lines(4)
-    assert lines[1]["segments"][0]["method"] == "none" and not lines[1]["retrieval_offered"]
+    first, round_, later, again, other = (r.json() for r in fake.requests)
+    cut_text = first["messages"][3]["content"]
+    assert f"; id={REF}]" in cut_text and len(cut_text) < len(LOG) / 10
+    assert later["messages"][:4] == first["messages"][:4]  # the cut, byte for byte
+    assert later["messages"][4:7] == round_["messages"][4:] + [
+        {"role": "assistant", "content": "Bad checksum."}
+    ]
+    assert later["messages"][5]["content"] == LOG  # what the model retrieved, still in front of it
+    assert later["messages"][7:] == [{"role": "user", "content": "Fix?"}]
+    assert tool_names(later) == [TOOL] and again == later
+    assert other["messages"][3]["content"] == cut_text and other["messages"][4:] == messages[4:]
 
 
 async def test_history_summary_is_retrievable(fake: FakeUpstream, make_proxy: Any) -> None:
@@ -537,13 +565,14 @@ async def test_read_failure_answers_unavailable(
 async def test_loop_failure_returns_what_came(
     fake: FakeUpstream, make_proxy: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bug in the hop loop never fails the request: the upstream's answer is returned as it came."""
+    """A bug in the tool loop never fails the request: a whole answer comes as the upstream gave
+    it, a stream ends whole, and the log says why."""
     proxy = await make_proxy()
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("follow-up broke")
 
-    monkeypatch.setattr(type(proxy.server.app[STATE].retrieval), "begin", _wrap_begin(boom))
+    monkeypatch.setattr(OpenAIChatAdapter, "follow_up", boom)
     fake.script(ToolCall(TOOL, {"id": REF}), ToolCall(TOOL, {"id": REF}))
     async with _client(proxy.url) as client:
         resp = await client.chat.completions.create(model="gpt-4o", messages=conversation(), user="u1")
@@ -552,7 +581,7 @@ async def test_loop_failure_returns_what_came(
         )
         chunks = [c async for c in stream]
     assert resp.choices[0].message.tool_calls is not None  # what the upstream said, unchanged
-    assert any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(fake.requests) == 2
     lines = await proxy.log_lines(2)
     assert all(
@@ -560,47 +589,23 @@ async def test_loop_failure_returns_what_came(
     )
 
 
-def _wrap_begin(boom: Any) -> Any:
-    from proxy.retrieval import Retrieval
-
-    original = Retrieval.begin
-
-    def begin(self: Any, *args: Any) -> Any:
-        req = original(self, *args)
-        req.adapter = _BrokenFollowUp(req.adapter, boom)
-        return req
-
-    return begin
-
-
-class _BrokenFollowUp:
-    """An adapter whose follow_up raises (everything else delegated)."""
-
-    def __init__(self, inner: Any, boom: Any) -> None:
-        self._inner = inner
-        self.follow_up = boom
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-async def test_sniffer_failure_passes_stream_through(
+async def test_stream_parser_failure_passes_stream_through(
     fake: FakeUpstream, make_proxy: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failure inside the stream sniffer passes the upstream's stream through unchanged."""
+    """A failure inside the stream parser passes the upstream's stream through unchanged."""
     proxy = await make_proxy()
 
     def boom(self: Any, chunk: Any) -> None:
-        raise ValueError("sniffer bug")
+        raise ValueError("parser bug")
 
-    monkeypatch.setattr(OpenAIRetrievalSniffer, "_observe", boom)
+    monkeypatch.setattr(ChatStream, "feed", boom)
     fake.script(Reply("All fine."))
     async with _client(proxy.url) as client:
         stream = await client.chat.completions.create(model="gpt-4o", messages=conversation(), stream=True)
         chunks = [c async for c in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "All fine."
     (line,) = await proxy.log_lines(1)
-    assert line["outcome"] == "ok" and "sniffer bug" in line["fail_open"][0]["reason"]
+    assert line["outcome"] == "ok" and "parser bug" in line["fail_open"][0]["reason"]
 
 
 async def test_offer_to_agents_keeps_tool_list_stable(fake: FakeUpstream, make_proxy: Any) -> None:

@@ -10,9 +10,7 @@ import pytest
 
 from compressors import CompressionConfig, CompressionContext, compress
 from compressors.markers import content_id, marker_id, marker_ids, omitted_marker, unavailable
-from proxy.protocols import GeminiAdapter, OpenAIChatAdapter
-from proxy.protocols._base import add_usage
-from proxy.protocols.gemini import JSONArraySplitter
+from proxy.protocols import GeminiAdapter, HopStream, JSONArraySplitter, OpenAIChatAdapter, add_usage
 from proxy.retrieval import select
 
 LOG = "\n".join(f"2024-05-01T10:{i % 60:02d}:00Z INFO worker-{i % 7} processed batch {i}" for i in range(800))
@@ -185,13 +183,15 @@ def _call(index: int, name: str | None, args: str, call_id: str | None = None) -
     return _delta({"tool_calls": [tc]})
 
 
-def _run(sniffer: Any, events: list[bytes]) -> bytes:
-    return b"".join(sniffer.feed(e) for e in events) + sniffer.close()
+def _run(hop: HopStream, events: list[bytes], prior: Any = None) -> bytes:
+    """Feed ``events`` to ``hop``; what the client gets when every event is rendered."""
+    parsed = [e for raw in events for e in hop.feed(raw)] + hop.close()
+    return b"".join(r for e in parsed if (r := hop.render(e, prior))) + hop.end()
 
 
-def test_openai_sniffer_text_then_retrieval_call() -> None:
-    """Text first is relayed live; a later retrieval call is taken out and kept for deferral."""
-    s = OpenAIChatAdapter().retrieval_sniffer(TOOL, drop_usage_chunk=False, prior=None, allow_round=True)
+def test_chat_stream_text_then_retrieval_call() -> None:
+    """A chat stream is parsed once: text, nocp's call; rendered without the call, finish stop."""
+    hop = OpenAIChatAdapter().hop_stream(TOOL)
     events = _oai_events(
         _delta({"role": "assistant", "content": ""}),
         _delta({"content": "Looking"}),
@@ -199,52 +199,56 @@ def test_openai_sniffer_text_then_retrieval_call() -> None:
         _call(0, None, '{"id":"0123456789"}'),
         _delta({}, "tool_calls"),
     )
-    assert s.feed(events[0]) == b""  # not decided yet: held
-    assert b"Looking" in s.feed(events[1])  # text: decided, relayed with what was held
-    out = s.feed(events[2]) + s.feed(events[3]) + s.feed(events[4]) + s.feed(events[5])
-    out += s.close()
+    out = _run(hop, events)
     assert TOOL.encode() not in out and b'"finish_reason":"stop"' in out and out.endswith(b"[DONE]\n\n")
-    assert s.mode == "relay" and not s.is_round
-    assert [c.args() for c in s.ours()] == [{"id": "0123456789"}]
-    assert s.client_message() == ("Looking", [])
+    assert b"Looking" in out and hop.text() == "Looking"
+    assert [c.args() for c in hop.ours()] == [{"id": "0123456789"}] and hop.client_calls() == []
+    assert hop.turn().message["tool_calls"][0]["function"]["name"] == TOOL  # the model's whole turn
 
 
-def test_openai_sniffer_retrieval_round_and_mixed() -> None:
-    """A retrieval call first is kept whole; beside a client call it is released without ours."""
-    adapter = OpenAIChatAdapter()
-    only_ours = _oai_events(
-        _delta({"role": "assistant", "content": None}),
-        _call(0, TOOL, '{"id":"0123456789"}', "c1"),
-        _delta({}, "tool_calls"),
-        {"id": "x", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
-    )
-    s = adapter.retrieval_sniffer(TOOL, drop_usage_chunk=True, prior=None, allow_round=True)
-    assert _run(s, only_ours) == b"" and s.is_round
-    assert s.usage.prompt_tokens == 5 and s.turn().message["tool_calls"][0]["id"] == "c1"
+def test_chat_stream_mixed_calls_renumbered_and_usage_summed() -> None:
+    """Beside a client call, ours is taken out, the client's renumbered from 0, usage summed."""
     mixed = _oai_events(
         _delta({"role": "assistant", "content": None}),
         _call(0, TOOL, '{"id":"0123456789"}', "c1"),
         _call(1, "get_weather", '{"city":"Paris"}', "c2"),
         _delta({}, "tool_calls"),
+        {"id": "x", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
     )
-    s = adapter.retrieval_sniffer(
-        TOOL, drop_usage_chunk=False, prior={"prompt_tokens": 100}, allow_round=True
-    )
-    out = _run(s, mixed)
-    assert not s.is_round and TOOL.encode() not in out
+    hop = OpenAIChatAdapter().hop_stream(TOOL)
+    out = _run(hop, mixed, prior={"prompt_tokens": 100})
+    assert TOOL.encode() not in out and hop.usage.prompt_tokens == 5
     chunks = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
-    calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    calls = [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls", [])]
     assert calls == [
         {"index": 0, "id": "c2", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
     ]
-    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+    assert chunks[-1]["usage"]["prompt_tokens"] == 105
 
 
-def test_gemini_sniffer_holds_thoughts_and_strips_calls() -> None:
-    """Gemini: thoughts do not decide; text is relayed and a later retrieval call is removed."""
-    s = GeminiAdapter().retrieval_sniffer(
-        TOOL, drop_usage_chunk=False, prior={"promptTokenCount": 7}, allow_round=True
+def test_chat_stream_continuation_is_one_message() -> None:
+    """A hop that continues a client stream drops its role chunk and takes the stream's id."""
+    adapter = OpenAIChatAdapter()
+    first = adapter.hop_stream(TOOL)
+    _run(
+        first, _oai_events(_delta({"role": "assistant", "content": ""}), _delta({"content": "Let me look."}))
     )
+    second = adapter.hop_stream(TOOL, after=first)
+    role, text = (
+        {"id": "other", "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
+        for d in ({"role": "assistant", "content": ""}, {"content": " Found it."})
+    )
+    out = _run(second, _oai_events(role, text))
+    chunks = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+    assert [c["choices"][0]["delta"] for c in chunks] == [{"content": " Found it."}]
+    assert {c["id"] for c in chunks} == {"x"}
+
+
+def test_gemini_stream_strips_calls_and_joins_text() -> None:
+    """Gemini: text is relayed, nocp's call removed (an empty part keeps the finish), usage
+    summed with earlier hops, and the model's turn keeps the text pieces joined."""
+    hop = GeminiAdapter().hop_stream(TOOL)
 
     def ev(parts: list[Any], finish: bool = False) -> bytes:
         cand: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
@@ -253,12 +257,15 @@ def test_gemini_sniffer_holds_thoughts_and_strips_calls() -> None:
         body = {"candidates": [cand], "usageMetadata": {"promptTokenCount": 3}}
         return b"data: " + json.dumps(body).encode() + b"\r\n\r\n"
 
-    assert s.feed(ev([{"text": "thinking...", "thought": True}])) == b""
-    first = s.feed(ev([{"text": "Answer"}]))
-    assert b"thinking" in first and b"Answer" in first and b'"promptTokenCount":10' in first
-    out = (
-        s.feed(ev([{"functionCall": {"name": TOOL, "args": {"id": "0123456789"}}}], finish=True)) + s.close()
-    )
+    events = [
+        ev([{"text": "thinking...", "thought": True}]),
+        ev([{"text": "Ans"}]),
+        ev([{"text": "wer"}]),
+        ev([{"functionCall": {"name": TOOL, "args": {"id": "0123456789"}}}], finish=True),
+    ]
+    out = _run(hop, events, prior={"promptTokenCount": 7})
     assert TOOL.encode() not in out and b'"finishReason":"STOP"' in out and b'"parts":[{"text":""}]' in out
-    assert [c.args() for c in s.ours()] == [{"id": "0123456789"}]
-    assert s.client_message() == ("Answer", [])
+    assert b"thinking" in out and out.count(b'"promptTokenCount":10') == 4
+    assert [c.args() for c in hop.ours()] == [{"id": "0123456789"}] and hop.text() == "Answer"
+    parts = hop.turn().message["parts"]
+    assert parts[1:3] == [{"text": "Answer"}, {"functionCall": {"name": TOOL, "args": {"id": "0123456789"}}}]

@@ -119,6 +119,10 @@ def _parts_of(cand: dict[str, Any] | None) -> list[Any]:
     return parts if isinstance(parts, list) else []
 
 
+def _plain_text(part: Any) -> bool:
+    return isinstance(part, dict) and part.keys() == {"text"} and isinstance(part["text"], str)
+
+
 class GeminiStream(HopStream):
     """``streamGenerateContent``: SSE (``alt=sse``) or a streamed JSON array, whose elements
     are re-framed as ``[`` + elements joined by ``,\\r\\n`` + ``]`` when any is rendered anew.
@@ -206,9 +210,13 @@ class GeminiStream(HopStream):
         return _visible_text(self._parts)
 
     def turn(self) -> ModelTurn:
-        return ModelTurn(
-            message={"role": "model", "parts": list(self._parts)}, calls=self.calls(), usage=self.usage_raw
-        )
+        parts: list[Any] = []  # streamed text pieces joined, as a client keeps them
+        for part in self._parts:
+            if parts and _plain_text(part) and _plain_text(parts[-1]):
+                parts[-1] = {"text": parts[-1]["text"] + part["text"]}
+            else:
+                parts.append(part)
+        return ModelTurn(message={"role": "model", "parts": parts}, calls=self.calls(), usage=self.usage_raw)
 
     def render(self, event: StreamEvent, prior: Mapping[str, Any] | None) -> bytes | None:
         response = event.data
