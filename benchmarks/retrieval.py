@@ -10,9 +10,9 @@ action, named after its command) and a tool result (the observation). Request ``
 conversation up to the result of step ``k``. Files without a trajectory use their OpenAI-style
 ``history`` as recorded.
 
-Each conversation is replayed through the proxy's own machinery, exactly as ``_rewrite`` drives it
-(the history and tool-output stages, the retrieval request: pending answers, cut recording,
-``prepare``, which stores the originals in an SQLite session store), under two configs:
+Each request goes through the proxy's own request path, :class:`proxy.exchange.Exchange` (the
+history and tool-output stages, the retrieval tool loop with its SQLite session store), with
+``send`` answered in-process by a simulated model, under two configs:
 
 - ``default``: the default compression config and history threshold (on these short traces the
   lossy compressors rarely run and no roll-up happens);
@@ -27,14 +27,15 @@ original that are not in the text sent for it) and how many of them are *recover
 what the retrieval tool returns for its id, read back from the session store through the same code
 that answers a model's call. Target: 100 %.
 
-Cost: a simulated model retrieves every marker once, the first time it sees it (whole original, no
-query). Per round the tokens added are the tool call plus the tool result; in a real round the
-whole prompt is sent again, but a provider's prefix cache bills that prefix as cached (reported too,
-as ``round prompt``). Retrieved tool outputs are then sent whole on later turns (content that was
-retrieved is never compressed again): the ``later turns`` column is the extra prompt tokens of all
-later requests compared with the same replay without retrievals. ``saved by cuts`` is what the
-cuts saved where they first appeared, and ``raw -> sent`` the prompt tokens of the whole replay
-without nocp and with it (no retrievals), for scale.
+Cost: the simulated model retrieves every marker once, the first time it is offered the tool
+with it (whole original, no query), then answers with the trace's next assistant message, which
+the next request carries. Per round the tokens added are the tool call plus the tool result; in a
+real round the whole prompt is sent again, but a provider's prefix cache bills that prefix as
+cached (reported too, as ``round prompt``). The cut keeps its bytes on later turns and the round
+(call and result) is put back where it happened: the ``later turns`` column is the extra prompt
+tokens of all later requests compared with the same replay without retrievals. ``saved by cuts``
+is what the cuts saved where they first appeared, and ``raw -> sent`` the prompt tokens of the
+whole replay without nocp and with it (no retrievals), for scale.
 
 Writes ``benchmarks/results/retrieval.json``.
 """
@@ -43,14 +44,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import logging
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import structlog  # noqa: E402
+from multidict import CIMultiDict  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -67,15 +69,15 @@ from compressors import CompressionConfig, tokens  # noqa: E402
 from compressors.hardtokens import hard_tokens  # noqa: E402
 from compressors.markers import marker_ids  # noqa: E402
 from proxy.bench.traces import eval_data_root  # noqa: E402
-from proxy.config import HistoryConfig, RetrievalConfig  # noqa: E402
-from proxy.pipeline import Pipeline, StageContext  # noqa: E402
-from proxy.protocols import OpenAIChatAdapter, Prompt  # noqa: E402
-from proxy.protocols import Call, ModelTurn  # noqa: E402
-from proxy.retrieval import Retrieval, RetrievalRequest  # noqa: E402
+from proxy.config import HistoryConfig, RetrievalConfig, load_settings  # noqa: E402
+from proxy.exchange import ClientRequest, Exchange, Services, UpstreamRequest  # noqa: E402
+from proxy.pipeline import Pipeline  # noqa: E402
+from proxy.protocols import OpenAIChatAdapter  # noqa: E402
 from proxy.sessions import SQLiteSessionStore  # noqa: E402
 from proxy.stages import HistoryStage, ToolOutputStage  # noqa: E402
 from proxy.summarizer import ExtractiveSummarizer  # noqa: E402
-from proxy.translog import TransactionLog  # noqa: E402
+from proxy.toolloop import ToolLoop  # noqa: E402
+from proxy.translog import Finalizer, TransactionLog  # noqa: E402
 
 MODEL = "gpt-4o"
 ADAPTER = OpenAIChatAdapter()
@@ -173,121 +175,210 @@ class Totals:
     seconds: float = 0.0
 
 
-def _cut_texts(
-    before: Prompt, after: Prompt, cuts: set[str], record: TransactionLog
-) -> dict[str, tuple[str, int]]:
-    """Each cut id sent in this request -> (the text sent for it, tokens saved there)."""
-    out: dict[str, tuple[str, int]] = {}
-    for old, new in zip(before.segments, after.segments, strict=True):
-        if new.text != old.text:
-            for ref in marker_ids(new.text):
-                if ref in cuts:
-                    saved = tokens.count(old.text, MODEL) - tokens.count(new.text, MODEL)
-                    out.setdefault(ref, (new.text, saved))
-    if after.rollup is not None:
-        saved = sum(s.tokens_before - s.tokens_after for s in record.segments if s.kind == "history")
-        for ref in marker_ids(after.rollup.text):
-            if ref in cuts:
-                out.setdefault(ref, (after.rollup.text, saved))
-    return out
+class _Response:
+    """A whole chat completion as the exchange's ``send`` yields it."""
+
+    status = 200
+    reason = "OK"
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+        self._data = json.dumps(body).encode()
+
+    async def read(self) -> bytes:
+        return self._data
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        yield self._data
+
+
+class _Client:
+    """The client side of an exchange: keeps the response body."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.body = b""
+
+    async def start(self, status: int, reason: str | None, headers: Any, *, length: int | None) -> None:
+        assert status == 200, status
+        self.started = True
+
+    async def write(self, data: bytes) -> None:
+        self.body += data
+
+    async def end(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        raise RuntimeError("aborted")
+
+    def gone(self) -> bool:
+        return False
+
+
+class _Records:
+    """The exchange's record writer: keeps the records."""
+
+    def __init__(self) -> None:
+        self.records: list[TransactionLog] = []
+
+    def submit(
+        self, record: TransactionLog, finalize: Finalizer | None = None, *, offload: bool = False
+    ) -> None:
+        self.records.append(record)
+
+
+class Model:
+    """The simulated model behind ``send``. Offered ``nocp_retrieve`` with marker ids it has not
+    fetched yet in this conversation, it calls the tool once per id; otherwise it answers with
+    ``answer`` (the trace's next assistant message). Keeps every request it got."""
+
+    def __init__(self, retrieve: bool) -> None:
+        self.retrieve = retrieve
+        self.fetched: set[str] = set()
+        self.answer: dict[str, Any] = {"role": "assistant", "content": "Done."}
+        self.requests: list[dict[str, Any]] = []
+
+    def reply(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append(body)
+        offered = any(t.get("function", {}).get("name") == TOOL for t in body.get("tools") or ())
+        texts = [m["content"] for m in body["messages"] if isinstance(m.get("content"), str)]
+        fresh = [r for t in texts for r in marker_ids(t) if r not in self.fetched] if offered else []
+        fresh = list(dict.fromkeys(fresh))
+        if self.retrieve and fresh:
+            self.fetched.update(fresh)
+            calls = [
+                {"id": f"call_r{len(self.requests)}_{i}", "type": "function",
+                 "function": {"name": TOOL, "arguments": json.dumps({"id": ref})}}
+                for i, ref in enumerate(fresh)
+            ]  # fmt: skip
+            message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
+        else:
+            message = self.answer
+        return {"id": "sim", "object": "chat.completion", "model": MODEL,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}  # fmt: skip
+
+    @asynccontextmanager
+    async def send(self, req: UpstreamRequest) -> AsyncIterator[_Response]:
+        yield _Response(self.reply(json.loads(req.body)))
 
 
 class Replayer:
-    """The stages and the retrieval machinery with their own SQLite store, driven like the proxy."""
+    """The proxy's request path (:class:`~proxy.exchange.Exchange`) with its own SQLite store, the
+    stages and the retrieval tool loop, in front of a simulated model."""
 
-    def __init__(self, folder: Path, compression: CompressionConfig, history: HistoryConfig) -> None:
+    def __init__(self, folder: Path, compression: CompressionConfig, history: HistoryConfig, retrieve: bool):
         self.store = SQLiteSessionStore(folder / "sessions.sqlite3", ttl_s=86_400)
-        self.retrieval = Retrieval(RetrievalConfig(), self.store, session_ttl_s=86_400)
-        self.pipeline = Pipeline(
+        self.loop = ToolLoop(RetrievalConfig(), self.store, session_ttl_s=86_400)
+        pipeline = Pipeline(
             [HistoryStage(history, self.store, ExtractiveSummarizer()), ToolOutputStage(compression)],
             stage_timeout_s=120,
         )
+        self.records = _Records()
+        self.services = Services(
+            settings=load_settings(env={}, overrides={}),
+            pipeline=pipeline,
+            writer=self.records,
+            features=[self.loop],
+        )
+        self.model = Model(retrieve)
 
-    async def send(
-        self, session: str, messages: list[dict[str, Any]]
-    ) -> tuple[dict[str, Any], RetrievalRequest, Prompt, Prompt]:
-        body: dict[str, Any] = {"model": MODEL, "messages": copy.deepcopy(messages)}
-        record = TransactionLog(session_id=session, protocol="openai", model=MODEL)
-        retr = self.retrieval.begin(ADAPTER, record, body, MODEL)
-        await retr.insert_pending(body)
-        before = ADAPTER.prompt(body)
-        ctx = StageContext(model=MODEL, protocol="openai", record=record, retrieval=retr)
-        after = await retr.prepare(body, before, await self.pipeline.run(before, ctx))
-        ADAPTER.apply(body, before, after)
-        if retr.offered:
-            ADAPTER.add_tool(body, self.retrieval.spec)
-        if record.fail_open:
-            raise RuntimeError(f"fail-open during the replay: {record.fail_open}")
-        return body, retr, before, after
+    async def send(self, session: str, messages: list[dict[str, Any]]) -> Exchange:
+        """One request of ``session``; the exchange that served it."""
+        body = json.dumps({"model": MODEL, "messages": messages}).encode()
+        request = ClientRequest(
+            path="/v1/chat/completions",
+            raw_path="/v1/chat/completions",
+            headers=CIMultiDict({"X-Session-Id": session, "Authorization": "Bearer sk-bench"}),
+            query={},
+            match_info={},
+            body=body,
+        )
+        x = Exchange(self.services, ADAPTER, request, self.model.send, _Client())
+        await x.run()
+        if x.record.fail_open or x.record.outcome != "ok":
+            raise RuntimeError(f"the replay failed open: {x.record.outcome} {x.record.fail_open}")
+        return x
 
     async def aclose(self) -> None:
         await self.store.aclose()
+
+
+def _sent_texts(body: dict[str, Any], refs: set[str]) -> dict[str, str]:
+    """Each of ``refs`` -> the text sent for it (the message holding its marker)."""
+    out: dict[str, str] = {}
+    for msg in body["messages"]:
+        content = msg.get("content")
+        if isinstance(content, str):
+            for ref in marker_ids(content):
+                if ref in refs:
+                    out.setdefault(ref, content)
+    return out
 
 
 async def replay(name: str, compression: CompressionConfig, history: HistoryConfig, root: Path) -> Totals:
     totals = Totals()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        with_retrieval = Replayer(Path(tmp) / "a", compression, history)
-        without = Replayer(Path(tmp) / "b", compression, history)
+        with_retrieval = Replayer(Path(tmp) / "a", compression, history, retrieve=True)
+        without = Replayer(Path(tmp) / "b", compression, history, retrieve=False)
+        (Path(tmp) / "a").mkdir()
+        (Path(tmp) / "b").mkdir()
         try:
             for conv, messages, ends in conversations(root):
-                seen: set[str] = set()
+                for sim in (with_retrieval.model, without.model):
+                    sim.fetched = set()
                 for end in ends:
                     totals.requests += 1
-                    body, retr, before, after = await with_retrieval.send(conv, messages[:end])
-                    plain, *_ = await without.send(conv, messages[:end])
-                    totals.raw_tokens += tokens.count_chat_request({"messages": messages[:end]}, MODEL)
-                    totals.sent_tokens += tokens.count_chat_request(body, MODEL)
-                    totals.sent_tokens_no_retrieval += tokens.count_chat_request(plain, MODEL)
-                    if not retr.offered:
-                        continue
-                    totals.offered += 1
-                    fresh = {
-                        r: v
-                        for r, v in _cut_texts(before, after, set(retr.cuts), retr.record).items()
-                        if r not in seen
-                    }
-                    if not fresh:
-                        continue
-                    # the simulated model: one call per new marker, answered by nocp's own code path
-                    calls = [
-                        Call(name=TOOL, arguments=json.dumps({"id": ref}), id=f"call_r{i}")
-                        for i, ref in enumerate(fresh)
-                    ]
-                    answers = await retr._answer(calls)
-                    totals.rounds += 1
-                    turn = ModelTurn(
-                        message={
-                            "role": "assistant",
-                            "content": None,
-                            "tool_calls": [
-                                {
-                                    "id": c.id,
-                                    "type": "function",
-                                    "function": {"name": c.name, "arguments": c.arguments},
-                                }
-                                for c in calls
-                            ],
-                        },
-                        calls=calls,
+                    answer = (
+                        messages[end]
+                        if end < len(messages) and messages[end]["role"] == "assistant"
+                        else None
                     )
-                    follow = ADAPTER.follow_up(body, turn, answers)
-                    totals.round_prompt_tokens += tokens.count_chat_request(follow, MODEL)
-                    totals.call_tokens += sum(tokens.count(c.name + c.arguments, MODEL) for c in calls)
-                    for (ref, (sent, saved)), (_, result) in zip(fresh.items(), answers, strict=True):
-                        seen.add(ref)
-                        kind = retr.cuts[ref].kind
-                        original = retr.cuts[ref].text
-                        omitted = hard_tokens(original) - hard_tokens(sent)
+                    for sim in (with_retrieval.model, without.model):
+                        sim.answer = answer or {"role": "assistant", "content": "Done."}
+                        sim.requests = []
+                    x = await with_retrieval.send(conv, messages[:end])
+                    await without.send(conv, messages[:end])
+                    hops = with_retrieval.model.requests
+                    totals.raw_tokens += tokens.count_chat_request({"messages": messages[:end]}, MODEL)
+                    totals.sent_tokens += tokens.count_chat_request(hops[0], MODEL)
+                    totals.sent_tokens_no_retrieval += tokens.count_chat_request(
+                        without.model.requests[0], MODEL
+                    )
+                    if x.record.retrieval_offered:
+                        totals.offered += 1
+                    if len(hops) < 2:
+                        continue
+                    loop = next(f for f in x.features if f.owns_response)
+                    originals = loop.cut_originals  # type: ignore[attr-defined]
+                    totals.rounds += x.record.retrieval_rounds
+                    rounds = hops[1]["messages"][len(hops[0]["messages"]) :]  # this request's round
+                    calls = {c["id"]: json.loads(c["function"]["arguments"])["id"]
+                             for m in rounds for c in m.get("tool_calls") or ()
+                             if c["function"]["name"] == TOOL}  # fmt: skip
+                    results = {calls[m["tool_call_id"]]: m["content"] for m in rounds
+                               if m["role"] == "tool" and m.get("tool_call_id") in calls}  # fmt: skip
+                    sent = _sent_texts(hops[0], set(results))
+                    totals.round_prompt_tokens += sum(tokens.count_chat_request(h, MODEL) for h in hops[1:])
+                    totals.call_tokens += sum(
+                        tokens.count(TOOL + json.dumps({"id": r}), MODEL) for r in results
+                    )
+                    totals.result_tokens += x.record.retrieval_tokens
+                    for ref, result in results.items():
+                        original = originals[ref]
+                        omitted = hard_tokens(original.text) - hard_tokens(sent.get(ref, ""))
                         got = hard_tokens(result)
-                        totals.cuts[kind] += 1
-                        totals.omitted[kind] += len(omitted)
-                        totals.recoverable[kind] += len(omitted & got)
-                        totals.result_tokens += tokens.count(result, MODEL)
-                        totals.saved += saved
+                        totals.cuts[original.kind] += 1
+                        totals.omitted[original.kind] += len(omitted)
+                        totals.recoverable[original.kind] += len(omitted & got)
+                        totals.saved += tokens.count(original.text, MODEL) - tokens.count(
+                            sent.get(ref, ""), MODEL
+                        )
                         if omitted - got:
-                            totals.misses.append(f"{conv}: {ref} ({kind}) lost {sorted(omitted - got)[:5]}")
+                            totals.misses.append(
+                                f"{conv}: {ref} ({original.kind}) lost {sorted(omitted - got)[:5]}"
+                            )
         finally:
             await with_retrieval.aclose()
             await without.aclose()
@@ -385,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "recoverable: share of the omitted hard tokens present in what nocp_retrieve returns "
         f"(target {TARGET_RECOVERABLE:.0%}); call + result: tokens a round adds; round prompt: the whole "
         "prompt of each round (mostly a cached prefix); later turns: extra prompt tokens of later requests, "
-        "retrieved outputs being sent whole."
+        "the rounds being put back where they happened."
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

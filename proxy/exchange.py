@@ -42,7 +42,7 @@ from proxy.pipeline import CutRecorder, Pipeline, StageContext
 from proxy.pricing import CostModel
 from proxy.protocols import Adapter, HopStream, Prompt, Usage, decode_json_object, encode_json
 from proxy.sessions import derive_session_id
-from proxy.translog import Finalizer, TransactionLog, TransactionLogWriter, redact
+from proxy.translog import Finalizer, TransactionLog, redact
 from proxy.upstream import apply_api_key, forward_headers, upstream_url
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "Exchange",
     "Feature",
     "FeatureRequest",
+    "RecordWriter",
     "Send",
     "Services",
     "UpstreamRequest",
@@ -134,6 +135,15 @@ class ClientRequest:
     body: bytes
 
 
+class RecordWriter(Protocol):
+    """Where finished TransactionLog records go (:class:`~proxy.translog.TransactionLogWriter`)."""
+
+    def submit(
+        self, record: TransactionLog, finalize: Finalizer | None = None, *, offload: bool = False
+    ) -> None:
+        """Take one record; ``finalize`` fills in what is costly to compute, off the request path."""
+
+
 class FeatureRequest:
     """A feature's part in one exchange: a method per phase, each doing nothing by default.
 
@@ -190,7 +200,7 @@ class Services:
 
     settings: Settings
     pipeline: Pipeline
-    writer: TransactionLogWriter
+    writer: RecordWriter
     cost: CostModel | None = None
     features: Sequence[Feature] = ()
     streams_in_flight: Any = None  # a gauge with inc() / dec(), or None

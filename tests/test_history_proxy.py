@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -162,7 +163,7 @@ async def test_session_id_is_derived_and_logged(fake: FakeUpstream, make_proxy: 
 def assert_alternates(contents: list[dict[str, Any]]) -> None:
     """Assert that Gemini turns alternate between user and model."""
     roles = [c.get("role", "user") for c in contents]
-    assert all(a != b for a, b in zip(roles, roles[1:], strict=False)), roles
+    assert all(a != b for a, b in itertools.pairwise(roles)), roles
 
 
 async def test_gemini_history_rolls_up_through_the_proxy(fake: FakeUpstream, make_proxy: Any) -> None:

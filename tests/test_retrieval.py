@@ -476,9 +476,8 @@ async def test_cut_keeps_its_bytes_after_a_retrieval(fake: FakeUpstream, make_pr
     cut_text = first["messages"][3]["content"]
     assert f"; id={REF}]" in cut_text and len(cut_text) < len(LOG) / 10
     assert later["messages"][:4] == first["messages"][:4]  # the cut, byte for byte
-    assert later["messages"][4:7] == round_["messages"][4:] + [
-        {"role": "assistant", "content": "Bad checksum."}
-    ]
+    final = {"role": "assistant", "content": "Bad checksum."}
+    assert later["messages"][4:7] == [*round_["messages"][4:], final]
     assert later["messages"][5]["content"] == LOG  # what the model retrieved, still in front of it
     assert later["messages"][7:] == [{"role": "user", "content": "Fix?"}]
     assert tool_names(later) == [TOOL] and again == later

@@ -7,8 +7,8 @@ Adding a protocol is adding its adapter here; the server and the exchange stay a
 from proxy.protocols._adapter import Adapter, Route
 from proxy.protocols._answer import Call, ModelTurn, ToolSpec, Usage, add_usage, anchor_digest
 from proxy.protocols._codec import decode_json_object, digest, encode_json
-from proxy.protocols._prompt import PathKey, Prompt, Rollup, Segment, SegmentKind, Turn
-from proxy.protocols._stream import HopStream, JSONArraySplitter, SSESplitter, StreamEvent, sse_data
+from proxy.protocols._prompt import Prompt, Rollup, Segment, SegmentKind, Turn
+from proxy.protocols._stream import HopStream, JSONArraySplitter, StreamEvent
 from proxy.protocols.gemini import GeminiAdapter
 from proxy.protocols.openai_chat import OpenAIChatAdapter
 
@@ -23,11 +23,9 @@ __all__ = [
     "JSONArraySplitter",
     "ModelTurn",
     "OpenAIChatAdapter",
-    "PathKey",
     "Prompt",
     "Rollup",
     "Route",
-    "SSESplitter",
     "Segment",
     "SegmentKind",
     "StreamEvent",
@@ -39,5 +37,4 @@ __all__ = [
     "decode_json_object",
     "digest",
     "encode_json",
-    "sse_data",
 ]

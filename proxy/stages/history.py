@@ -389,7 +389,7 @@ class HistoryStage:
             # marker is appended here, not stored, so the stored summary (and a following
             # roll-up that extends it) stays byte-stable; it is the same on every request
             # that applies this state, since the summarized turns are checked by digest.
-            original = original_text(prompt, state.start, state.end)
+            original = original_text(prompt, state.start, state.end, skip_tool=ctx.retrieval.tool_name)
             ref = content_id(original)
             ctx.retrieval.add_cut(ref, original, tool=None, content_type="history", kind="history")
             with marker_id(ref):
@@ -398,9 +398,11 @@ class HistoryStage:
         return prompt.with_rollup(state.start, state.end, summary)
 
 
-def original_text(prompt: Prompt, start: int, end: int) -> str:
+def original_text(prompt: Prompt, start: int, end: int, *, skip_tool: str | None = None) -> str:
     """The messages ``start`` to ``end - 1`` as plain text: each message's role, its texts,
-    its tool calls and tool outputs, in order. What a history marker's id fetches back."""
+    its tool calls and tool outputs, in order. What a history marker's id fetches back.
+    Outputs of ``skip_tool`` (the retrieval tool: copies of stored originals, fetched again by
+    the id in its call) are left out, so fetching history never nests whole originals."""
     by_turn: dict[int, list[Segment]] = {}
     for seg in prompt.segments:
         by_turn.setdefault(seg.index, []).append(seg)
@@ -420,6 +422,9 @@ def original_text(prompt: Prompt, start: int, end: int) -> str:
                     and not any(s.kind == "tool_call" for s in segs)
                 ):
                     lines.append(f"call {seg.tool_name}({seg.tool_args})")
-                lines.append(seg.text)
+                if seg.kind == "tool_output" and skip_tool is not None and seg.tool_name == skip_tool:
+                    lines.append(f"[{skip_tool} result: fetch its id again]")
+                else:
+                    lines.append(seg.text)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
