@@ -1,0 +1,425 @@
+"""The retrieval tool loop as users' traffic meets it: real SDK clients (openai, openai-agents,
+google-genai) through the proxy to the fake provider, over several turns, retries, every stream
+shape, and two tenants; nocp_retrieve never reaches a client, and no answer is empty or cut."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from google import genai
+from google.genai import types
+
+from compressors.markers import content_id
+from proxy.testing import Drop, FakeUpstream, Reply, ToolCall
+
+TOOL = "nocp_retrieve"
+# A 6,000-line log (about 420,000 characters) with one line that matters.
+LOG = "\n".join(
+    f"2024-05-{1 + i % 28:02d}T10:{i % 60:02d}:{i % 59:02d}Z INFO worker-{i % 7} job {i} batch {i * 7} "
+    f"took {i * 3 % 97} ms queue depth {i % 13} region eu-{i % 3} shard {i % 11} ok"
+    for i in range(6000)
+)
+LOG += "\n2024-05-29T11:00:00Z ERROR worker-5 failed: ValueError: bad checksum 0xdeadbeef in /data/b_417.bin"
+REF = content_id(LOG)
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+SHAPES = ["role_first", "openai"]
+
+
+def conversation() -> list[Any]:
+    """An agent's first request: the task, a read_log call and its (large) output."""
+    return [
+        {"role": "system", "content": "You debug batch jobs."},
+        {"role": "user", "content": "Why did the batch job fail?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_log", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_log", "content": LOG},
+    ]
+
+
+def _client(base: str, key: str = "sk-tenant-a-0123456789") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+
+
+async def ask(client: openai.AsyncOpenAI, messages: list[Any], stream: bool, **kw: Any) -> dict[str, Any]:
+    """One chat completion through the SDK, plain or streamed; the assistant message the client
+    ends up with (as the SDK accumulates it), its finish reason, and the raw stream chunks."""
+    if not stream:
+        resp = await client.chat.completions.create(model="gpt-4o", messages=messages, **kw)
+        msg = resp.choices[0].message
+        return {
+            "message": msg.model_dump(exclude_none=True),
+            "finish": resp.choices[0].finish_reason,
+            "chunks": [],
+        }
+    async with client.chat.completions.stream(model="gpt-4o", messages=messages, **kw) as s:
+        chunks = [e.chunk async for e in s if e.type == "chunk"]
+        final = await s.get_final_completion()
+    msg = final.choices[0].message
+    dumped = msg.model_dump(exclude_none=True, exclude={"parsed"})
+    for call in dumped.get("tool_calls") or ():
+        call.pop("parsed_arguments", None)
+    return {"message": dumped, "finish": final.choices[0].finish_reason, "chunks": chunks}
+
+
+def no_leak(answer: dict[str, Any]) -> None:
+    """Assert that the client saw nothing of nocp's tool and got a non-empty answer."""
+    msg = answer["message"]
+    assert TOOL not in json.dumps(msg)
+    for chunk in answer["chunks"]:
+        assert TOOL not in chunk.model_dump_json()
+    assert msg.get("content") or msg.get("tool_calls"), "an empty answer"
+
+
+def sent(fake: FakeUpstream, k: int) -> dict[str, Any]:
+    """The body of the k-th request the fake provider received."""
+    body: dict[str, Any] = fake.requests[k].json()
+    return body
+
+
+def tool_names(body: dict[str, Any]) -> list[str]:
+    """The function tools of a chat request."""
+    return [t["function"]["name"] for t in body.get("tools") or ()]
+
+
+@pytest.fixture(params=SHAPES)
+def shape(request: pytest.FixtureRequest, fake: FakeUpstream) -> str:
+    """Each stream shape real servers send (OpenAI's own; a role chunk first, as vLLM)."""
+    fake.openai_stream_shape = request.param
+    return str(request.param)
+
+
+# ------------------------------------------------------------------------------ OpenAI SDK
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_second_turn_and_retry_are_answered(
+    fake: FakeUpstream, make_proxy: Any, stream: bool, shape: str
+) -> None:
+    """A retrieval on turn 2 of a session, and the same request sent again, are answered by
+    nocp; the cut keeps its bytes and turn 1's round is put back before the answer it led to."""
+    proxy = await make_proxy()
+    fake.script(
+        ToolCall(TOOL, {"id": REF, "query": "ERROR"}),
+        Reply("Worker 5 hit a bad checksum."),
+        ToolCall(TOOL, {"id": REF, "query": "lines 1-3"}),
+        Reply("The first jobs were fine."),
+        ToolCall(TOOL, {"id": REF, "query": "lines 1-3"}),
+        Reply("The first jobs were fine."),
+    )
+    messages = conversation()
+    async with _client(proxy.url) as client:
+        one = await ask(client, messages, stream)
+        no_leak(one)
+        assert one["message"]["content"] == "Worker 5 hit a bad checksum." and one["finish"] == "stop"
+        messages += [one["message"], {"role": "user", "content": "And the first jobs?"}]
+        two = await ask(client, messages, stream)
+        again = await ask(client, messages, stream)  # an SDK retry of the same request
+    for answer in (two, again):
+        no_leak(answer)
+        assert answer["message"]["content"] == "The first jobs were fine." and answer["finish"] == "stop"
+    assert len(fake.requests) == 6
+    first, round1, turn2, round2, retry = (sent(fake, k) for k in (0, 1, 2, 3, 4))
+    assert turn2["messages"][3] == first["messages"][3]  # the cut, byte for byte
+    assert len(turn2["messages"][3]["content"]) < 2000
+    assert turn2["messages"][4:6] == round1["messages"][4:6]  # turn 1's round, put back
+    assert "bad checksum 0xdeadbeef" in turn2["messages"][5]["content"]
+    assert turn2["messages"][6]["content"] == "Worker 5 hit a bad checksum."
+    assert tool_names(turn2) == [TOOL] and retry == turn2
+    assert "lines 1-3 of 6001" in round2["messages"][-1]["content"]
+    lines = await proxy.log_lines(3)
+    assert [line["retrieval_rounds"] for line in lines] == [1, 1, 1]
+    assert all(line["outcome"] == "ok" for line in lines)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_query_retrieval_never_uncompresses_the_output(
+    fake: FakeUpstream, make_proxy: Any, stream: bool
+) -> None:
+    """Retrieving 3 lines of a 420,000-character log adds those lines to later turns, not the log."""
+    proxy = await make_proxy()
+    fake.script(ToolCall(TOOL, {"id": REF, "query": "lines 10-12"}), Reply("Seen."), Reply("Next."))
+    messages = conversation()
+    async with _client(proxy.url) as client:
+        one = await ask(client, messages, stream)
+        messages += [one["message"], {"role": "user", "content": "Go on."}]
+        await ask(client, messages, stream)
+    later = fake.requests[2].body
+    assert len(LOG) > 400_000 and len(later) < 8_000  # the compressed log plus 3 retrieved lines
+    assert "lines 10-12 of 6001" in json.loads(later)["messages"][5]["content"]
+
+
+async def test_reserved_name_is_answered_without_an_offer(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A model that calls nocp_retrieve when nothing was cut (no tool offered) gets an answer
+    from nocp, never the client."""
+    proxy = await make_proxy()
+    fake.script(ToolCall(TOOL, {"id": "0123456789"}), Reply("Nothing more to see."))
+    messages = [{"role": "user", "content": "Hello"}]
+    async with _client(proxy.url) as client:
+        answer = await ask(client, messages, False)
+    no_leak(answer)
+    assert answer["message"]["content"] == "Nothing more to see."
+    assert "tools" not in sent(fake, 0)
+    assert "Nothing is stored under id 0123456789" in sent(fake, 1)["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_more_calls_than_max_rounds_still_answer(
+    fake: FakeUpstream, make_proxy: Any, stream: bool, shape: str
+) -> None:
+    """More retrieval calls than max_rounds: the tool is withdrawn after the last round and the
+    client gets the model's real answer, never an empty message."""
+    proxy = await make_proxy(retrieval={"max_rounds": 2})
+    fake.script(*(ToolCall(TOOL, {"id": REF, "query": f"job {i}"}) for i in range(3)), Reply("Done looking."))
+    async with _client(proxy.url) as client:
+        answer = await ask(client, conversation(), stream)
+    no_leak(answer)
+    assert answer["message"]["content"] == "Done looking." and answer["finish"] == "stop"
+    assert [TOOL in tool_names(sent(fake, k)) for k in range(4)] == [True, True, False, False]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_choice_required_is_kept(fake: FakeUpstream, make_proxy: Any, stream: bool) -> None:
+    """With tool_choice required the client still gets one of its own tool calls after the rounds."""
+    proxy = await make_proxy(retrieval={"max_rounds": 1})
+    fake.script(
+        ToolCall(TOOL, {"id": REF, "query": "ERROR"}),
+        ToolCall(TOOL, {"id": REF}),
+        ToolCall("get_weather", {"city": "Paris"}),
+    )
+    async with _client(proxy.url) as client:
+        answer = await ask(client, conversation(), stream, tools=[WEATHER], tool_choice="required")
+    no_leak(answer)
+    assert [c["function"]["name"] for c in answer["message"]["tool_calls"]] == ["get_weather"]
+    assert answer["finish"] == "tool_calls"
+    last = sent(fake, 2)
+    assert tool_names(last) == ["get_weather"] and last["tool_choice"] == "required"
+
+
+async def test_streamed_preamble_and_answer_are_one_message(
+    fake: FakeUpstream, make_proxy: Any, shape: str
+) -> None:
+    """Text streamed before a retrieval call is followed, in the same client stream, by the answer
+    after the round: one role, one id, one finish; the next turn puts the round back."""
+    proxy = await make_proxy()
+    fake.script(
+        Reply(
+            "Let me look at the omitted rows.", tool_calls=(ToolCall(TOOL, {"id": REF, "query": "ERROR"}),)
+        ),
+        Reply(" Worker 5 failed on a bad checksum."),
+        Reply("Restart it."),
+    )
+    messages = conversation()
+    async with _client(proxy.url) as client:
+        answer = await ask(client, messages, True)
+        no_leak(answer)
+        text = "Let me look at the omitted rows. Worker 5 failed on a bad checksum."
+        assert answer["message"]["content"] == text and answer["finish"] == "stop"
+        chunks = answer["chunks"]
+        assert len({c.id for c in chunks}) == 1
+        assert sum(1 for c in chunks if c.choices and c.choices[0].delta.role) == 1
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+            "stop"
+        ]
+        messages += [answer["message"], {"role": "user", "content": "What now?"}]
+        await ask(client, messages, True)
+    turn2 = sent(fake, 2)["messages"]
+    assert turn2[4]["content"] == "Let me look at the omitted rows." and turn2[4]["tool_calls"]
+    assert turn2[5]["role"] == "tool" and "bad checksum" in turn2[5]["content"]
+    assert turn2[6] == {"role": "assistant", "content": " Worker 5 failed on a bad checksum."}
+    assert turn2[7] == {"role": "user", "content": "What now?"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_parallel_retrieval_calls_and_mixed_calls(
+    fake: FakeUpstream, make_proxy: Any, stream: bool, shape: str
+) -> None:
+    """Two retrieval calls in one answer are one round; beside a client call, ours is taken out,
+    the client's call renumbered, and ours answered in the next request."""
+    proxy = await make_proxy()
+    fake.script(
+        Reply(tool_calls=(ToolCall(TOOL, {"id": REF, "query": "ERROR"}), ToolCall(TOOL, {"id": REF}))),
+        Reply("Both read."),
+        Reply(
+            tool_calls=(
+                ToolCall(TOOL, {"id": REF, "query": "job 7"}),
+                ToolCall("get_weather", {"city": "Oslo"}),
+            )
+        ),
+    )
+    messages = conversation()
+    async with _client(proxy.url) as client:
+        one = await ask(client, messages, stream, tools=[WEATHER])
+        assert one["message"]["content"] == "Both read."
+        messages += [one["message"], {"role": "user", "content": "Weather in Oslo?"}]
+        two = await ask(client, messages, stream, tools=[WEATHER])
+    for answer in (one, two):
+        no_leak(answer)
+    (call,) = two["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and two["finish"] == "tool_calls"
+    if stream:
+        deltas = [tc for c in two["chunks"] if c.choices for tc in c.choices[0].delta.tool_calls or ()]
+        assert {tc.index for tc in deltas} == {0}
+    round1 = sent(fake, 1)["messages"]
+    assert [m["role"] for m in round1[-3:]] == ["assistant", "tool", "tool"]
+    lines = await proxy.log_lines(2)
+    assert [r["deferred"] for r in lines[1]["retrievals"]] == [True]
+
+
+async def test_two_tenants_never_share_stored_content(fake: FakeUpstream, make_proxy: Any) -> None:
+    """Tenant B with A's session id asks for A's marker id: nothing stored for B; A's next request
+    is what it would have been."""
+    proxy = await make_proxy()
+    fake.script(Reply("A done."), ToolCall(TOOL, {"id": REF}), Reply("B done."), Reply("A again."))
+    headers = {"X-Session-Id": "shared-session"}
+    async with _client(proxy.url) as a, _client(proxy.url, "sk-tenant-b-9876543210") as b:
+        first = await a.chat.completions.create(
+            model="gpt-4o", messages=conversation(), extra_headers=headers
+        )
+        assert first.choices[0].message.content == "A done."
+        b_messages = [{"role": "user", "content": f"Show me id {REF}"}]
+        answer = await b.chat.completions.create(model="gpt-4o", messages=b_messages, extra_headers=headers)
+        assert answer.choices[0].message.content == "B done."
+        await a.chat.completions.create(model="gpt-4o", messages=conversation(), extra_headers=headers)
+    b_round = sent(fake, 2)["messages"][-1]["content"]
+    assert f"Nothing is stored under id {REF}" in b_round and "0xdeadbeef" not in b_round
+    assert sent(fake, 3) == sent(fake, 0)
+
+
+async def test_broken_upstream_stream_is_an_error_for_the_client(fake: FakeUpstream, make_proxy: Any) -> None:
+    """An upstream stream that breaks mid-answer reaches the client as an error, not a clean end."""
+    proxy = await make_proxy()
+    fake.script(Drop(after_chunks=3, then=Reply("one two three four five six")))
+    async with _client(proxy.url) as client:
+        with pytest.raises((openai.APIError, aiohttp.ClientError, Exception)) as info:
+            stream = await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "Count."}], stream=True
+            )
+            async for _ in stream:
+                pass
+    (line,) = await proxy.log_lines(1)
+    assert line["outcome"] == "upstream_error" and "stream broke" in line["error_message"]
+
+
+# ------------------------------------------------------------------------------ openai-agents
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_agents_sdk_tool_loop_over_two_turns(fake: FakeUpstream, make_proxy: Any, stream: bool) -> None:
+    """The openai-agents SDK (Chat Completions model) runs its tool loop through nocp: the model
+    retrieves from the cut log on both turns and the agent's final output is the real answer."""
+    from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    proxy = await make_proxy()
+
+    @function_tool
+    def read_log() -> str:
+        """Read the batch job's log."""
+        return LOG
+
+    fake.script(
+        ToolCall("read_log", {}),
+        Reply("Checking.", tool_calls=(ToolCall(TOOL, {"id": REF, "query": "ERROR"}),)),
+        Reply(" Worker 5: bad checksum."),
+        ToolCall(TOOL, {"id": REF, "query": "worker-5"}),
+        Reply("It is shard 10."),
+    )
+    client = _client(proxy.url)
+    agent = Agent(
+        name="debugger",
+        instructions="You debug batch jobs.",
+        tools=[read_log],
+        model=OpenAIChatCompletionsModel(model="gpt-4o", openai_client=client),
+    )
+
+    async def run(inputs: Any) -> Any:
+        if not stream:
+            return await Runner.run(agent, inputs)
+        result = Runner.run_streamed(agent, inputs)
+        async for _ in result.stream_events():
+            pass
+        return result
+
+    one = await run("Why did the batch job fail?")
+    # streamed, the preamble and the answer are one message; whole, the answer after the round
+    assert one.final_output == ("Checking. Worker 5: bad checksum." if stream else " Worker 5: bad checksum.")
+    two = await run([*one.to_input_list(), {"role": "user", "content": "Which shard?"}])
+    assert two.final_output == "It is shard 10."
+    await client.close()
+    assert TOOL not in json.dumps(one.to_input_list()) + json.dumps(two.to_input_list())
+    turn2 = sent(fake, 3)
+    assert any(m.get("role") == "tool" and "0xdeadbeef" in m["content"] for m in turn2["messages"])
+    lines = await proxy.log_lines(3)
+    assert [line["retrieval_rounds"] for line in lines] == [0, 1, 1]
+
+
+# ------------------------------------------------------------------------------ Gemini SDK
+
+
+def gemini_contents() -> list[Any]:
+    """The agent turn in Gemini's form."""
+    return [
+        {"role": "user", "parts": [{"text": "Why did the batch job fail?"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "read_log", "args": {}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "read_log", "response": {"output": LOG}}}]},
+    ]
+
+
+async def _gemini(client: genai.Client, contents: list[Any], stream: bool) -> str:
+    if not stream:
+        resp = await client.aio.models.generate_content(model="gemini-2.5-flash", contents=contents)
+        return resp.text or ""
+    pieces: AsyncIterator[Any] = await client.aio.models.generate_content_stream(
+        model="gemini-2.5-flash", contents=contents
+    )
+    return "".join([r.text or "" async for r in pieces])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_gemini_preamble_second_turn_and_retry(
+    fake: FakeUpstream, make_proxy: Any, stream: bool
+) -> None:
+    """Gemini through google-genai: a preamble before a retrieval call and the answer after the
+    round reach the client as one answer; turn 2 and its retry are answered too; turns alternate."""
+    proxy = await make_proxy()
+    fake.script(
+        Reply("Looking.", tool_calls=(ToolCall(TOOL, {"id": REF, "query": "ERROR"}),)),
+        Reply(" Bad checksum."),
+        ToolCall(TOOL, {"id": REF, "query": "lines 1-2"}),
+        Reply("Fine at first."),
+        ToolCall(TOOL, {"id": REF, "query": "lines 1-2"}),
+        Reply("Fine at first."),
+    )
+    client = genai.Client(api_key="AIzaTESTKEY0123456789", http_options=types.HttpOptions(base_url=proxy.url))
+    contents = gemini_contents()
+    first = await _gemini(client, contents, stream)
+    assert first == ("Looking. Bad checksum." if stream else " Bad checksum.")
+    contents += [
+        {"role": "model", "parts": [{"text": first}]},
+        {"role": "user", "parts": [{"text": "Start?"}]},
+    ]
+    assert await _gemini(client, contents, stream) == "Fine at first."
+    assert await _gemini(client, contents, stream) == "Fine at first."
+    turn2 = sent(fake, 2)["contents"]
+    roles = [c["role"] for c in turn2]
+    assert all(a != b for a, b in itertools.pairwise(roles)), roles
+    assert turn2[3]["parts"][-1]["functionCall"]["name"] == TOOL  # turn 1's round, put back
+    assert sent(fake, 4) == sent(fake, 2)
