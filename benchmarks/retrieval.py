@@ -50,8 +50,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,14 +69,14 @@ from compressors.hardtokens import hard_tokens  # noqa: E402
 from compressors.markers import marker_ids  # noqa: E402
 from proxy.bench.traces import eval_data_root  # noqa: E402
 from proxy.config import HistoryConfig, RetrievalConfig, load_settings  # noqa: E402
-from proxy.exchange import ClientRequest, Exchange, Services, UpstreamRequest  # noqa: E402
+from proxy.exchange import ClientRequest, Exchange, Services  # noqa: E402
 from proxy.pipeline import Pipeline  # noqa: E402
 from proxy.protocols import OpenAIChatAdapter  # noqa: E402
 from proxy.sessions import SQLiteSessionStore  # noqa: E402
 from proxy.stages import HistoryStage, ToolOutputStage  # noqa: E402
 from proxy.summarizer import ExtractiveSummarizer  # noqa: E402
+from proxy.testing import MemoryWriter, MockResponse, MockSend, RecordingClient  # noqa: E402
 from proxy.toolloop import ToolLoop  # noqa: E402
-from proxy.translog import Finalizer, TransactionLog  # noqa: E402
 
 MODEL = "gpt-4o"
 ADAPTER = OpenAIChatAdapter()
@@ -175,65 +174,13 @@ class Totals:
     seconds: float = 0.0
 
 
-class _Response:
-    """A whole chat completion as the exchange's ``send`` yields it."""
-
-    status = 200
-    reason = "OK"
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
-        self._data = json.dumps(body).encode()
-
-    async def read(self) -> bytes:
-        return self._data
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        yield self._data
-
-
-class _Client:
-    """The client side of an exchange: keeps the response body."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self.body = b""
-
-    async def start(self, status: int, reason: str | None, headers: Any, *, length: int | None) -> None:
-        assert status == 200, status
-        self.started = True
-
-    async def write(self, data: bytes) -> None:
-        self.body += data
-
-    async def end(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        raise RuntimeError("aborted")
-
-    def gone(self) -> bool:
-        return False
-
-
-class _Records:
-    """The exchange's record writer: keeps the records."""
-
-    def __init__(self) -> None:
-        self.records: list[TransactionLog] = []
-
-    def submit(
-        self, record: TransactionLog, finalize: Finalizer | None = None, *, offload: bool = False
-    ) -> None:
-        self.records.append(record)
-
-
 class Model:
     """The simulated model behind ``send``. Offered ``nocp_retrieve`` with marker ids it has not
     fetched yet in this conversation, it calls the tool once per id; otherwise it answers with
     ``answer`` (the trace's next assistant message). Keeps every request it got."""
 
     def __init__(self, retrieve: bool) -> None:
+        self.send = MockSend(lambda req: MockResponse(body=self.reply(json.loads(req.body))))
         self.retrieve = retrieve
         self.fetched: set[str] = set()
         self.answer: dict[str, Any] = {"role": "assistant", "content": "Done."}
@@ -258,10 +205,6 @@ class Model:
         return {"id": "sim", "object": "chat.completion", "model": MODEL,
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}  # fmt: skip
 
-    @asynccontextmanager
-    async def send(self, req: UpstreamRequest) -> AsyncIterator[_Response]:
-        yield _Response(self.reply(json.loads(req.body)))
-
 
 class Replayer:
     """The proxy's request path (:class:`~proxy.exchange.Exchange`) with its own SQLite store, the
@@ -274,11 +217,10 @@ class Replayer:
             [HistoryStage(history, self.store, ExtractiveSummarizer()), ToolOutputStage(compression)],
             stage_timeout_s=120,
         )
-        self.records = _Records()
         self.services = Services(
             settings=load_settings(env={}, overrides={}),
             pipeline=pipeline,
-            writer=self.records,
+            writer=MemoryWriter(),
             features=[self.loop],
         )
         self.model = Model(retrieve)
@@ -294,7 +236,7 @@ class Replayer:
             match_info={},
             body=body,
         )
-        x = Exchange(self.services, ADAPTER, request, self.model.send, _Client())
+        x = Exchange(self.services, ADAPTER, request, self.model.send, RecordingClient())
         await x.run()
         if x.record.fail_open or x.record.outcome != "ok":
             raise RuntimeError(f"the replay failed open: {x.record.outcome} {x.record.fail_open}")

@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy import protocols
 from proxy.config import Settings
 from proxy.drift import DriftMonitor
 from proxy.exceptions import PayloadTooLarge, ProxyHTTPError
@@ -30,7 +31,7 @@ from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics
 from proxy.pipeline import Pipeline, Stage, stage_name
 from proxy.pricing import CostModel
-from proxy.protocols import ADAPTERS, Adapter
+from proxy.protocols import Adapter
 from proxy.sessions import SessionStore, open_store
 from proxy.toolloop import ToolLoop
 from proxy.translog import TransactionLogWriter, redact
@@ -53,6 +54,7 @@ class ProxyState:
     services: Services
     cost: CostModel | None = None  # None: pricing switched off, cost fields stay null
     retrieval: ToolLoop | None = None  # None: reversible compression switched off
+    adapters: tuple[Adapter, ...] = ()  # the protocols served (proxy.protocols.ADAPTERS)
 
 
 STATE = web.AppKey("nocp_state", ProxyState)
@@ -176,9 +178,9 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     first adapter's (OpenAI's).
     """
     state = request.app[STATE]
-    adapter = next(
-        (a for a in ADAPTERS if a.claims(request.path, request.headers, request.query)), ADAPTERS[0]
-    )
+    adapters = state.adapters
+    claims = (a for a in adapters if a.claims(request.path, request.headers, request.query))
+    adapter = next(claims, adapters[0])
     settings = state.settings
     up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]  # type: ignore[arg-type]
     headers = forward_headers(request.headers)
@@ -288,6 +290,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         ),
         cost=cost,
         retrieval=loop,
+        adapters=protocols.ADAPTERS,
     )
     state.metrics.track_writer(state.writer)
     state.metrics.track_alerts(state.drift.detector.active)
@@ -321,7 +324,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/v1/nocp/alerts", alerts_endpoint)
-    for adapter in ADAPTERS:
+    for adapter in state.adapters:
         for method, path in adapter.routes:
             app.router.add_route(method, path, functools.partial(_rewrite, adapter))
     app.router.add_route("*", "/{tail:.*}", passthrough)

@@ -10,12 +10,16 @@ Like httpx's ``MockTransport`` or aiohttp's ``test_utils``, for tests, demos and
         ...
         assert fake.usage_log[0].prompt_tokens == count_messages(messages, model)
 
-Endpoints: ``POST /v1/chat/completions`` (plain and ``stream: true``), ``POST
+Without a socket, an :class:`~proxy.exchange.Exchange` runs against ``MockSend(handler)`` (its
+upstream), a ``RecordingClient`` and a ``MemoryWriter``.
+
+Endpoints of the fake: ``POST /v1/chat/completions`` (plain and ``stream: true``), ``POST
 /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent`` (``alt=sse`` or a JSON
 array), ``GET /v1/models``, ``POST /v1/embeddings``, and an echo route for everything else.
 """
 
 from proxy.testing._common import FIXED_CREATED
+from proxy.testing._exchange import MemoryWriter, MockResponse, MockSend, RecordingClient
 from proxy.testing._fake_upstream import FakeUpstream, run_fake_upstream
 from proxy.testing._generic import DEFAULT_MODELS
 from proxy.testing._prefix_cache import PrefixCache
@@ -29,8 +33,12 @@ __all__ = [
     "Drop",
     "Fail",
     "FakeUpstream",
+    "MemoryWriter",
+    "MockResponse",
+    "MockSend",
     "PrefixCache",
     "RecordedRequest",
+    "RecordingClient",
     "Replay",
     "Reply",
     "Stall",
