@@ -40,18 +40,16 @@ def services(features: Any = (), writer: MemoryWriter | None = None) -> Services
     )
 
 
+async def run(body: Any, answer: MockResponse) -> tuple[MockSend, RecordingClient, MemoryWriter]:
+    """One chat request through an exchange whose upstream answers ``answer``."""
+    send, client, writer = MockSend(lambda req: answer), RecordingClient(), MemoryWriter()
+    await Exchange(services(writer=writer), OpenAIChatAdapter(), request(body), send, client).run()
+    return send, client, writer
+
+
 async def test_a_whole_answer_without_a_socket() -> None:
     """The exchange parses, sends, relays the answer and writes one record with the usage."""
-    send = MockSend(lambda req: MockResponse(body=COMPLETION))
-    client, writer = RecordingClient(), MemoryWriter()
-    x = Exchange(
-        services(writer=writer),
-        OpenAIChatAdapter(),
-        request({"model": "gpt-4o", "messages": MESSAGES}),
-        send,
-        client,
-    )
-    await x.run()
+    send, client, writer = await run({"model": "gpt-4o", "messages": MESSAGES}, MockResponse(body=COMPLETION))
     assert client.status == 200 and client.ended and client.json() == COMPLETION
     assert send.bodies() == [{"model": "gpt-4o", "messages": MESSAGES}]
     assert str(send.requests[0].url) == "https://api.openai.com/v1/chat/completions"
@@ -61,16 +59,7 @@ async def test_a_whole_answer_without_a_socket() -> None:
 
 async def test_a_bad_body_is_a_400_and_never_sent() -> None:
     """A body that is not a chat request gets 400 in OpenAI's error shape; nothing goes upstream."""
-    send = MockSend(lambda req: MockResponse(body=COMPLETION))
-    client, writer = RecordingClient(), MemoryWriter()
-    x = Exchange(
-        services(writer=writer),
-        OpenAIChatAdapter(),
-        request({"model": "gpt-4o", "messages": "hi"}),
-        send,
-        client,
-    )
-    await x.run()
+    send, client, writer = await run({"model": "gpt-4o", "messages": "hi"}, MockResponse(body=COMPLETION))
     assert client.status == 400 and client.json()["error"]["param"] == "messages"
     assert send.requests == [] and writer.records[0].outcome == "client_error"
 
@@ -80,16 +69,10 @@ async def test_an_upstream_error_reaches_the_client_as_it_came() -> None:
     error = {
         "error": {"message": "slow down", "type": "requests", "param": None, "code": "rate_limit_exceeded"}
     }
-    send = MockSend(lambda req: MockResponse(status=429, body=error, headers={"Retry-After": "2"}))
-    client, writer = RecordingClient(), MemoryWriter()
-    x = Exchange(
-        services(writer=writer),
-        OpenAIChatAdapter(),
-        request({"model": "gpt-4o", "messages": MESSAGES}),
-        send,
-        client,
+    _, client, writer = await run(
+        {"model": "gpt-4o", "messages": MESSAGES},
+        MockResponse(status=429, body=error, headers={"Retry-After": "2"}),
     )
-    await x.run()
     assert client.status == 429 and client.json() == error and client.headers["Retry-After"] == "2"
     assert writer.records[0].outcome == "upstream_error"
 
