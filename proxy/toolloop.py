@@ -151,8 +151,8 @@ class LoopRequest(FeatureRequest):
 
     # ----------------------------------------------------------------- before the stages
 
-    def _anchor(self, x: Exchange, message: Any) -> str:
-        return anchor_digest(*x.adapter.client_view(message, self.tool_name))
+    def _anchor(self, x: Exchange, turns: list[Any]) -> str:
+        return anchor_digest(*x.adapter.client_view(turns, self.tool_name))
 
     async def before_stages(self, x: Exchange) -> bool:
         """Put back the rounds of earlier requests; True if any was."""
@@ -160,14 +160,14 @@ class LoopRequest(FeatureRequest):
             return False
         try:
             turns = x.body[x.adapter.turns_key]
-            indexes = x.adapter.assistant_indexes(x.body)
-            if not indexes:
+            spans = x.adapter.assistant_spans(x.body)
+            if not spans:
                 return False
-            keys = [self._hkey(i, self._anchor(x, turns[i])) for i in indexes]
+            keys = [self._hkey(start, self._anchor(x, turns[start:end])) for start, end in spans]
             values = await self.app.store.get_blobs(keys, ttl_s=self.app.session_ttl_s)
-            found = [(i, _hidden_decoder.decode(v)) for i, v in zip(indexes, values, strict=True) if v]
-            for i, hidden in reversed(found):  # from the end: earlier indexes stay valid
-                turns[i : i + 1] = hidden.messages
+            found = [(span, _hidden_decoder.decode(v)) for span, v in zip(spans, values, strict=True) if v]
+            for (start, end), hidden in reversed(found):  # from the end: earlier spans stay valid
+                turns[start:end] = hidden.messages
             return bool(found)
         except Exception as exc:
             self.fail_open("putting back earlier rounds", exc)
@@ -233,7 +233,7 @@ class LoopRequest(FeatureRequest):
         self.prior = add_usage(turn.usage, self.prior)
         self.rounds += 1
         self.record.retrieval_rounds = self.rounds
-        self.hidden += [turn.message, *x.adapter.tool_results(answers)]
+        self.hidden += [*turn.turns(), *x.adapter.tool_results(answers)]
         body = x.adapter.follow_up(self.sent or x.body, turn, answers)
         if self.rounds >= self.config.max_rounds:
             x.adapter.remove_tool(body, self.tool_name, forbid_calls=self.rounds > self.config.max_rounds)
@@ -295,13 +295,13 @@ class LoopRequest(FeatureRequest):
         return out
 
     async def _remember(
-        self, x: Exchange, turn: ModelTurn, answers: list[tuple[Call, str]], visible: Any
+        self, x: Exchange, turn: ModelTurn, answers: list[tuple[Call, str]], visible: list[Any]
     ) -> None:
         """Store the rounds (and answers to calls the client did not get) under the answer
         the client got, ``visible``, for the next requests to put back."""
         if not self.hidden and not answers:
             return
-        messages = [*self.hidden, turn.message, *x.adapter.tool_results(answers)]
+        messages = [*self.hidden, *turn.turns(), *x.adapter.tool_results(answers)]
         key = self._hkey(x.client_len, self._anchor(x, visible))
         try:
             await self.app.store.put_blobs(
@@ -329,7 +329,7 @@ class LoopRequest(FeatureRequest):
                 return data, await self._round(x, turn, ours)
             answers = await self._answer(ours) if ours else []
             self._defer(ours)
-            await self._remember(x, turn, answers, turn.message)
+            await self._remember(x, turn, answers, turn.turns())
             if ours or self.prior:
                 data = x.adapter.client_reply(data, self.tool_name, self.prior)
             return data, None
@@ -414,7 +414,7 @@ class LoopRequest(FeatureRequest):
             self._defer(ours)
             data = self._render(hop, self.held) + hop.end()  # the client gets it after _remember
             self.held.clear()
-            await self._remember(x, turn, answers, x.adapter.visible_message("".join(self.shown), client))
+            await self._remember(x, turn, answers, x.adapter.visible_turns("".join(self.shown), client))
             return data, None
         except Exception as exc:  # fail open: what came, as far as the client has not had it
             self.fail_open("stream end", exc)

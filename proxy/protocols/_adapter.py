@@ -158,18 +158,21 @@ class Adapter(abc.ABC):
         self, body: Mapping[str, Any], turn: ModelTurn, answers: Sequence[tuple[Call, str]]
     ) -> dict[str, Any]:
         """A copy of ``body`` continued with ``turn`` and the results of its calls."""
-        messages = [*body[self.turns_key], turn.message, *self.tool_results(answers)]
+        messages = [*body[self.turns_key], *turn.turns(), *self.tool_results(answers)]
         return {**body, self.turns_key: messages}
 
-    def client_view(self, message: Mapping[str, Any], tool: str) -> tuple[str, list[tuple[str, str, str]]]:
-        """An assistant message as the client holds it: its visible text and its tool calls
-        (id, name, arguments in a normal form), ``tool``'s calls left out."""
+    def client_view(
+        self, turns: Sequence[Mapping[str, Any]], tool: str
+    ) -> tuple[str, list[tuple[str, str, str]]]:
+        """An answer as the client holds it (the messages of one span): its visible text and
+        its tool calls (id, name, arguments in a normal form), ``tool``'s calls left out."""
         raise NotImplementedError
 
-    def visible_message(self, text: str, calls: Sequence[Call]) -> dict[str, Any]:
-        """An assistant message holding ``text`` and ``calls`` (what a client received)."""
+    def visible_turns(self, text: str, calls: Sequence[Call]) -> list[dict[str, Any]]:
+        """The messages of an answer holding ``text`` and ``calls`` (what a client received)."""
         raise NotImplementedError
 
-    def assistant_indexes(self, body: Mapping[str, Any]) -> list[int]:
-        """Positions of the assistant messages in the body's turns."""
+    def assistant_spans(self, body: Mapping[str, Any]) -> list[tuple[int, int]]:
+        """(start, end) of each answer of the model in the body's turns: one message each,
+        or a run of items (Responses)."""
         return []

@@ -56,6 +56,12 @@ class ModelTurn(msgspec.Struct, kw_only=True):
     message: dict[str, Any]
     calls: list[Call]
     usage: dict[str, Any] | None = None
+    items: list[dict[str, Any]] | None = None  # an answer of several items (Responses' output)
+    id: str | None = None  # the response's id, when a follow-up can continue from it
+
+    def turns(self) -> list[dict[str, Any]]:
+        """The answer as it goes into the conversation: its items, or its one message."""
+        return list(self.items) if self.items is not None else [self.message]
 
 
 def add_usage(usage: Mapping[str, Any] | None, prior: Mapping[str, Any] | None) -> dict[str, Any]:

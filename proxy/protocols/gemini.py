@@ -542,12 +542,14 @@ class GeminiAdapter(Adapter):
         resp["response"] = {"content": text}
         return {"functionResponse": resp}
 
-    def client_view(self, message: Mapping[str, Any], tool: str) -> tuple[str, list[tuple[str, str, str]]]:
-        return _client_view(message.get("parts") or [], tool)
+    def client_view(
+        self, turns: Sequence[Mapping[str, Any]], tool: str
+    ) -> tuple[str, list[tuple[str, str, str]]]:
+        return _client_view([p for block in turns for p in block.get("parts") or []], tool)
 
-    def visible_message(self, text: str, calls: Sequence[Call]) -> dict[str, Any]:
+    def visible_turns(self, text: str, calls: Sequence[Call]) -> list[dict[str, Any]]:
         parts: list[Any] = [{"text": text}] if text else []
-        return {"role": "model", "parts": [*parts, *(c.raw for c in calls)]}
+        return [{"role": "model", "parts": [*parts, *(c.raw for c in calls)]}]
 
-    def assistant_indexes(self, body: Mapping[str, Any]) -> list[int]:
-        return [i for i, block in enumerate(body["contents"]) if block.get("role") == "model"]
+    def assistant_spans(self, body: Mapping[str, Any]) -> list[tuple[int, int]]:
+        return [(i, i + 1) for i, block in enumerate(body["contents"]) if block.get("role") == "model"]

@@ -471,20 +471,25 @@ class OpenAIChatAdapter(Adapter):
     def tool_results(self, answers: Sequence[tuple[Call, str]]) -> list[dict[str, Any]]:
         return [{"role": "tool", "tool_call_id": call.id or "", "content": text} for call, text in answers]
 
-    def client_view(self, message: Mapping[str, Any], tool: str) -> tuple[str, list[tuple[str, str, str]]]:
-        calls = [c for raw in message.get("tool_calls") or () if (c := _call_of(raw)) is not None]
-        return _text(message.get("content")), [
-            (c.id or "", c.name, c.arguments) for c in calls if c.name != tool
-        ]
+    def client_view(
+        self, turns: Sequence[Mapping[str, Any]], tool: str
+    ) -> tuple[str, list[tuple[str, str, str]]]:
+        texts: list[str] = []
+        kept: list[tuple[str, str, str]] = []
+        for message in turns:
+            texts.append(_text(message.get("content")))
+            calls = [c for raw in message.get("tool_calls") or () if (c := _call_of(raw)) is not None]
+            kept += [(c.id or "", c.name, c.arguments) for c in calls if c.name != tool]
+        return "".join(texts), kept
 
-    def visible_message(self, text: str, calls: Sequence[Call]) -> dict[str, Any]:
+    def visible_turns(self, text: str, calls: Sequence[Call]) -> list[dict[str, Any]]:
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         if calls:
             message["tool_calls"] = [c.raw for c in calls]
-        return message
+        return [message]
 
-    def assistant_indexes(self, body: Mapping[str, Any]) -> list[int]:
-        return [i for i, msg in enumerate(body["messages"]) if msg.get("role") == "assistant"]
+    def assistant_spans(self, body: Mapping[str, Any]) -> list[tuple[int, int]]:
+        return [(i, i + 1) for i, msg in enumerate(body["messages"]) if msg.get("role") == "assistant"]
 
     def error_body(self, err: ProxyHTTPError) -> dict[str, Any]:
         return {
