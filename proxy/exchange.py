@@ -41,7 +41,6 @@ from proxy.exceptions import ModelNotFound, ProxyHTTPError, UpstreamUnavailable
 from proxy.pipeline import CutRecorder, Pipeline, StageContext
 from proxy.pricing import CostModel
 from proxy.protocols import Adapter, HopStream, Prompt, Usage, decode_json_object, encode_json
-from proxy.sessions import derive_session_id
 from proxy.translog import Finalizer, TransactionLog, redact
 from proxy.upstream import apply_api_key, forward_headers, upstream_url
 
@@ -95,7 +94,7 @@ class UpstreamResponse(Protocol):
         """The body as it arrives."""
 
 
-Send = Callable[[UpstreamRequest], AbstractAsyncContextManager[UpstreamResponse]]
+Send = Callable[[UpstreamRequest], AbstractAsyncContextManager[UpstreamResponse, Any]]
 
 
 class ClientSide(Protocol):
@@ -305,7 +304,7 @@ class Exchange:
         try:
             req = self.request
             body = self.body = adapter.parse(req.body, req.match_info)
-            record.session_id = derive_session_id(adapter.protocol, req.headers, body)
+            record.session_id = adapter.session_id(req.headers, body)
             model = self.model = record.model = adapter.model(body, req.match_info)
             stream = self.stream = record.stream = adapter.is_stream(body, req.match_info)
             up = settings.upstream_for(adapter.upstream_protocol, model)  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ from proxy.sessions import SessionStore, open_store
 from proxy.toolloop import ToolLoop
 from proxy.translog import TransactionLogWriter, redact
 from proxy.upstream import UpstreamClient, apply_api_key, forward_headers, upstream_url
+from proxy.websocket import serve_websocket
 
 _log = structlog.get_logger("nocp.server")
 _encoder = msgspec.json.Encoder()
@@ -168,6 +169,19 @@ async def _rewrite(adapter: Adapter, request: web.Request) -> web.StreamResponse
     if client.response is None:  # the exchange always answers; this only guards the contract
         return _error(adapter, ProxyHTTPError("internal proxy error"))
     return client.response
+
+
+async def _websocket(adapter: Adapter, request: web.Request) -> web.StreamResponse:
+    """A WebSocket upgrade on one of an adapter's paths (anything else there: passthrough)."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return await passthrough(request)
+    state = request.app[STATE]
+    settings = state.settings
+    up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]  # type: ignore[arg-type]
+    headers = forward_headers(request.headers)
+    apply_api_key(headers, up)
+    url = upstream_url(up, request.raw_path)
+    return await serve_websocket(request, adapter, state.services, state.upstream, url, headers)
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
@@ -327,6 +341,8 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
     for adapter in state.adapters:
         for method, path in adapter.routes:
             app.router.add_route(method, path, functools.partial(_rewrite, adapter))
+        for path in adapter.websocket_paths:
+            app.router.add_get(path, functools.partial(_websocket, adapter))
     app.router.add_route("*", "/{tail:.*}", passthrough)
     return app
 

@@ -111,6 +111,16 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
+    async def ws_connect(
+        self, url: URL, headers: CIMultiDict[str], *, max_msg_size: int
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open a WebSocket upstream (``http(s)`` in ``url`` becomes ``ws(s)``)."""
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        scheme = {"http": "ws", "https": "wss"}.get(url.scheme, url.scheme)
+        return await self._session.ws_connect(
+            url.with_scheme(scheme), headers=headers, max_msg_size=max_msg_size, autoping=True
+        )
+
     @contextlib.asynccontextmanager
     async def request(
         self, method: str, url: URL, headers: CIMultiDict[str], data: Any

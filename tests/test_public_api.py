@@ -90,9 +90,11 @@ PUBLIC: dict[str, list[str]] = {
         "JSONArraySplitter",
         "ModelTurn",
         "OpenAIChatAdapter",
+        "OpenAIResponsesAdapter",
         "Prompt",
         "Rollup",
         "Route",
+        "SSESplitter",
         "Segment",
         "SegmentKind",
         "StreamEvent",
@@ -104,6 +106,7 @@ PUBLIC: dict[str, list[str]] = {
         "decode_json_object",
         "digest",
         "encode_json",
+        "sse_data",
     ],
     "proxy.sessions": [
         "HEADER",
@@ -114,7 +117,9 @@ PUBLIC: dict[str, list[str]] = {
         "decode_state",
         "derive_session_id",
         "encode_state",
+        "metadata_session",
         "open_store",
+        "session_from",
         "sqlite_path",
     ],
     "proxy.stages": ["HistoryStage", "ToolOutputStage"],
@@ -141,6 +146,7 @@ PUBLIC: dict[str, list[str]] = {
         "run_fake_upstream",
     ],
 }
+
 
 @pytest.mark.parametrize("module", sorted(PUBLIC))
 def test_public_names_are_pinned(module: str) -> None:

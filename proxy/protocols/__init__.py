@@ -8,11 +8,12 @@ from proxy.protocols._adapter import Adapter, Route
 from proxy.protocols._answer import Call, ModelTurn, ToolSpec, Usage, add_usage, anchor_digest
 from proxy.protocols._codec import decode_json_object, digest, encode_json
 from proxy.protocols._prompt import Prompt, Rollup, Segment, SegmentKind, Turn
-from proxy.protocols._stream import HopStream, JSONArraySplitter, StreamEvent
+from proxy.protocols._stream import HopStream, JSONArraySplitter, SSESplitter, StreamEvent, sse_data
 from proxy.protocols.gemini import GeminiAdapter
 from proxy.protocols.openai_chat import OpenAIChatAdapter
+from proxy.protocols.openai_responses import OpenAIResponsesAdapter
 
-ADAPTERS: tuple[Adapter, ...] = (OpenAIChatAdapter(), GeminiAdapter())
+ADAPTERS: tuple[Adapter, ...] = (OpenAIChatAdapter(), OpenAIResponsesAdapter(), GeminiAdapter())
 
 __all__ = [
     "ADAPTERS",
@@ -23,9 +24,11 @@ __all__ = [
     "JSONArraySplitter",
     "ModelTurn",
     "OpenAIChatAdapter",
+    "OpenAIResponsesAdapter",
     "Prompt",
     "Rollup",
     "Route",
+    "SSESplitter",
     "Segment",
     "SegmentKind",
     "StreamEvent",
@@ -37,4 +40,5 @@ __all__ = [
     "decode_json_object",
     "digest",
     "encode_json",
+    "sse_data",
 ]

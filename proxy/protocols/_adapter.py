@@ -28,6 +28,7 @@ class Adapter(abc.ABC):
     """
 
     protocol: ClassVar[str]  # the TransactionLog's ``protocol``
+    websocket_paths: ClassVar[tuple[str, ...]] = ()  # GET paths upgraded to a WebSocket
     upstream_protocol: ClassVar[str]  # which configured upstreams serve it
     routes: ClassVar[tuple[Route, ...]]
     turns_key: ClassVar[str]  # the body's list of messages
@@ -37,6 +38,12 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def parse(self, body: bytes, match_info: Mapping[str, str]) -> dict[str, Any]:
         """Decode and validate the body; raise :class:`BadRequest` when it is unusable."""
+
+    def session_id(self, headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+        """Which session the request belongs to (see :func:`proxy.sessions.derive_session_id`)."""
+        from proxy.sessions import derive_session_id
+
+        return derive_session_id(self.protocol, headers, body)
 
     @abc.abstractmethod
     def model(self, body: Mapping[str, Any], match_info: Mapping[str, str]) -> str:
@@ -87,6 +94,20 @@ class Adapter(abc.ABC):
     def claims(self, path: str, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
         """True when a passthrough request (a path nocp does not rewrite) is this protocol's."""
         return False
+
+    # --- WebSocket mode (for adapters with ``websocket_paths``) -------------------------
+
+    def ws_request(self, frame: str) -> bytes | None:
+        """The request body a client frame stands for (streamed), or None to pass it on."""
+        return None
+
+    def ws_frame(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The frame that sends request ``body`` upstream."""
+        raise NotImplementedError
+
+    def ws_terminal(self, event: Mapping[str, Any]) -> bool:
+        """True when a server event frame ends a response."""
+        raise NotImplementedError
 
     # --- responses ----------------------------------------------------------------------
 

@@ -39,12 +39,15 @@ class Segment(msgspec.Struct, frozen=True, kw_only=True):
 class Turn(msgspec.Struct, frozen=True, kw_only=True):
     """One message of the conversation (``messages[i]`` / ``contents[i]``), as history
     stages see it: its role, whether it is a tool result that must stay with the tool call
-    before it, and a digest of its exact content (to recognise an unchanged history)."""
+    before it (or, ``attached``, another item of the same answer, such as a function call
+    after its reasoning), and a digest of its exact content (to recognise an unchanged
+    history)."""
 
     index: int
     role: str
     tool_result: bool
     digest: bytes
+    attached: bool = False  # must stay with the turn before it (one answer's items)
 
 
 class Rollup(msgspec.Struct, frozen=True):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from proxy.config import Settings
-from proxy.sessions._ids import HEADER, derive_session_id
+from proxy.sessions._ids import HEADER, derive_session_id, metadata_session, session_from
 from proxy.sessions._redis import RedisSessionStore
 from proxy.sessions._sqlite import SQLiteSessionStore
 from proxy.sessions._state import SessionState, SessionStore, decode_state, encode_state
@@ -26,7 +26,9 @@ __all__ = [
     "decode_state",
     "derive_session_id",
     "encode_state",
+    "metadata_session",
     "open_store",
+    "session_from",
     "sqlite_path",
 ]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from proxy.protocols import encode_json
 
-__all__ = ["HEADER", "METADATA_KEYS", "derive_session_id"]
+__all__ = ["HEADER", "METADATA_KEYS", "derive_session_id", "metadata_session", "session_from"]
 
 HEADER = "X-Session-Id"
 METADATA_KEYS = (
@@ -69,6 +69,26 @@ def _gemini_anchor(body: Mapping[str, Any]) -> list[Any] | None:
     if system is None and first is None:
         return None
     return [system, first]
+
+
+def session_from(headers: Mapping[str, str], explicit: list[Any], anchor: list[Any] | None) -> str | None:
+    """The session id: the header, else the first usable ``explicit`` value (a client's own
+    session-like field), else a hash of ``anchor`` (the conversation's start); None if none."""
+    for value in (headers.get(HEADER), *explicit):
+        found = _clean(value)
+        if found:
+            return found
+    return _hashed(anchor) if anchor is not None else None
+
+
+def metadata_session(meta: Any) -> str | None:
+    """A session-like key of a ``metadata`` object (``session_id``, ``thread_id``, ...)."""
+    if isinstance(meta, Mapping):
+        for key in METADATA_KEYS:
+            found = _clean(meta.get(key))
+            if found:
+                return found
+    return None
 
 
 def derive_session_id(protocol: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:

@@ -133,6 +133,7 @@ class _View:
     tokens: list[int]
     roles: list[str]
     tool_result: list[bool]
+    attached: list[bool]  # must stay with the turn before it
     digests: list[bytes]
     total: int
 
@@ -183,6 +184,7 @@ def _build_view(prompt: Prompt, model: str) -> _View:
         tokens=counts,
         roles=[t.role for t in texts],
         tool_result=[t.tool_result for t in prompt.turns],
+        attached=[t.tool_result or t.attached for t in prompt.turns],
         digests=[t.digest for t in prompt.turns],
         total=extra + sum(counts),
     )
@@ -218,7 +220,7 @@ def next_cut(view: _View, start: int, old_end: int, policy: Policy) -> int | Non
             limit = min(limit, i)
             break
     for end in range(limit, old_end, -1):
-        if end < n and view.tool_result[end]:
+        if end < n and view.attached[end]:
             continue
         if sum(view.tokens[old_end:end]) < policy.cut_step:
             return None

@@ -37,7 +37,7 @@ class RecordedRequest:
 class UsageRecord:
     """Tokens billed for one answered LLM request (as reported in its usage)."""
 
-    protocol: Literal["openai", "gemini"]
+    protocol: Literal["openai", "gemini", "responses"]
     model: str
     stream: bool
     prompt_tokens: int

@@ -1,9 +1,9 @@
 """Scripted behaviours of the fake upstream, and how one resolves into a plan and an answer.
 
-Each LLM request (OpenAI chat completions, Gemini generateContent / streamGenerateContent)
-consumes one step from the script; an empty script gives the default reply. Answers are
+Each LLM request (OpenAI chat completions, Gemini generateContent / streamGenerateContent,
+OpenAI Responses, each ``response.create`` of a Responses WebSocket) consumes one step from the script; an empty script gives the default reply. Answers are
 ``Reply`` (text and/or tool calls), ``ToolCall`` (one call) and ``Replay`` (a recorded assistant
-message, OpenAI or Gemini form). ``Fail`` answers with an error status. ``Stall``, ``StreamStall``
+message, OpenAI, Gemini or Responses form). ``Fail`` answers with an error status. ``Stall``, ``StreamStall``
 and ``Drop`` change *how* an answer is delivered; their ``then`` is the answer (default reply
 when ``None``) and may itself be another modifier, e.g. ``Stall(1, then=Drop(2, then=Reply("x")))``.
 """
@@ -61,10 +61,10 @@ class Reply:
 @dataclass(frozen=True, slots=True)
 class Replay:
     """Answer with a recorded assistant message, verbatim: an OpenAI message (``content`` and/or
-    ``tool_calls``) or a Gemini ``Content`` (``parts``). It is converted when the request is of the
-    other protocol."""
+    ``tool_calls``), a Gemini ``Content`` (``parts``), or Responses output items (a list, or a
+    recorded Response with ``output``). It is converted when the request is of another protocol."""
 
-    message: Mapping[str, Any]
+    message: Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,20 +176,42 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """The assistant turn to send. ``openai_message`` / ``gemini_parts`` hold a replayed message
-    verbatim when it was recorded in that protocol's form."""
+    """The assistant turn to send. ``openai_message`` / ``gemini_parts`` / ``responses_items`` hold
+    a replayed message verbatim when it was recorded in that protocol's form."""
 
     text: str | None
     calls: tuple[Call, ...] = ()
     openai_message: Mapping[str, Any] | None = None
     gemini_parts: tuple[Mapping[str, Any], ...] | None = None
+    responses_items: tuple[Mapping[str, Any], ...] | None = None
 
 
 def _call_id(body: bytes, index: int) -> str:
     return "call_" + hex_id(body, 24, "call", str(index))
 
 
-def _replay_turn(message: Mapping[str, Any], body: bytes) -> Turn:
+def _responses_turn(items: Sequence[Any], body: bytes) -> Turn:
+    """Responses output items: text of ``message`` items, calls of ``function_call`` items."""
+    kept = tuple(i for i in items if isinstance(i, Mapping))
+    texts: list[str] = []
+    calls: list[Call] = []
+    for item in kept:
+        if item.get("type", "message") == "message":
+            texts += text_parts(item.get("content"))
+        elif item.get("type") == "function_call":
+            args = item.get("arguments", "")
+            cid = item.get("call_id") if isinstance(item.get("call_id"), str) else _call_id(body, len(calls))
+            calls.append(
+                Call(str(cid), str(item.get("name", "")), args if isinstance(args, str) else dumps_str(args))
+            )
+    return Turn("".join(texts) if texts else None, tuple(calls), responses_items=kept)
+
+
+def _replay_turn(message: Mapping[str, Any] | Sequence[Mapping[str, Any]], body: bytes) -> Turn:
+    if not isinstance(message, Mapping):
+        return _responses_turn(message, body)
+    if isinstance(message.get("output"), list) and "role" not in message:  # a recorded Response
+        return _responses_turn(message["output"], body)
     parts = message.get("parts")
     if isinstance(parts, list):  # Gemini Content
         gparts = tuple(p for p in parts if isinstance(p, Mapping))
