@@ -23,10 +23,11 @@ import msgspec
 from compressors import CompressionConfig
 from proxy.exceptions import ConfigError
 
-Protocol = Literal["openai", "gemini"]
+Protocol = Literal["openai", "gemini", "anthropic"]
 
 OPENAI_PUBLIC = "https://api.openai.com/v1"
 GEMINI_PUBLIC = "https://generativelanguage.googleapis.com"
+ANTHROPIC_PUBLIC = "https://api.anthropic.com"
 
 
 class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -46,9 +47,11 @@ class UpstreamConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     ``base_url`` is what you would give that provider's own SDK as its base URL: for
     ``openai`` it ends in ``/v1`` (the client's ``/v1/...`` path is appended after it), for
-    ``gemini`` it is the host root (the client's ``/v1beta/...`` path is appended).
+    ``gemini`` and ``anthropic`` it is the host root (the client's ``/v1beta/...`` or
+    ``/v1/messages`` path is appended; a trailing ``/v1`` is tolerated for ``anthropic``).
     ``api_key_env`` names an environment variable whose key replaces the client's; without
-    it the client's own ``Authorization`` / ``x-goog-api-key`` is passed through.
+    it the client's own ``Authorization`` / ``x-goog-api-key`` / ``x-api-key`` is passed
+    through.
     ``models`` are glob patterns of the model names this upstream serves.
     """
 
@@ -252,6 +255,19 @@ class DriftConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"{kind}: need 0 < {kind}_warning <= {kind}_critical")
 
 
+class AnthropicConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Anthropic Messages. Anthropic caches a prompt only up to explicit ``cache_control``
+    breakpoints, which most clients other than Claude Code never set. ``auto_cache``: on a
+    request with no breakpoint of the client's, nocp adds them (the end of the tools, the end
+    of the system prompt, and the last message, so each turn reads what the one before it
+    wrote; none whose prefix is below the model's minimum), with ``cache_ttl`` (``5m``, or
+    ``1h`` at twice the write price). A request with breakpoints of its own is left as it is.
+    """
+
+    auto_cache: bool = True
+    cache_ttl: Literal["5m", "1h"] = "5m"
+
+
 class MetricsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``GET /metrics``: at most ``max_models`` distinct ``model`` label values (then ``other``)."""
 
@@ -285,6 +301,7 @@ def _default_upstreams() -> tuple[UpstreamConfig, ...]:
     return (
         UpstreamConfig(name="openai", base_url=OPENAI_PUBLIC, protocol="openai"),
         UpstreamConfig(name="gemini", base_url=GEMINI_PUBLIC, protocol="gemini"),
+        UpstreamConfig(name="anthropic", base_url=ANTHROPIC_PUBLIC, protocol="anthropic"),
     )
 
 
@@ -301,6 +318,7 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sessions: SessionsConfig = msgspec.field(default_factory=SessionsConfig)
     history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
     retrieval: RetrievalConfig = msgspec.field(default_factory=RetrievalConfig)
+    anthropic: AnthropicConfig = msgspec.field(default_factory=AnthropicConfig)
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)

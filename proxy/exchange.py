@@ -350,6 +350,8 @@ class Exchange:
                 record.prompt_tokens = _sum([u.prompt_tokens for u in self.hops])
                 record.cached_tokens = _sum([u.cached_tokens for u in self.hops])
                 record.completion_tokens = _sum([u.completion_tokens for u in self.hops])
+                record.cache_creation_input_tokens = _sum([u.cache_write_tokens for u in self.hops])
+                record.cache_creation_1h_input_tokens = _sum([u.cache_write_1h_tokens for u in self.hops])
             record.total_latency_ms = _elapsed_ms(started)
             record.proxy_overhead_ms = round(record.total_latency_ms - (record.llm_latency_ms or 0.0), 3)
             offload = finalize is not None and (

@@ -58,21 +58,35 @@ __all__ = [
     "request_cost",
 ]
 
-PRICES_AS_OF = "2025-11"
+PRICES_AS_OF = "2025-11 (OpenAI, Gemini); 2026-12 (Anthropic)"
 _PER = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per 1M tokens."""
+    """USD per 1M tokens. Prompt-cache writes (Anthropic) cost ``cache_write`` (5-minute TTL,
+    default 1.25x input) or ``cache_write_1h`` (default 2x input)."""
 
     input: float
     cached_input: float
     output: float
+    cache_write: float | None = None
+    cache_write_1h: float | None = None
 
-    def cost(self, prompt: int, cached: int, completion: int) -> float:
-        """USD for ``prompt`` input tokens of which ``cached`` were cached, and ``completion``."""
-        return request_cost(self, prompt, cached, completion)
+    @property
+    def write_5m(self) -> float:
+        """USD per 1M tokens written to the cache for 5 minutes."""
+        return self.cache_write if self.cache_write is not None else self.input * 1.25
+
+    @property
+    def write_1h(self) -> float:
+        """USD per 1M tokens written to the cache for 1 hour."""
+        return self.cache_write_1h if self.cache_write_1h is not None else self.input * 2.0
+
+    def cost(self, prompt: int, cached: int, completion: int, written: int = 0, written_1h: int = 0) -> float:
+        """USD for ``prompt`` input tokens of which ``cached`` were cached and ``written`` written
+        to the cache (``written_1h`` of those for 1 hour), and ``completion``."""
+        return request_cost(self, prompt, cached, completion, written, written_1h)
 
 
 # First match wins: more specific names before their prefixes.
@@ -97,23 +111,63 @@ DEFAULT_PRICES: tuple[tuple[str, Price], ...] = (
     ("gemini-2.5-flash*", Price(0.30, 0.03, 2.50)),
     ("gemini-2.0-flash-lite*", Price(0.075, 0.075, 0.30)),
     ("gemini-2.0-flash*", Price(0.10, 0.025, 0.40)),
+    # Anthropic (platform.claude.com pricing, 2026-12): cache reads as listed, writes 1.25x
+    # (5 minutes) and 2x (1 hour) the input price.
+    ("claude-fable-5-1*", Price(10.00, 0.25, 50.00)),
+    ("claude-fable-5*", Price(10.00, 1.00, 50.00)),
+    ("claude-opus-5-5*", Price(4.00, 0.20, 20.00)),
+    ("claude-opus-5*", Price(5.00, 0.50, 25.00)),
+    ("claude-opus-4-[5-9]*", Price(5.00, 0.50, 25.00)),
+    ("claude-opus-4*", Price(15.00, 1.50, 75.00)),
+    ("claude-sonnet-5-5*", Price(2.00, 0.10, 10.00)),
+    ("claude-sonnet-5*", Price(2.00, 0.20, 10.00)),
+    ("claude-sonnet-4*", Price(3.00, 0.30, 15.00)),
+    ("claude-3-7-sonnet*", Price(3.00, 0.30, 15.00)),
+    ("claude-haiku-5-5*", Price(0.10, 0.01, 0.50)),
+    ("claude-haiku-4*", Price(1.00, 0.10, 5.00)),
+    ("claude-3-5-haiku*", Price(0.80, 0.08, 4.00)),
 )
 
 
-def request_cost(price: Price, prompt: int, cached: int, completion: int) -> float:
-    """USD billed for one request: uncached input, cached input and output at their prices."""
+def request_cost(
+    price: Price, prompt: int, cached: int, completion: int, written: int = 0, written_1h: int = 0
+) -> float:
+    """USD billed for one request: uncached input, cached input, cache writes (5-minute and
+    1-hour) and output at their prices. ``prompt`` counts every input token."""
     cached = max(0, min(cached, prompt))
-    return ((prompt - cached) * price.input + cached * price.cached_input + completion * price.output) / _PER
+    written = max(0, min(written, prompt - cached))
+    written_1h = max(0, min(written_1h, written))
+    fresh = prompt - cached - written
+    usd = fresh * price.input + cached * price.cached_input + completion * price.output
+    usd += (written - written_1h) * price.write_5m + written_1h * price.write_1h
+    return usd / _PER
 
 
 def baseline_cost(
-    price: Price, prompt: int, cached: int, completion: int, raw_input: int, optimized_input: int
+    price: Price,
+    prompt: int,
+    cached: int,
+    completion: int,
+    raw_input: int,
+    optimized_input: int,
+    written: int = 0,
+    written_1h: int = 0,
+    *,
+    uncached: bool = False,
 ) -> float:
     """USD the request would have cost unchanged: ``prompt`` plus the tokens removed
-    (``raw_input - optimized_input``), cached for the same share as the real request."""
+    (``raw_input - optimized_input``), cached and cache-written for the same shares as the
+    real request; ``uncached``: with no cache at all (nocp added the only breakpoints)."""
     base_prompt = max(0, prompt + raw_input - optimized_input)
+    if uncached:
+        return request_cost(price, base_prompt, 0, completion)
     share = min(1.0, cached / prompt) if prompt > 0 else 0.0
-    return request_cost(price, base_prompt, round(base_prompt * share), completion)
+    wshare = min(1.0, written / prompt) if prompt > 0 else 0.0
+    hshare = min(1.0, written_1h / written) if written > 0 else 0.0
+    base_written = round(base_prompt * wshare)
+    return request_cost(
+        price, base_prompt, round(base_prompt * share), completion, base_written, round(base_written * hshare)
+    )
 
 
 def _bare(model: str) -> str:
@@ -189,9 +243,19 @@ class CostModel:
         prompt = record.prompt_tokens
         cached = record.cached_tokens or 0
         completion = record.completion_tokens or 0
-        estimated = request_cost(price, prompt, cached, completion)
+        written = record.cache_creation_input_tokens or 0
+        written_1h = record.cache_creation_1h_input_tokens or 0
+        estimated = request_cost(price, prompt, cached, completion, written, written_1h)
         baseline = baseline_cost(
-            price, prompt, cached, completion, record.raw_input_tokens, record.optimized_input_tokens
+            price,
+            prompt,
+            cached,
+            completion,
+            record.raw_input_tokens,
+            record.optimized_input_tokens,
+            written,
+            written_1h,
+            uncached=record.cache_breakpoints_added > 0,
         )
         overhead = 0.0
         if record.compression_overhead_tokens:

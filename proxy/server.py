@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy import protocols
+from proxy.autocache import AutoCache
 from proxy.config import Settings
 from proxy.drift import DriftMonitor
 from proxy.exceptions import PayloadTooLarge, ProxyHTTPError
@@ -299,7 +300,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
             pipeline=pipeline,
             writer=writer,
             cost=cost,
-            features=[loop] if loop is not None else [],
+            features=[AutoCache(settings.anthropic), *([loop] if loop is not None else [])],
             streams_in_flight=metrics.streams_in_flight,
         ),
         cost=cost,

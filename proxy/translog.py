@@ -134,9 +134,14 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
     segments: list[SegmentRecord] = msgspec.field(default_factory=list)
     fail_open: list[FailOpen] = msgspec.field(default_factory=list)
     # LLM, as the upstream reported it
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # all input tokens (cache reads and writes included)
     cached_tokens: int | None = None
     completion_tokens: int | None = None
+    # Anthropic: input tokens written to the prompt cache (of which with the 1-hour TTL),
+    # billed above the input price; and the cache breakpoints nocp added (auto_cache)
+    cache_creation_input_tokens: int | None = None
+    cache_creation_1h_input_tokens: int | None = None
+    cache_breakpoints_added: int = 0
     llm_latency_ms: float | None = None
     ttft_ms: float | None = None
     # output

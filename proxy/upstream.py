@@ -58,7 +58,7 @@ def upstream_url(up: UpstreamConfig, raw_path: str) -> URL:
     base URL ending in ``/v1`` stands for the client's own ``/v1`` prefix, as in the SDK.
     """
     base = up.base_url.rstrip("/")
-    if up.protocol == "openai" and base.endswith("/v1"):
+    if up.protocol in ("openai", "anthropic") and base.endswith("/v1"):
         base = base[:-3]
     return URL(base + raw_path, encoded=True)
 
@@ -70,6 +70,9 @@ def apply_api_key(headers: CIMultiDict[str], up: UpstreamConfig) -> None:
     key = os.environ.get(up.api_key_env, "")
     if up.protocol == "gemini":
         headers["x-goog-api-key"] = key
+        headers.popall("Authorization", None)
+    elif up.protocol == "anthropic":
+        headers["x-api-key"] = key
         headers.popall("Authorization", None)
     else:
         headers["Authorization"] = f"Bearer {key}"

@@ -59,11 +59,12 @@ def test_env_overrides_file(tmp_path: Path) -> None:
 
 
 def test_defaults_without_config() -> None:
-    """With no config, OpenAI's and Gemini's public APIs are the upstreams, with the client's keys."""
+    """With no config, OpenAI's, Gemini's and Anthropic's public APIs are the upstreams, with the client's keys."""
     s = load_settings(env={})
     assert [(u.protocol, u.base_url, u.api_key_env) for u in s.upstreams] == [
         ("openai", OPENAI_PUBLIC, None),
         ("gemini", GEMINI_PUBLIC, None),
+        ("anthropic", "https://api.anthropic.com", None),
     ]
     assert (s.server.host, s.server.port, s.server.max_body_bytes) == ("127.0.0.1", 8080, 32 * 1024 * 1024)
 
@@ -98,7 +99,8 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_upstream_url_joins_paths() -> None:
     """OpenAI base URLs ending in /v1 take the client path after /v1; Gemini ones take it whole."""
     s = load_settings(env={})
-    openai_up, gemini_up = s.upstreams
+    openai_up, gemini_up, anthropic_up = s.upstreams
+    assert str(upstream_url(anthropic_up, "/v1/messages")) == "https://api.anthropic.com/v1/messages"
     assert str(upstream_url(openai_up, "/v1/chat/completions?x=1")) == f"{OPENAI_PUBLIC}/chat/completions?x=1"
     assert (
         str(upstream_url(gemini_up, "/v1beta/models/g:generateContent?alt=sse"))

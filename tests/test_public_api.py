@@ -84,6 +84,7 @@ PUBLIC: dict[str, list[str]] = {
     "proxy.protocols": [
         "ADAPTERS",
         "Adapter",
+        "AnthropicAdapter",
         "Call",
         "GeminiAdapter",
         "HopStream",

@@ -26,6 +26,8 @@ DESIGN_FIELDS = {
     "compression_overhead_tokens", "efficiency_delta",
     # added with reversible compression (schema_version stays 1: fields only added)
     "retrieval_offered", "retrieval_rounds", "retrievals", "retrieval_tokens", "retrieval_hops",
+    # added with Anthropic Messages (prompt-cache writes, breakpoints nocp added)
+    "cache_creation_input_tokens", "cache_creation_1h_input_tokens", "cache_breakpoints_added",
 }  # fmt: skip
 
 

@@ -9,15 +9,22 @@ from proxy.protocols._answer import Call, ModelTurn, ToolSpec, Usage, add_usage,
 from proxy.protocols._codec import decode_json_object, digest, encode_json
 from proxy.protocols._prompt import Prompt, Rollup, Segment, SegmentKind, Turn
 from proxy.protocols._stream import HopStream, JSONArraySplitter, SSESplitter, StreamEvent, sse_data
+from proxy.protocols.anthropic import AnthropicAdapter
 from proxy.protocols.gemini import GeminiAdapter
 from proxy.protocols.openai_chat import OpenAIChatAdapter
 from proxy.protocols.openai_responses import OpenAIResponsesAdapter
 
-ADAPTERS: tuple[Adapter, ...] = (OpenAIChatAdapter(), OpenAIResponsesAdapter(), GeminiAdapter())
+ADAPTERS: tuple[Adapter, ...] = (
+    OpenAIChatAdapter(),
+    OpenAIResponsesAdapter(),
+    AnthropicAdapter(),
+    GeminiAdapter(),
+)
 
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "AnthropicAdapter",
     "Call",
     "GeminiAdapter",
     "HopStream",

@@ -83,6 +83,11 @@ class Adapter(abc.ABC):
         are, in a row, are the client's business and stay as they are."""
         return False
 
+    def auto_cache(self, body: dict[str, Any], model: str, ttl: str) -> int:
+        """Add prompt-cache breakpoints to a request that has none (protocols that cache only
+        at explicit breakpoints); how many were added."""
+        return 0
+
     def prepare_upstream(self, body: dict[str, Any], stream: bool) -> bool:
         """Adjust the body for the upstream (e.g. ask for usage); True if it changed."""
         return False

@@ -16,9 +16,11 @@ __all__ = ["Call", "ModelTurn", "ToolSpec", "Usage", "add_usage", "anchor_digest
 class Usage(msgspec.Struct, kw_only=True):
     """Token usage as the upstream reported it (``None``: not reported)."""
 
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # every input token, cached and cache-written ones too
     cached_tokens: int | None = None
     completion_tokens: int | None = None
+    cache_write_tokens: int | None = None  # Anthropic: cache_creation_input_tokens
+    cache_write_1h_tokens: int | None = None  # of which written with the 1-hour TTL
 
 
 class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
