@@ -1,4 +1,4 @@
-"""Test support shipped with nocp: ``FakeUpstream``, a fake OpenAI + Gemini provider.
+"""Test support shipped with nocp: ``FakeUpstream``, a fake OpenAI + Gemini + Anthropic provider.
 
 Like httpx's ``MockTransport`` or aiohttp's ``test_utils``, for tests, demos and benchmarks::
 
@@ -16,6 +16,10 @@ upstream), a ``RecordingClient`` and a ``MemoryWriter``.
 Endpoints of the fake: ``POST /v1/chat/completions`` (plain and ``stream: true``), ``POST
 /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent`` (``alt=sse`` or a JSON
 array), ``GET /v1/models``, ``POST /v1/embeddings``, and an echo route for everything else.
+Anthropic Messages: ``POST /v1/messages`` (plain and SSE; tool use; thinking blocks whose
+signatures it checks when they come back; Anthropic's breakpoint caching with minimum prefix,
+separate cache writes and reads, and TTLs timed by ``FakeUpstream(clock=...)``) and ``POST
+/v1/messages/count_tokens``.
 """
 
 from proxy.testing._common import FIXED_CREATED

@@ -1,4 +1,4 @@
-"""``FakeUpstream``: a fake LLM provider (OpenAI chat completions + Gemini) on 127.0.0.1.
+"""``FakeUpstream``: a fake LLM provider (OpenAI chat completions, Gemini, Anthropic Messages) on 127.0.0.1.
 
 It bills tokens as the provider would, simulates prefix caching, can be scripted, and records
 what it received. See ``proxy.testing`` for the public surface and DESIGN.md ("The fake
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -18,6 +19,7 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.testing import _anthropic as anthropic
 from proxy.testing import _gemini as gemini
 from proxy.testing import _openai as openai
 from proxy.testing._common import FIXED_CREATED, b64_id, default_reply, dumps, hex_id
@@ -68,6 +70,7 @@ class FakeUpstream:
         created: int = FIXED_CREATED,
         models: Iterable[str] = DEFAULT_MODELS,
         record: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
         self.port = port
@@ -79,6 +82,9 @@ class FakeUpstream:
         self.disconnects = 0
         self.disconnected = asyncio.Event()
         self.prefix_cache = PrefixCache()
+        # Anthropic's breakpoint caching; ``clock`` (seconds) times its TTLs.
+        self.anthropic_cache = anthropic.BreakpointCache(clock=clock)
+        self._anthropic_redacted: set[str] = set()  # redacted_thinking data sent, accepted back
         # How OpenAI streams begin: "role_first" (a role-only chunk, as vLLM-style servers
         # send) or "openai" (OpenAI's: an answer with only tool calls has the role in the
         # first call's delta).
@@ -107,11 +113,12 @@ class FakeUpstream:
         return self.requests[-1]
 
     def reset(self) -> None:
-        """Forget recorded requests, usage, disconnects, the script and the prefix cache."""
+        """Forget recorded requests, usage, disconnects, the script and the caches."""
         self.requests.clear()
         self.usage_log.clear()
         self._script.clear()
         self.prefix_cache.clear()
+        self.anthropic_cache.clear()
         self.disconnects = 0
         self.disconnected = asyncio.Event()
 
@@ -168,6 +175,8 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._guard(self._openai_chat))
         app.router.add_post("/{version:v1|v1beta|v1alpha}/models/{target}", self._guard(self._gemini))
+        app.router.add_post("/v1/messages", self._guard(self._anthropic_messages))
+        app.router.add_post("/v1/messages/count_tokens", self._anthropic_count_tokens)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -369,6 +378,63 @@ class FakeUpstream:
         if request.query.get("alt") == "sse":
             return await self._stream(request, gemini.sse_events(chunks), plan, "text/event-stream", body)
         return await self._stream(request, gemini.array_events(chunks), plan, _JSON, body)
+
+    def _anthropic_refusal(
+        self, request: web.Request, payload: Any, body: bytes, *, count_only: bool
+    ) -> web.Response | None:
+        """The error answer to a Messages request Anthropic would refuse, else ``None``."""
+        problem = anthropic.header_error(request.headers)
+        if problem is None:
+            invalid = anthropic.invalid_reason(payload, count_only=count_only)
+            if invalid is None and not count_only:
+                invalid = anthropic.rejected_history(payload, self._anthropic_redacted)
+            problem = None if invalid is None else (400, invalid)
+        if problem is None:
+            return None
+        error = anthropic.error_body(*problem, request_id="req_" + hex_id(body, 24, "request"))
+        return self._json(problem[0], error, body)
+
+    async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read(request)
+        payload = _decode(body)
+        refusal = self._anthropic_refusal(request, payload, body, count_only=False)
+        if refusal is not None:
+            return refusal
+        plan = self._next_plan()
+        model: str = payload["model"]
+        stream = payload.get("stream") is True
+        await self._before_answer(request, plan, stream)
+        if plan.fail is not None:
+            default = anthropic.error_body(plan.fail.status, request_id="req_" + hex_id(body, 24, "request"))
+            return self._fail(plan.fail, default, body)
+        if plan.drop_after is not None and not stream:
+            return self._drop(request)
+
+        last = anthropic.last_user_text(payload["messages"])
+        turn = turn_for(plan.answer, default_reply(last), body, call_prefix="toolu_")
+        thinking = anthropic.THINKING_PREFIX + last[:60] if anthropic.thinking_enabled(payload) else None
+        blocks = anthropic.answer_blocks(turn, thinking=thinking, issued_redacted=self._anthropic_redacted)
+        prompt = anthropic.prompt_blocks(payload, f"anthropic\x00{model}")
+        use = self.anthropic_cache.bill(prompt, anthropic.min_cacheable_tokens(model))
+        output = anthropic.output_tokens(blocks)
+        self._log_usage(
+            UsageRecord("anthropic", model, stream, use.prompt, use.read, output, use.created, use.created_1h)
+        )
+        usage = anthropic.usage(use, output)
+        mid = "msg_" + hex_id(body, 24, "msg")
+        if not stream:
+            return self._json(200, anthropic.message(blocks, mid=mid, model=model, usage=usage), body)
+        events = anthropic.stream_events(blocks, mid=mid, model=model, usage=usage)
+        return await self._stream(request, events, plan, "text/event-stream", body)
+
+    async def _anthropic_count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read(request)
+        payload = _decode(body)
+        refusal = self._anthropic_refusal(request, payload, body, count_only=True)
+        if refusal is not None:
+            return refusal
+        count = anthropic.input_tokens(anthropic.prompt_blocks(payload, "count_tokens"))
+        return self._json(200, {"input_tokens": count}, body)
 
     # --------------------------------------------------------- other endpoints
 

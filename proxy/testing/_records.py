@@ -35,14 +35,21 @@ class RecordedRequest:
 
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
-    """Tokens billed for one answered LLM request (as reported in its usage)."""
+    """Tokens billed for one answered LLM request (as reported in its usage).
 
-    protocol: Literal["openai", "gemini", "responses"]
+    ``prompt_tokens`` is the whole prompt and ``cached_tokens`` the part read from the cache. For
+    Anthropic, whose usage reports them apart, ``prompt_tokens`` = input + cache read + cache
+    creation, ``cache_creation_tokens`` is what was written to the cache (the 1-hour part of it in
+    ``cache_creation_1h_tokens``); the other protocols write no separately billed cache."""
+
+    protocol: Literal["openai", "gemini", "responses", "anthropic"]
     model: str
     stream: bool
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    cache_creation_tokens: int = 0
+    cache_creation_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -1,11 +1,13 @@
 """Scripted behaviours of the fake upstream, and how one resolves into a plan and an answer.
 
 Each LLM request (OpenAI chat completions, Gemini generateContent / streamGenerateContent,
-OpenAI Responses, each ``response.create`` of a Responses WebSocket) consumes one step from the script; an empty script gives the default reply. Answers are
+OpenAI Responses, each ``response.create`` of a Responses WebSocket, Anthropic Messages)
+consumes one step from the script; an empty script gives the default reply. Answers are
 ``Reply`` (text and/or tool calls), ``ToolCall`` (one call) and ``Replay`` (a recorded assistant
-message, OpenAI, Gemini or Responses form). ``Fail`` answers with an error status. ``Stall``, ``StreamStall``
-and ``Drop`` change *how* an answer is delivered; their ``then`` is the answer (default reply
-when ``None``) and may itself be another modifier, e.g. ``Stall(1, then=Drop(2, then=Reply("x")))``.
+message, OpenAI, Gemini, Responses or Anthropic form). ``Fail`` answers with an error status.
+``Stall``, ``StreamStall`` and ``Drop`` change *how* an answer is delivered; their ``then`` is the
+answer (default reply when ``None``) and may itself be another modifier, e.g.
+``Stall(1, then=Drop(2, then=Reply("x")))``.
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ class Reply:
 @dataclass(frozen=True, slots=True)
 class Replay:
     """Answer with a recorded assistant message, verbatim: an OpenAI message (``content`` and/or
-    ``tool_calls``), a Gemini ``Content`` (``parts``), or Responses output items (a list, or a
-    recorded Response with ``output``). It is converted when the request is of another protocol."""
+    ``tool_calls``), a Gemini ``Content`` (``parts``), Responses output items (a list, or a
+    recorded Response with ``output``), or an Anthropic message (``content`` blocks: text,
+    tool_use, thinking). It is converted when the request is of another protocol."""
 
     message: Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
@@ -71,7 +74,8 @@ class Replay:
 class Fail:
     """Answer with an HTTP error. ``body=None`` gives the protocol's own error shape for
     ``status`` (OpenAI ``{"error": {message, type, param, code}}``, Gemini
-    ``{"error": {code, message, status}}``); a dict is sent as JSON, a str as is."""
+    ``{"error": {code, message, status}}``, Anthropic ``{"type": "error", "error": {type,
+    message}}``); a dict is sent as JSON, a str as is."""
 
     status: int = 500
     body: Mapping[str, Any] | str | None = None
@@ -176,18 +180,40 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """The assistant turn to send. ``openai_message`` / ``gemini_parts`` / ``responses_items`` hold
-    a replayed message verbatim when it was recorded in that protocol's form."""
+    """The assistant turn to send. ``openai_message`` / ``gemini_parts`` / ``responses_items`` /
+    ``anthropic_content`` hold a replayed message verbatim when it was recorded in that form."""
 
     text: str | None
     calls: tuple[Call, ...] = ()
     openai_message: Mapping[str, Any] | None = None
     gemini_parts: tuple[Mapping[str, Any], ...] | None = None
     responses_items: tuple[Mapping[str, Any], ...] | None = None
+    anthropic_content: tuple[Mapping[str, Any], ...] | None = None
 
 
-def _call_id(body: bytes, index: int) -> str:
-    return "call_" + hex_id(body, 24, "call", str(index))
+_ANTHROPIC_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking"})
+
+
+def _call_id(body: bytes, index: int, prefix: str = "call_") -> str:
+    return prefix + hex_id(body, 24, "call", str(index))
+
+
+def _anthropic_turn(message: Mapping[str, Any], blocks: tuple[Mapping[str, Any], ...], body: bytes) -> Turn:
+    """Anthropic content blocks: text of ``text`` blocks, calls of ``tool_use`` blocks."""
+    texts = [b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)]
+    uses = [b for b in blocks if b.get("type") == "tool_use"]
+    calls = tuple(
+        Call(str(b.get("id") or _call_id(body, i)), str(b.get("name", "")), dumps_str(b.get("input") or {}))
+        for i, b in enumerate(uses)
+    )
+    # A list of text blocks is also an OpenAI content list: OpenAI then gets the message verbatim.
+    text_only = all(b.get("type") == "text" for b in blocks)
+    return Turn(
+        "".join(texts) if texts else None,
+        calls,
+        openai_message=message if text_only else None,
+        anthropic_content=blocks,
+    )
 
 
 def _responses_turn(items: Sequence[Any], body: bytes) -> Turn:
@@ -223,7 +249,14 @@ def _replay_turn(message: Mapping[str, Any] | Sequence[Mapping[str, Any]], body:
                 cid = fc.get("id") if isinstance(fc.get("id"), str) else _call_id(body, len(calls))
                 calls.append(Call(str(cid), str(fc.get("name", "")), dumps_str(fc.get("args") or {})))
         return Turn("".join(texts) if texts else None, tuple(calls), gemini_parts=gparts)
-    texts = text_parts(message.get("content"))
+    content = message.get("content")
+    if (
+        isinstance(content, list)
+        and "tool_calls" not in message
+        and all(isinstance(b, Mapping) and b.get("type") in _ANTHROPIC_BLOCKS for b in content)
+    ):
+        return _anthropic_turn(message, tuple(content), body)
+    texts = text_parts(content)
     calls = []
     for raw in message.get("tool_calls") or ():
         tc = as_mapping(raw)
@@ -241,10 +274,10 @@ def _replay_turn(message: Mapping[str, Any] | Sequence[Mapping[str, Any]], body:
     return Turn("".join(texts) if texts else None, tuple(calls), openai_message=message)
 
 
-def _calls(tool_calls: Sequence[ToolCall], body: bytes) -> tuple[Call, ...]:
+def _calls(tool_calls: Sequence[ToolCall], body: bytes, prefix: str) -> tuple[Call, ...]:
     return tuple(
         Call(
-            tc.id or _call_id(body, i),
+            tc.id or _call_id(body, i, prefix),
             tc.name,
             tc.arguments if isinstance(tc.arguments, str) else dumps_str(tc.arguments),
         )
@@ -252,12 +285,13 @@ def _calls(tool_calls: Sequence[ToolCall], body: bytes) -> tuple[Call, ...]:
     )
 
 
-def turn_for(answer: Answer | None, default_text: str, body: bytes) -> Turn:
-    """The assistant turn for ``answer``; ``default_text`` when nothing specific is scripted."""
+def turn_for(answer: Answer | None, default_text: str, body: bytes, call_prefix: str = "call_") -> Turn:
+    """The assistant turn for ``answer``; ``default_text`` when nothing specific is scripted.
+    Scripted tool calls without an id get ``call_prefix`` + a hash (Anthropic's: ``toolu_``)."""
     if isinstance(answer, Replay):
         return _replay_turn(answer.message, body)
     if isinstance(answer, ToolCall):
-        return Turn(None, _calls((answer,), body))
+        return Turn(None, _calls((answer,), body, call_prefix))
     if answer is None or (answer.text is None and not answer.tool_calls):
         return Turn(default_text)
-    return Turn(answer.text, _calls(answer.tool_calls, body))
+    return Turn(answer.text, _calls(answer.tool_calls, body, call_prefix))
