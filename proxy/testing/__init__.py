@@ -16,6 +16,10 @@ upstream), a ``RecordingClient`` and a ``MemoryWriter``.
 Endpoints of the fake: ``POST /v1/chat/completions`` (plain and ``stream: true``), ``POST
 /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent`` (``alt=sse`` or a JSON
 array), ``GET /v1/models``, ``POST /v1/embeddings``, and an echo route for everything else.
+OpenAI Responses: ``POST /v1/responses`` (plain and SSE) and its WebSocket mode (``GET
+/v1/responses`` upgraded), with ``previous_response_id`` state kept in ``fake.responses``, plus
+``GET``/``DELETE /v1/responses/{id}``, ``.../input_items``, ``.../cancel`` and ``POST
+/v1/responses/input_tokens``.
 Anthropic Messages: ``POST /v1/messages`` (plain and SSE; tool use; thinking blocks whose
 signatures it checks when they come back; Anthropic's breakpoint caching with minimum prefix,
 separate cache writes and reads, and TTLs timed by ``FakeUpstream(clock=...)``) and ``POST

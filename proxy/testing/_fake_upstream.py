@@ -26,6 +26,7 @@ from proxy.testing._common import FIXED_CREATED, b64_id, default_reply, dumps, h
 from proxy.testing._generic import DEFAULT_MODELS, echo, embeddings, model_list, model_object
 from proxy.testing._prefix_cache import PrefixCache
 from proxy.testing._records import RecordedRequest, UsageRecord
+from proxy.testing._responses_routes import ResponsesRoutes, ResponseStore
 from proxy.testing._script import Fail, Plan, Step, plan_for, turn_for
 
 __all__ = ["FakeUpstream", "run_fake_upstream"]
@@ -92,6 +93,9 @@ class FakeUpstream:
         self._script: deque[Step] = deque()
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
+        # OpenAI Responses: stored responses by id (previous_response_id, GET /v1/responses/{id}).
+        self.responses = ResponseStore()
+        self._responses_api = ResponsesRoutes(self, self.responses)
         self.app = self._make_app()
 
     # ----------------------------------------------------------------- public API
@@ -113,10 +117,11 @@ class FakeUpstream:
         return self.requests[-1]
 
     def reset(self) -> None:
-        """Forget recorded requests, usage, disconnects, the script and the caches."""
+        """Forget recorded requests, usage, disconnects, the script, the caches and stored responses."""
         self.requests.clear()
         self.usage_log.clear()
         self._script.clear()
+        self.responses.clear()
         self.prefix_cache.clear()
         self.anthropic_cache.clear()
         self.disconnects = 0
@@ -180,6 +185,7 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        self._responses_api.add_routes(app)
         app.router.add_route("*", "/{tail:.*}", self._echo)
         return app
 
