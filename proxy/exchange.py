@@ -318,7 +318,7 @@ class Exchange:
             turns = body.get(adapter.turns_key) or ()
             self.client_len = len(turns)
             self.client_turns = {id(m) for m in turns}
-            if self.services.pipeline:
+            if self.services.pipeline or self.services.features:
                 changed = await self._rewrite()
             self.injected_usage = adapter.prepare_upstream(body, stream)
             payload = encode_json(body) if changed or self.injected_usage else req.body

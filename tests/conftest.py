@@ -95,6 +95,7 @@ async def make_proxy(tmp_path: Path, fake: FakeUpstream) -> AsyncIterator[ProxyF
             [
                 {"name": "fake-openai", "base_url": f"{fake.url}/v1", "protocol": "openai"},
                 {"name": "fake-gemini", "base_url": fake.url, "protocol": "gemini"},
+                {"name": "fake-anthropic", "base_url": fake.url, "protocol": "anthropic"},
             ],
         )
         raw.setdefault("log", {"dir": str(tmp_path / "logs")})

@@ -44,10 +44,23 @@ _ERROR_TYPES: Mapping[int, str] = {
 }
 
 
+# The shortest prefix Anthropic caches, by model (its documented table; first match wins):
+# other Haiku models 2,048, everything else 1,024. A shorter prefix is simply not cached.
+_MIN_CACHE: tuple[tuple[str, int], ...] = (
+    ("claude-opus-4-5", 4096),
+    ("claude-opus-4-6", 4096),
+    ("claude-haiku-4-5", 4096),
+    ("claude-sonnet-4-6", 2048),
+)
+
+
 def min_cache_tokens(model: str) -> int:
-    """The shortest prefix Anthropic caches for ``model``: 2,048 tokens for Haiku models,
-    1,024 for the others (its documented minimums; a shorter prefix is simply not cached)."""
-    return 2048 if "haiku" in model.lower() else 1024
+    """The shortest prefix Anthropic caches for ``model`` (see ``_MIN_CACHE``)."""
+    name = model.lower().rsplit("/", 1)[-1]
+    for prefix, minimum in _MIN_CACHE:
+        if name.startswith(prefix):
+            return minimum
+    return 2048 if "haiku" in name else 1024
 
 
 def _to_usage(raw: Mapping[str, Any] | None) -> Usage:
