@@ -131,6 +131,9 @@ class LoopRequest(FeatureRequest):
     def _hkey(self, index: int, anchor: str) -> str:
         return f"h:{self.scope}:{index}:{anchor}"
 
+    def _akey(self, response_id: str) -> str:
+        return f"a:{self.scope}:{response_id}"
+
     def fail_open(self, where: str, exc: BaseException) -> None:
         """Record and log a failure of the loop; the request goes on."""
         reason = f"{where}: {type(exc).__name__}: {exc}"[:500]
@@ -158,6 +161,26 @@ class LoopRequest(FeatureRequest):
         """Put back the rounds of earlier requests; True if any was."""
         if not self.intercept:
             return False
+        chained = await self._rechain(x)
+        return await self._put_back(x) or chained
+
+    async def _rechain(self, x: Exchange) -> bool:
+        """A request that continues a streamed response nocp answered in several upstream
+        responses (the client holds the first one's id) continues the last of them."""
+        prev = x.adapter.chained_from(x.body)
+        if prev is None:
+            return False
+        try:
+            (final,) = await self.app.store.get_blobs([self._akey(prev)], ttl_s=self.app.session_ttl_s)
+        except Exception as exc:
+            self.fail_open("response chain", exc)
+            return False
+        if not final:
+            return False
+        x.adapter.chain_to(x.body, final.decode())
+        return True
+
+    async def _put_back(self, x: Exchange) -> bool:
         try:
             turns = x.body[x.adapter.turns_key]
             spans = x.adapter.assistant_spans(x.body)
@@ -310,6 +333,14 @@ class LoopRequest(FeatureRequest):
         except Exception as exc:
             self.fail_open("storing the rounds", exc)
 
+    async def _alias(self, client_id: str, final_id: str) -> None:
+        try:
+            await self.app.store.put_blobs(
+                {self._akey(client_id): final_id.encode()}, ttl_s=self.app.session_ttl_s
+            )
+        except Exception as exc:
+            self.fail_open("storing the response chain", exc)
+
     def _defer(self, ours: list[Call]) -> None:
         """The answers to ``ours`` reach the model only in the next requests."""
         for rec in self.record.retrievals[len(self.record.retrievals) - len(ours) :]:
@@ -330,7 +361,7 @@ class LoopRequest(FeatureRequest):
             answers = await self._answer(ours) if ours else []
             self._defer(ours)
             await self._remember(x, turn, answers, turn.turns())
-            if ours or self.prior:
+            if ours or self.prior or (self.offered and x.adapter.echoes_tools):
                 data = x.adapter.client_reply(data, self.tool_name, self.prior)
             return data, None
         except Exception as exc:
@@ -415,6 +446,8 @@ class LoopRequest(FeatureRequest):
             data = self._render(hop, self.held) + hop.end()  # the client gets it after _remember
             self.held.clear()
             await self._remember(x, turn, answers, x.adapter.visible_turns("".join(self.shown), client))
+            if self.rounds and turn.id and hop.client_id and turn.id != hop.client_id:
+                await self._alias(hop.client_id, turn.id)
             return data, None
         except Exception as exc:  # fail open: what came, as far as the client has not had it
             self.fail_open("stream end", exc)

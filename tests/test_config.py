@@ -59,7 +59,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
 
 
 def test_defaults_without_config() -> None:
-    """With no config, OpenAI's, Gemini's and Anthropic's public APIs are the upstreams, with the client's keys."""
+    """With no config, OpenAI's, Gemini's and Anthropic's public APIs are the upstreams, client keys kept."""
     s = load_settings(env={})
     assert [(u.protocol, u.base_url, u.api_key_env) for u in s.upstreams] == [
         ("openai", OPENAI_PUBLIC, None),

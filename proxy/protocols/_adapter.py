@@ -29,6 +29,7 @@ class Adapter(abc.ABC):
 
     protocol: ClassVar[str]  # the TransactionLog's ``protocol``
     websocket_paths: ClassVar[tuple[str, ...]] = ()  # GET paths upgraded to a WebSocket
+    echoes_tools: ClassVar[bool] = False  # responses repeat the request's tools (nocp's too)
     upstream_protocol: ClassVar[str]  # which configured upstreams serve it
     routes: ClassVar[tuple[Route, ...]]
     turns_key: ClassVar[str]  # the body's list of messages
@@ -186,6 +187,15 @@ class Adapter(abc.ABC):
         """A copy of ``body`` continued with ``turn`` and the results of its calls."""
         messages = [*body[self.turns_key], *turn.turns(), *self.tool_results(answers)]
         return {**body, self.turns_key: messages}
+
+    def chained_from(self, body: Mapping[str, Any]) -> str | None:
+        """The earlier response a request continues, where the provider keeps conversations
+        (Responses' ``previous_response_id``)."""
+        return None
+
+    def chain_to(self, body: dict[str, Any], response_id: str) -> None:
+        """Make ``body`` continue ``response_id`` instead."""
+        raise NotImplementedError
 
     def client_view(
         self, turns: Sequence[Mapping[str, Any]], tool: str

@@ -51,6 +51,8 @@ class HopStream(abc.ABC):
         self.usage = Usage()
         self.usage_raw: dict[str, Any] | None = None
         self.finish_reasons: list[str] = []
+        # the id the client's stream carries (its first hop's), where a protocol has one
+        self.client_id: str | None = after.client_id if after is not None else None
 
     @property
     def passthrough(self) -> bool:

@@ -118,6 +118,13 @@ def _items(body: Mapping[str, Any]) -> list[Any]:
     return []
 
 
+def _strip_tool(response: dict[str, Any], tool: str) -> None:
+    """Take ``tool`` out of a response object's echo of the request's tools."""
+    tools = response.get("tools")
+    if isinstance(tools, list) and any(isinstance(t, dict) and t.get("name") == tool for t in tools):
+        response["tools"] = [t for t in tools if not (isinstance(t, dict) and t.get("name") == tool)]
+
+
 class ResponsesStream(HopStream):
     """A Responses SSE stream: ``event: <type>`` / ``data: {...}`` events, each with a
     ``sequence_number``; item events carry ``output_index``.
@@ -171,7 +178,10 @@ class ResponsesStream(HopStream):
             item, index = parsed.get("item"), parsed.get("output_index")
             if isinstance(item, dict) and isinstance(index, int):
                 self._items[index] = item
-        elif kind in _FINISH_EVENTS:
+        if isinstance(parsed.get("response"), dict) and self.client_id is None:
+            rid = parsed["response"].get("id")
+            self.client_id = rid if isinstance(rid, str) else None
+        if kind in _FINISH_EVENTS:
             event.finishing = True
             response = parsed.get("response")
             if isinstance(response, dict):
@@ -227,6 +237,12 @@ class ResponsesStream(HopStream):
             parsed["output_index"] = self._index.get(index, index)
             if kind == "response.output_item.done" and isinstance(parsed.get("item"), dict):
                 self.shown_items.append(parsed["item"])
+        if isinstance(parsed.get("response"), dict):
+            response = parsed["response"]
+            if self.client_id and response.get("id") != self.client_id:
+                response["id"] = self.client_id  # one response, as the client's stream began it
+            if self.tool is not None:
+                _strip_tool(response, self.tool)
         if kind in _FINISH_EVENTS and isinstance(parsed.get("response"), dict):
             response = parsed["response"]
             if self.tool is not None and isinstance(response.get("output"), list):
@@ -251,6 +267,7 @@ class OpenAIResponsesAdapter(Adapter):
     upstream_protocol: ClassVar[str] = "openai"
     routes: ClassVar[tuple[Route, ...]] = (("POST", "/v1/responses"),)
     websocket_paths: ClassVar[tuple[str, ...]] = ("/v1/responses",)
+    echoes_tools: ClassVar[bool] = True
     turns_key: ClassVar[str] = "input"
 
     # ----------------------------------------------------------------- requests
@@ -555,6 +572,7 @@ class OpenAIResponsesAdapter(Adapter):
         parsed["output"] = [
             i for i in parsed["output"] if not (isinstance(i, dict) and i.get("name") == tool)
         ]
+        _strip_tool(parsed, tool)
         if prior and isinstance(parsed.get("usage"), dict):
             parsed["usage"] = add_usage(parsed["usage"], prior)
         return encode_json(parsed)
@@ -579,6 +597,13 @@ class OpenAIResponsesAdapter(Adapter):
             if not (_item_type(i) == "reasoning" and not i.get("encrypted_content"))  # not replayable
         ]
         return {**body, "input": [*_items(body), *items, *results]}
+
+    def chained_from(self, body: Mapping[str, Any]) -> str | None:
+        prev = body.get("previous_response_id")
+        return prev if isinstance(prev, str) and prev else None
+
+    def chain_to(self, body: dict[str, Any], response_id: str) -> None:
+        body["previous_response_id"] = response_id
 
     def client_view(
         self, turns: Sequence[Mapping[str, Any]], tool: str
