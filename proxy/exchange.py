@@ -132,6 +132,7 @@ class ClientRequest:
     query: Mapping[str, str]
     match_info: Mapping[str, str]
     body: bytes
+    tenant: str | None = None  # the tenant an auth key maps to (None: from the credential)
 
 
 class RecordWriter(Protocol):
@@ -291,7 +292,7 @@ class Exchange:
             protocol=self.adapter.protocol,
             session_id=self.request.headers.get("X-Session-Id"),
         )
-        self.tenant = tenant_of(self.request.headers, self.request.query)
+        self.tenant = self.request.tenant or tenant_of(self.request.headers, self.request.query)
 
     async def run(self) -> None:
         """Serve the request: the client gets a response (or, once a stream has begun, an
