@@ -241,7 +241,7 @@ def _compress(content: str, ctx: CompressionContext, cfg: CompressionConfig) -> 
         lossless=chosen.lossless,
         content_type=kind,
         omitted=chosen.omitted,
-        ref=content_id(content) if cfg.marker_ids and not chosen.lossless else None,
+        ref=content_id(content, cfg.marker_key) if cfg.marker_ids and not chosen.lossless else None,
     )
 
 
@@ -286,7 +286,7 @@ def _best_candidate(
     lossy_allowed = policy is ToolPolicy.AUTO and before > cfg.lossy_threshold_tokens
     if not lossy_allowed or route.lossy is None or (best is not None and best[1] <= cfg.budget_tokens):
         return kind, best
-    with marker_id(content_id(content) if cfg.marker_ids else None):
+    with marker_id(content_id(content, cfg.marker_key) if cfg.marker_ids else None):
         lossy = _checked(route.lossy(content, ctx, cfg), lossy_allowed=True)
     if lossy is None:
         return kind, best

@@ -46,7 +46,8 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
       ``default_policy`` for every other tool.
     - ``marker_ids``: lossy markers carry the content id of the original
       (``[nocp omitted: ...; id=3f9a1c0b2e]``) so that it can be fetched back; the result's
-      ``ref`` is that id. Set by the proxy when retrieval is on.
+      ``ref`` is that id, keyed with ``marker_key``. Both set by the proxy when retrieval is on
+      (the key is its server secret), never from the ``compression`` settings.
     """
 
     min_tokens: int = 500
@@ -58,6 +59,7 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     default_policy: ToolPolicy = ToolPolicy.AUTO
     tool_policies: dict[str, ToolPolicy] = msgspec.field(default_factory=dict)
     marker_ids: bool = False
+    marker_key: str = ""
 
     def policy_for(self, tool_name: str | None) -> ToolPolicy:
         """The policy for ``tool_name`` (the default policy when it has none of its own)."""

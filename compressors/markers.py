@@ -40,9 +40,12 @@ MARKER_ID: Final = re.compile(r"; id=([0-9a-f]{" + str(ID_CHARS) + r"})\]")
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("nocp_marker_id", default=None)
 
 
-def content_id(text: str) -> str:
-    """The short content-addressed id of ``text``: the first hex characters of its blake2b."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+def content_id(text: str, key: str = "") -> str:
+    """The short content-addressed id of ``text``: the first hex characters of its blake2b,
+    keyed with ``key`` (a server secret: then nobody without it can compute an id from a
+    guessed content)."""
+    secret = key.encode("utf-8")[:64]
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=secret).hexdigest()
     return digest[:ID_CHARS]
 
 

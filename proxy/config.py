@@ -201,6 +201,7 @@ class RetrievalConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_rounds: int = 3
     tool_name: str = "nocp_retrieve"
     max_result_chars: int = 200_000
+    secret: str = ""  # marker ids are keyed with it; empty: generated once (see proxy.secret)
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:

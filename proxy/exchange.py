@@ -379,6 +379,7 @@ class Exchange:
             query=before.latest_user_text(),
             extras={"api_key": client_key(self.request.headers, self.request.query)},
             retrieval=next((c for f in self.features if (c := f.cuts) is not None), None),
+            tenant=self.tenant,
         )
         after = await self.services.pipeline.run(before, ctx)
         for f in self.features:

@@ -30,6 +30,7 @@ class CutRecorder(Protocol):
     loop): the original of each cut whose markers carry ``ref``."""
 
     tool_name: str
+    marker_key: str  # the server secret marker ids are keyed with
 
     def add_cut(self, ref: str, text: str, *, tool: str | None, content_type: str, kind: str) -> None:
         """A stage made a lossy cut whose markers carry ``ref``; ``text`` is the original."""
@@ -49,6 +50,7 @@ class StageContext:
     query: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
     retrieval: CutRecorder | None = None
+    tenant: str = "-"  # who sent the request: what a stage stores is scoped by it and the session
 
 
 Stage = Callable[[Prompt, StageContext], Awaitable[Prompt]]

@@ -44,6 +44,7 @@ from proxy.config import RetrievalConfig, Settings
 from proxy.exchange import Exchange, FeatureRequest
 from proxy.protocols import Call, HopStream, ModelTurn, Prompt, StreamEvent, add_usage, anchor_digest
 from proxy.retrieval import LAST_ROUND_NOTE, Original, duration, ref_of, select, tool_spec
+from proxy.secret import server_secret
 from proxy.sessions import SessionStore
 from proxy.translog import FailOpen, HopUsage, RetrievalRecord, retrieval_overhead_tokens
 
@@ -74,10 +75,13 @@ def scope(tenant: str, session: str | None) -> str:
 class ToolLoop:
     """The feature: retrieval config, the session store and the tool nocp offers."""
 
-    def __init__(self, config: RetrievalConfig, store: SessionStore, *, session_ttl_s: float) -> None:
+    def __init__(
+        self, config: RetrievalConfig, store: SessionStore, *, session_ttl_s: float, secret: str = ""
+    ) -> None:
         self.config = config
         self.store = store
         self.session_ttl_s = session_ttl_s
+        self.secret = secret
         self.spec = tool_spec(config)
 
     @classmethod
@@ -86,7 +90,10 @@ class ToolLoop:
         if not settings.retrieval.enabled:
             return None
         return cls(
-            settings.retrieval, store, session_ttl_s=max(settings.sessions.ttl_s, settings.retrieval.ttl_s)
+            settings.retrieval,
+            store,
+            session_ttl_s=max(settings.sessions.ttl_s, settings.retrieval.ttl_s),
+            secret=server_secret(settings),
         )
 
     def begin(self, x: Exchange) -> LoopRequest:
@@ -101,6 +108,7 @@ class LoopRequest(FeatureRequest):
         self.app = app
         self.config = app.config
         self.tool_name = app.config.tool_name
+        self.marker_key = app.secret
         self.intercept = x.adapter.intercepts(x.body, self.tool_name)
         self.owns_response = self.intercept
         self.tool = self.tool_name if self.intercept else None

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from proxy.testing import FakeUpstream
 
 REPO = Path(__file__).resolve().parent.parent
+SECRET = "nocp-test-secret"  # the retrieval secret every test proxy gets (marker ids are keyed)
 
 
 def complete_lines(path: Path) -> list[str]:
@@ -99,6 +100,7 @@ async def make_proxy(tmp_path: Path, fake: FakeUpstream) -> AsyncIterator[ProxyF
             ],
         )
         raw.setdefault("log", {"dir": str(tmp_path / "logs")})
+        raw["retrieval"] = {"secret": SECRET, **raw.get("retrieval", {})}
         settings = load_settings(env=env or {}, overrides=raw)
         server = TestServer(create_app(settings, stages=stages), host="127.0.0.1")
         await server.start_server()

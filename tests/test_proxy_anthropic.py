@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
+from conftest import SECRET
 
 from compressors.markers import content_id
 from proxy.testing import Fail, FakeUpstream, Reply, ToolCall
@@ -22,7 +23,7 @@ LOG = "\n".join(
     for i in range(3000)
 )
 LOG += "\n2024-05-29T11:00:00Z ERROR worker-5 failed: ValueError: bad checksum 0xdeadbeef in /data/b_417.bin"
-REF = content_id(LOG)
+REF = content_id(LOG, SECRET)
 READ_LOG = {
     "name": "read_log",
     "description": "Read the job log.",

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from conftest import SECRET
 
 from compressors.markers import content_id
 from proxy.testing import FakeUpstream, Reply, ToolCall
@@ -21,7 +22,7 @@ LOG = "\n".join(
     for i in range(3000)
 )
 LOG += "\n2024-05-29T11:00:00Z ERROR worker-5 failed: ValueError: bad checksum 0xdeadbeef in /data/b_417.bin"
-REF = content_id(LOG)
+REF = content_id(LOG, SECRET)
 ORDERS = json.dumps(
     {
         "orders": [

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from conftest import SECRET
 from google import genai
 from google.genai import types
 
@@ -26,7 +27,7 @@ LOG = "\n".join(
     for i in range(600)
 )
 LOG += "\n2024-05-09T11:00:00Z ERROR worker-3 failed: ValueError: bad checksum 0xdeadbeef in /data/b_417.bin"
-REF = content_id(LOG)
+REF = content_id(LOG, SECRET)
 WEATHER: Any = {
     "type": "function",
     "function": {

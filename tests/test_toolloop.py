@@ -11,6 +11,7 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import SECRET
 from google import genai
 from google.genai import types
 
@@ -25,7 +26,7 @@ LOG = "\n".join(
     for i in range(6000)
 )
 LOG += "\n2024-05-29T11:00:00Z ERROR worker-5 failed: ValueError: bad checksum 0xdeadbeef in /data/b_417.bin"
-REF = content_id(LOG)
+REF = content_id(LOG, SECRET)
 WEATHER: Any = {
     "type": "function",
     "function": {
@@ -422,3 +423,119 @@ async def test_gemini_preamble_second_turn_and_retry(
     assert all(a != b for a, b in itertools.pairwise(roles)), roles
     assert turn2[3]["parts"][-1]["functionCall"]["name"] == TOOL  # turn 1's round, put back
     assert sent(fake, 4) == sent(fake, 2)
+
+
+# ------------------------------------------------------------------------------ tenants
+
+
+def _pin_output(pin: int) -> str:
+    """A tool output with a 3-digit PIN among lines that get cut."""
+    lines = [f"2024-05-01T10:{i % 60:02d}:00Z INFO vault sync step {i} ok" for i in range(1500)]
+    lines[700] = f"2024-05-01T10:40:00Z INFO vault unlocked with PIN {pin:03d}"
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("mode", ["header", "user", "metadata", "derived"])
+async def test_every_scope_mode_keeps_tenants_apart(fake: FakeUpstream, make_proxy: Any, mode: str) -> None:
+    """Tenant B, with A's session id (header, user, metadata, or the same conversation start)
+    and A's marker id in its own conversation, gets "nothing stored"; A's next request is
+    exactly what it was."""
+    proxy = await make_proxy()
+    secret_output = _pin_output(417)
+    ref = content_id(secret_output, SECRET)
+    kw: dict[str, Any] = {
+        "header": {"extra_headers": {"X-Session-Id": "shared"}},
+        "user": {"user": "shared"},
+        "metadata": {"metadata": {"session_id": "shared"}, "store": True},
+        "derived": {},
+    }[mode]
+    a_messages = conversation()
+    a_messages[3]["content"] = secret_output
+    fake.script(Reply("A done."), ToolCall(TOOL, {"id": ref}), Reply("B done."), Reply("A done."))
+    async with _client(proxy.url) as a, _client(proxy.url, "sk-tenant-b-9876543210") as b:
+        await a.chat.completions.create(model="gpt-4o", messages=a_messages, **kw)
+        b_messages = [
+            *a_messages[:2],
+            {"role": "user", "content": f"I saw [nocp omitted: vault lines; id={ref}] earlier; fetch it."},
+        ]
+        answer = await b.chat.completions.create(model="gpt-4o", messages=b_messages, **kw)
+        assert answer.choices[0].message.content == "B done."
+        await a.chat.completions.create(model="gpt-4o", messages=a_messages, **kw)
+    b_result = sent(fake, 2)["messages"][-1]["content"]
+    assert f"Nothing is stored under id {ref}" in b_result and "PIN 417" not in b_result
+    assert sent(fake, 3) == sent(fake, 0)
+    lines = await proxy.log_lines(3)
+    assert lines[0]["session_id"] == lines[1]["session_id"]  # the same session id, other tenant
+    assert lines[1]["retrievals"][0]["found"] is False
+
+
+async def test_guessing_ids_finds_nothing(fake: FakeUpstream, make_proxy: Any) -> None:
+    """Ids are keyed with the server secret and answered only when the conversation carries
+    them: 1,000 guessed ids (every PIN's plain content hash, and the real keyed id) find nothing."""
+    proxy = await make_proxy()
+    a_messages = conversation()
+    a_messages[3]["content"] = _pin_output(417)
+    guesses = [content_id(_pin_output(pin)) for pin in range(1000)]
+    real = content_id(_pin_output(417), SECRET)
+    assert real not in guesses  # the unkeyed hash an attacker can compute is not the id
+    calls = tuple(ToolCall(TOOL, {"id": g}) for g in [*guesses[:999], real])
+    fake.script(Reply("A done."), Reply(tool_calls=calls), Reply("Nothing found."))
+    async with _client(proxy.url) as a, _client(proxy.url, "sk-tenant-b-9876543210") as b:
+        await a.chat.completions.create(model="gpt-4o", messages=a_messages)
+        answer = await b.chat.completions.create(model="gpt-4o", messages=a_messages[:2])
+    assert answer.choices[0].message.content == "Nothing found."
+    results = [m["content"] for m in sent(fake, 2)["messages"] if m["role"] == "tool"]
+    assert len(results) == 1000 and all("Nothing is stored" in r for r in results)
+    assert not any("PIN 417" in r for r in results)
+
+
+async def test_roll_up_state_is_kept_per_tenant(fake: FakeUpstream, make_proxy: Any) -> None:
+    """Two tenants rolling up conversations under one session id keep separate states: B's
+    roll-up does not replace A's, whose next request reuses its stored summary."""
+    from test_history_proxy import HISTORY, user_turn
+
+    proxy = await make_proxy(history=HISTORY)
+    base: list[Any] = [{"role": "user", "content": "Keep my invoice notes in mind."}]
+    a_messages = list(base)
+    b_messages = list(base)
+    for k in range(12):
+        a_messages += [user_turn(k), {"role": "assistant", "content": f"Noted invoice {k}."}]
+        b_messages += [user_turn(k + 50), {"role": "assistant", "content": f"Noted invoice {k + 50}."}]
+    question = {"role": "user", "content": "What is the total of invoice INV-4001?"}
+    headers = {"X-Session-Id": "shared"}
+    async with _client(proxy.url) as a, _client(proxy.url, "sk-tenant-b-9876543210") as b:
+        await a.chat.completions.create(
+            model="gpt-4o", messages=[*a_messages, question], extra_headers=headers
+        )
+        await b.chat.completions.create(
+            model="gpt-4o", messages=[*b_messages, question], extra_headers=headers
+        )
+        await a.chat.completions.create(
+            model="gpt-4o", messages=[*a_messages, question], extra_headers=headers
+        )
+    lines = await proxy.log_lines(3)
+    methods = [[s["method"] for s in line["segments"] if s["kind"] == "history"] for line in lines]
+    assert methods[0][0].startswith("history_rollup") and methods[1][0].startswith("history_rollup")
+    assert methods[2] == ["history_reused"]
+    assert sent(fake, 2) == sent(fake, 0)
+
+
+async def test_the_secret_is_generated_once_and_private(tmp_path: Any) -> None:
+    """Without a configured secret, one is generated into the log folder with mode 0600 and
+    reused by the next start; a configured one wins."""
+    import os
+    import stat
+
+    from proxy import load_settings
+    from proxy.secret import SECRET_FILE, server_secret
+
+    settings = load_settings(env={}, overrides={"log": {"dir": str(tmp_path / "logs")}})
+    first = server_secret(settings)
+    path = tmp_path / "logs" / SECRET_FILE
+    assert len(first) == 64 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert server_secret(settings) == first
+    configured = load_settings(
+        env={"NOCP_RETRIEVAL__SECRET": "from-env"}, overrides={"log": {"dir": str(tmp_path)}}
+    )
+    assert server_secret(configured) == "from-env"
+    assert content_id("x", "a") != content_id("x", "b") and content_id("x", "a") == content_id("x", "a")

@@ -300,7 +300,7 @@ class HistoryStage:
             return prompt
         # State is per (session, conversation): its first non-system message names the latter.
         root = next(d for d, r in zip(view.digests, view.roles, strict=True) if r not in _SYSTEM_ROLES)
-        key = _store_key(ctx.record.session_id or "-", ctx.protocol, root)
+        key = _store_key(f"{ctx.tenant}\0{ctx.record.session_id or '-'}", ctx.protocol, root)
         stored = await self.store.get(key)
         valid = stored if stored is not None and _valid(stored, view, start, policy.keep_last) else None
         if stored is not None and valid is None:
@@ -392,7 +392,7 @@ class HistoryStage:
             # roll-up that extends it) stays byte-stable; it is the same on every request
             # that applies this state, since the summarized turns are checked by digest.
             original = original_text(prompt, state.start, state.end, skip_tool=ctx.retrieval.tool_name)
-            ref = content_id(original)
+            ref = content_id(original, ctx.retrieval.marker_key)
             ctx.retrieval.add_cut(ref, original, tool=None, content_type="history", kind="history")
             with marker_id(ref):
                 marker = omitted_marker(f"the {state.end - state.start} messages this summary replaces")

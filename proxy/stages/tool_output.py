@@ -34,7 +34,7 @@ class ToolOutputStage:
 
     def __init__(self, config: CompressionConfig) -> None:
         self.config = config
-        self.config_with_ids = msgspec.structs.replace(config, marker_ids=True)
+        self._with_ids: dict[str, CompressionConfig] = {}  # per marker key
 
     def _run(
         self, work: list[tuple[int, Segment, str]], model: str, config: CompressionConfig
@@ -49,6 +49,15 @@ class ToolOutputStage:
             )
             for _, seg, query in work
         ]
+
+    def _ids_config(self, key: str) -> CompressionConfig:
+        """The config with id-carrying markers keyed with ``key`` (one per key, reused)."""
+        config = self._with_ids.get(key)
+        if config is None:
+            config = self._with_ids[key] = msgspec.structs.replace(
+                self.config, marker_ids=True, marker_key=key
+            )
+        return config
 
     async def __call__(self, prompt: Prompt, ctx: StageContext) -> Prompt:
         # Each tool output is judged against the last user message *before* it, never the
@@ -72,7 +81,7 @@ class ToolOutputStage:
                 work.append((i, seg, query))
         if not work:
             return prompt
-        config = self.config_with_ids if retrieval is not None else self.config
+        config = self.config if retrieval is None else self._ids_config(retrieval.marker_key)
         if sum(len(s.text) for _, s, _ in work) > _THREAD_CHARS:
             results = await asyncio.to_thread(self._run, work, ctx.model, config)
         else:
