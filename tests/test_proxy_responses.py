@@ -260,3 +260,39 @@ async def test_bad_items_get_a_400_and_are_not_forwarded(fake: FakeUpstream, mak
                 await client.responses.create(model=MODEL, input=bad)  # type: ignore[arg-type]
             assert info.value.status_code == 400
     assert fake.requests == []
+
+
+async def test_parse_and_fields_nocp_does_not_touch(fake: FakeUpstream, make_proxy: Any) -> None:
+    """responses.parse gets its typed answer; text.format, include, truncation,
+    prompt_cache_key, store and metadata reach the upstream exactly as sent."""
+    from pydantic import BaseModel
+
+    class Verdict(BaseModel):
+        cause: str
+        worker: int
+
+    proxy = await make_proxy()
+    fake.script(Reply('{"cause":"bad checksum","worker":5}'))
+    async with _client(proxy.url) as client:
+        parsed = await client.responses.parse(
+            model=MODEL,
+            input=items(),
+            tools=[READ_LOG],
+            text_format=Verdict,
+            include=["reasoning.encrypted_content"],
+            truncation="auto",
+            prompt_cache_key="job-debugging",
+            store=False,
+            metadata={"ticket": "OPS-7"},
+        )
+    assert parsed.output_parsed == Verdict(cause="bad checksum", worker=5)
+    upstream = sent(fake, 0)
+    assert (
+        upstream["text"]["format"]["type"] == "json_schema"
+        and upstream["text"]["format"]["name"] == "Verdict"
+    )
+    assert upstream["include"] == ["reasoning.encrypted_content"] and upstream["truncation"] == "auto"
+    assert upstream["prompt_cache_key"] == "job-debugging" and upstream["store"] is False
+    assert upstream["metadata"] == {"ticket": "OPS-7"}
+    (line,) = await proxy.log_lines(1)
+    assert line["session_id"] == "job-debugging"  # Codex-style: the cache key names the session
