@@ -343,7 +343,7 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
         if summarizer and summarizer not in names:
             raise ConfigError(f"history.summarizer_upstream: no upstream named {summarizer!r}")
 
-    def upstream_for(self, protocol: Protocol, model: str | None) -> UpstreamConfig | None:
+    def upstream_for(self, protocol: str, model: str | None) -> UpstreamConfig | None:
         """The first upstream of ``protocol`` that serves ``model`` (any, when model is None)."""
         for up in self.upstreams:
             if up.protocol == protocol and (model is None or up.serves(model)):

@@ -308,7 +308,7 @@ class Exchange:
             record.session_id = adapter.session_id(req.headers, body)
             model = self.model = record.model = adapter.model(body, req.match_info)
             stream = self.stream = record.stream = adapter.is_stream(body, req.match_info)
-            up = settings.upstream_for(adapter.upstream_protocol, model)  # type: ignore[arg-type]
+            up = settings.upstream_for(adapter.upstream_protocol, model)
             if up is None:
                 raise ModelNotFound(
                     f"The model '{model}' is not served by any configured upstream",
@@ -316,7 +316,8 @@ class Exchange:
                     code="model_not_found",
                 )
             record.upstream = up.name
-            turns = body.get(adapter.turns_key) or ()
+            turns = body.get(adapter.turns_key)
+            turns = turns if isinstance(turns, list) else []
             self.client_len = len(turns)
             self.client_turns = {id(m) for m in turns}
             if self.services.pipeline or self.services.features:

@@ -178,7 +178,7 @@ async def _websocket(adapter: Adapter, request: web.Request) -> web.StreamRespon
         return await passthrough(request)
     state = request.app[STATE]
     settings = state.settings
-    up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]  # type: ignore[arg-type]
+    up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]
     headers = forward_headers(request.headers)
     apply_api_key(headers, up)
     url = upstream_url(up, request.raw_path)
@@ -197,7 +197,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     claims = (a for a in adapters if a.claims(request.path, request.headers, request.query))
     adapter = next(claims, adapters[0])
     settings = state.settings
-    up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]  # type: ignore[arg-type]
+    up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]
     headers = forward_headers(request.headers)
     apply_api_key(headers, up)
     data = request.content.iter_any() if request.body_exists else None

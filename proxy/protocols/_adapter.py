@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from proxy.exceptions import ProxyHTTPError
 from proxy.protocols._answer import Call, ModelTurn, ToolSpec, Usage
-from proxy.protocols._codec import set_path
+from proxy.protocols._codec import encode_json, set_path
 from proxy.protocols._prompt import Prompt
 from proxy.protocols._stream import HopStream
 
@@ -133,8 +133,6 @@ class Adapter(abc.ABC):
 
     def stream_error(self, err: ProxyHTTPError) -> bytes:
         """Our own error as a stream event, for a stream that already began."""
-        from proxy.protocols._codec import encode_json
-
         return b"data: " + encode_json(self.error_body(err)) + b"\n\n"
 
     @staticmethod

@@ -455,9 +455,6 @@ class OpenAIResponsesAdapter(Adapter):
                     parts.append(encode_json(item).decode())
         return sum(tokens.count(p, model) + 4 for p in parts)
 
-    def claims(self, path: str, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
-        return False
-
     # ----------------------------------------------------------------- responses
 
     def usage(self, data: bytes) -> Usage:
