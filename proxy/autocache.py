@@ -21,8 +21,10 @@ class AutoCache:
         self.config = config
 
     def begin(self, x: Exchange) -> FeatureRequest | None:
-        """Its part in ``x``: only when switched on."""
-        return _Breakpoints(self.config.cache_ttl) if self.config.auto_cache else None
+        """Its part in ``x``: only when switched on, for protocols that cache only where marked."""
+        if not self.config.auto_cache or not x.adapter.caches_at_breakpoints:
+            return None
+        return _Breakpoints(self.config.cache_ttl)
 
 
 class _Breakpoints(FeatureRequest):

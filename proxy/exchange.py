@@ -320,7 +320,8 @@ class Exchange:
             turns = turns if isinstance(turns, list) else []
             self.client_len = len(turns)
             self.client_turns = {id(m) for m in turns}
-            if self.services.pipeline or self.services.features:
+            self.features = [r for f in self.services.features if (r := f.begin(self)) is not None]
+            if self.services.pipeline or self.features:
                 changed = await self._rewrite()
             self.injected_usage = adapter.prepare_upstream(body, stream)
             payload = encode_json(body) if changed or self.injected_usage else req.body
@@ -368,7 +369,6 @@ class Exchange:
         """Phases 2-4: features before, the stages, features after; True if the body changed."""
         t = time.perf_counter()
         adapter, body, record = self.adapter, self.body, self.record
-        self.features = [r for f in self.services.features if (r := f.begin(self)) is not None]
         changed = False
         for f in self.features:
             changed = await f.before_stages(self) or changed

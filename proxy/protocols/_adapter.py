@@ -30,6 +30,7 @@ class Adapter(abc.ABC):
     protocol: ClassVar[str]  # the TransactionLog's ``protocol``
     websocket_paths: ClassVar[tuple[str, ...]] = ()  # GET paths upgraded to a WebSocket
     echoes_tools: ClassVar[bool] = False  # responses repeat the request's tools (nocp's too)
+    caches_at_breakpoints: ClassVar[bool] = False  # the provider caches only where marked
     upstream_protocol: ClassVar[str]  # which configured upstreams serve it
     routes: ClassVar[tuple[Route, ...]]
     turns_key: ClassVar[str]  # the body's list of messages

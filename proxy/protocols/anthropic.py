@@ -306,6 +306,7 @@ class AnthropicAdapter(Adapter):
     protocol: ClassVar[str] = "anthropic"
     upstream_protocol: ClassVar[str] = "anthropic"
     routes: ClassVar[tuple[Route, ...]] = (("POST", "/v1/messages"),)
+    caches_at_breakpoints: ClassVar[bool] = True
     turns_key: ClassVar[str] = "messages"
 
     # ----------------------------------------------------------------- requests
