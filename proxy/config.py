@@ -106,7 +106,9 @@ class SessionsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     ``sqlite`` (default): one embedded file, ``sqlite_path`` (empty: ``sessions.sqlite3`` in
     ``log.dir``). ``redis``: shared by several replicas, at ``redis_url``, keys prefixed with
-    ``redis_prefix``. Sessions idle for ``ttl_s`` seconds are forgotten.
+    ``redis_prefix``. Sessions idle for ``ttl_s`` seconds are forgotten. Every Redis call has
+    ``redis_timeout_ms``; after ``redis_breaker_failures`` failures in a row Redis is skipped
+    for ``redis_breaker_cooldown_s`` (requests go on without stored state).
     """
 
     backend: Literal["sqlite", "redis"] = "sqlite"
@@ -114,10 +116,15 @@ class SessionsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "nocp:session:"
     ttl_s: float = 24 * 3600.0
+    redis_timeout_ms: float = 250.0
+    redis_breaker_failures: int = 3
+    redis_breaker_cooldown_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
             raise ConfigError("sessions.ttl_s: must be > 0")
+        if self.redis_timeout_ms <= 0 or self.redis_breaker_cooldown_s < 0 or self.redis_breaker_failures < 1:
+            raise ConfigError("sessions: redis_timeout_ms > 0, redis_breaker_failures >= 1, cooldown >= 0")
 
 
 class HistoryModelConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):

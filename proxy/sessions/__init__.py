@@ -13,16 +13,18 @@ from pathlib import Path
 
 from proxy.config import Settings
 from proxy.sessions._ids import HEADER, derive_session_id, metadata_session, session_from
-from proxy.sessions._redis import RedisSessionStore
+from proxy.sessions._redis import CircuitBreaker, RedisSessionStore, StoreUnavailable
 from proxy.sessions._sqlite import SQLiteSessionStore
 from proxy.sessions._state import SessionState, SessionStore, decode_state, encode_state
 
 __all__ = [
     "HEADER",
+    "CircuitBreaker",
     "RedisSessionStore",
     "SQLiteSessionStore",
     "SessionState",
     "SessionStore",
+    "StoreUnavailable",
     "decode_state",
     "derive_session_id",
     "encode_state",
@@ -43,5 +45,12 @@ def open_store(settings: Settings) -> SessionStore:
     """The store ``settings.sessions`` asks for; it connects on first use."""
     cfg = settings.sessions
     if cfg.backend == "redis":
-        return RedisSessionStore(cfg.redis_url, ttl_s=cfg.ttl_s, prefix=cfg.redis_prefix)
+        return RedisSessionStore(
+            cfg.redis_url,
+            ttl_s=cfg.ttl_s,
+            prefix=cfg.redis_prefix,
+            timeout_s=cfg.redis_timeout_ms / 1000,
+            breaker_failures=cfg.redis_breaker_failures,
+            breaker_cooldown_s=cfg.redis_breaker_cooldown_s,
+        )
     return SQLiteSessionStore(sqlite_path(settings), ttl_s=cfg.ttl_s)
