@@ -3,6 +3,12 @@
     nocp bench                 # everything: seed scenarios, real traces, overhead vs LiteLLM
     nocp bench --quick         # small sizes, a few traces, overhead without the peer (CI)
     nocp bench --no-peer --out /tmp/bench --scenarios 'db-*,bfcl-*'
+    nocp bench --protocols messages --no-overhead   # Anthropic Messages replays only
+
+Each scenario is replayed through every protocol of ``--protocols`` (default all three: Chat
+Completions, Responses, Anthropic Messages with and without the client's own cache
+breakpoints); ``--quick`` replays everything through chat and one small seed scenario and one
+trace through each other protocol.
 
 The suite lives in the installed package (``proxy.bench``), so ``nocp bench`` works from a
 wheel: the seed scenarios need nothing else; the SWE-agent traces need the evaluation data
@@ -23,15 +29,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from proxy.bench.protocols import DEFAULT_ANTHROPIC_MODEL, DEFAULT_PROTOCOLS
 
 __all__ = ["add_cli", "run"]
 
 DEFAULT_MODEL = "gpt-4.1"
 QUICK = {"swe_limit": 1, "bfcl_per_set": 2}
 FULL = {"swe_limit": None, "bfcl_per_set": None}
+# --quick: what the protocols other than chat replay (first found of each list)
+QUICK_SEED = ("api-small",)
+QUICK_TRACE = ("swe-agent-fc", "bfcl-base")
 
 
 def repo_root() -> Path | None:
@@ -54,7 +65,22 @@ def add_cli(sub: Any) -> None:
     p.add_argument(
         "--scenarios", help="comma-separated globs of scenario names to run (e.g. 'rag-*,bfcl-base')"
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model sent and priced (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--protocols",
+        default=",".join(DEFAULT_PROTOCOLS),
+        help="comma-separated protocols to replay through: chat, responses, messages (with "
+        "messages-own-cache) (default: all)",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model of chat and Responses, sent and priced (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--anthropic-model",
+        default=DEFAULT_ANTHROPIC_MODEL,
+        help=f"model of Anthropic Messages, sent and priced (default {DEFAULT_ANTHROPIC_MODEL})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the generated scenarios (default 0)")
     p.add_argument("--bfcl", type=int, help="BFCL entries per set (default: all 200; quick 2)")
     p.add_argument("--config", type=Path, help="nocp config for the proxy under test (stages, pricing)")
@@ -107,6 +133,24 @@ def _scenarios(args: argparse.Namespace, root: Path | None, notes: list[str]) ->
         globs = [g.strip() for g in args.scenarios.split(",") if g.strip()]
         scenarios = [s for s in scenarios if any(fnmatch.fnmatchcase(s.name, g) for g in globs)]
     return scenarios
+
+
+def _jobs(
+    args: argparse.Namespace, scenarios: Sequence[Any], protocols: Sequence[str]
+) -> list[tuple[str, Any]]:
+    """(protocol, scenario) pairs to run: every scenario through every protocol; with
+    ``--quick``, the protocols other than chat get one small seed scenario and one trace."""
+    jobs: list[tuple[str, Any]] = []
+    for proto in protocols:
+        if proto == "chat" or not args.quick:
+            jobs += [(proto, s) for s in scenarios]
+            continue
+        for names, kind in ((QUICK_SEED, "seed"), (QUICK_TRACE, "trace")):
+            own = [s for s in scenarios if s.kind == kind]
+            pick = next((s for n in names for s in own if s.name == n), own[0] if own else None)
+            if pick is not None:
+                jobs.append((proto, pick))
+    return jobs
 
 
 def _overhead(
@@ -162,7 +206,7 @@ def _progress(total: int, tty: bool) -> tuple[Callable[[str, int], None], Callab
             last[name] = n
 
         def done(result: Any) -> None:
-            task = tasks.get(result.scenario.name)
+            task = tasks.get(result.name)
             if task is not None:
                 bar.update(task, total=result.scenario.requests, completed=result.scenario.requests)
 
@@ -175,7 +219,7 @@ def _progress(total: int, tty: bool) -> tuple[Callable[[str, int], None], Callab
         b, n = result.base, result.nocp
         saved = 1 - n.prompt_tokens / b.prompt_tokens if b.prompt_tokens else 0.0
         print(
-            f"[{time.perf_counter() - started:6.1f}s] {result.scenario.name}: "
+            f"[{time.perf_counter() - started:6.1f}s] {result.name}: "
             f"{result.scenario.requests} requests, "
             f"input {b.prompt_tokens} -> {n.prompt_tokens} tokens ({saved:.1%} saved), {result.seconds:.1f}s",
             file=sys.stderr,
@@ -195,6 +239,7 @@ def _progress(total: int, tty: bool) -> tuple[Callable[[str, int], None], Callab
 def run(args: argparse.Namespace) -> int:
     """``nocp bench``: measure, then write the JSON, the Markdown report, the charts, the README."""
     from proxy.bench import report
+    from proxy.bench.protocols import PROTOCOLS, expand
     from proxy.bench.runner import proxy_settings, run_suite
     from proxy.exceptions import ConfigError
     from proxy.pricing import PriceTable
@@ -214,18 +259,30 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"nocp bench: {exc}", file=sys.stderr)
         return 2
-    if prices.lookup(args.model) is None:
-        print(f"nocp bench: no price for model {args.model!r} (add it under pricing.models)", file=sys.stderr)
+    try:
+        protocols = expand(args.protocols.split(","))
+    except ValueError as exc:
+        print(f"nocp bench: {exc}", file=sys.stderr)
         return 2
+    if not protocols:
+        print("nocp bench: no protocol selected", file=sys.stderr)
+        return 2
+    for proto in protocols:
+        model = args.anthropic_model if PROTOCOLS[proto].family == "anthropic" else args.model
+        if prices.lookup(model) is None:
+            print(f"nocp bench: no price for model {model!r} (add it under pricing.models)", file=sys.stderr)
+            return 2
     scenarios = _scenarios(args, root, notes)
     if not scenarios:
         print("nocp bench: no scenario selected", file=sys.stderr)
         return 2
-    total = sum(s.requests for s in scenarios)
+    jobs = _jobs(args, scenarios, protocols)
+    total = sum(s.requests for _, s in jobs)
     tty = sys.stderr.isatty()
     print(
-        f"nocp bench: {len(scenarios)} scenarios, {total} requests, each sent twice (baseline and nocp); "
-        f"model {args.model}",
+        f"nocp bench: {len(scenarios)} scenarios through {', '.join(protocols)}: {len(jobs)} runs, "
+        f"{total} requests, each sent twice (baseline and nocp); model {args.model}"
+        + (f", Messages {args.anthropic_model}" if any(p.startswith("messages") for p in protocols) else ""),
         file=sys.stderr,
         flush=True,
     )
@@ -242,6 +299,8 @@ def run(args: argparse.Namespace) -> int:
                 config=args.config,
                 progress=step,
                 scenario_done=done,
+                anthropic_model=args.anthropic_model,
+                jobs=jobs,
             )
         )
     errors = sum(r.base.errors + r.nocp.errors for r in suite.results)

@@ -56,6 +56,8 @@ class Totals:
     requests: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # written to the provider's cache (Anthropic), billed above input
+    cache_write_1h_tokens: int = 0  # of those, written for an hour
     completion_tokens: int = 0
     latency_s: float = 0.0
     cost_usd: float = 0.0

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from proxy.bench.criteria import CRITERIA, Criterion, Totals, evaluate, reduction, suite_verdict
-from proxy.bench.runner import ScenarioResult, SuiteRun, percentile
+from proxy.bench.protocols import PROTOCOLS
+from proxy.bench.runner import LONG_TURNS, ScenarioResult, SuiteRun, percentile
 from proxy.pricing import PRICES_AS_OF
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
 README_START = "<!-- bench:start (written by `nocp bench`; edits here are overwritten) -->"
 README_END = "<!-- bench:end -->"
 _CRITERIA_KEYS = tuple(CRITERIA)
+# Issue 16: billed cost with nocp (auto_cache + compression) over direct without breakpoints, on
+# an agent replay of LONG_TURNS turns or more.
+LONG_TARGET = 0.35
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -73,11 +77,38 @@ def _figures(
     }
 
 
+def _ratio(base: float, nocp: float) -> float | None:
+    return _r(nocp / base) if base > 0 else None
+
+
+def _long_conversations(r: ScenarioResult) -> list[dict[str, Any]]:
+    """The conversations of ``LONG_TURNS`` requests or more, each with its billed cost."""
+    return [
+        {
+            "id": c.id,
+            "turns": c.turns,
+            "baseline_cost_usd": _r(c.base.total_cost_usd, 8),
+            "nocp_cost_usd": _r(c.nocp.total_cost_usd, 8),
+            "cost_ratio": _ratio(c.base.total_cost_usd, c.nocp.total_cost_usd),
+            "baseline_prompt_tokens": c.base.prompt_tokens,
+            "nocp_prompt_tokens": c.nocp.prompt_tokens,
+            "nocp_cached_tokens": c.nocp.cached_tokens,
+            "nocp_cache_write_tokens": c.nocp.cache_write_tokens,
+            "errors": c.base.errors + c.nocp.errors,
+        }
+        for c in r.conversations
+        if c.turns >= LONG_TURNS
+    ]
+
+
 def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
     sc = r.scenario
     fid = r.fidelity
     return {
-        "name": sc.name,
+        "name": r.name,
+        "scenario": sc.name,
+        "protocol": r.protocol,
+        "model": r.model,
         "title": sc.title,
         "kind": sc.kind,
         "family": sc.family,
@@ -102,10 +133,14 @@ def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
         "nocp_log": r.log,
         "prefix_stability": r.stability,
         "criteria": [c.as_dict() for c in r.criteria],
+        "turns_per_conversation": sorted((c.turns for c in r.conversations), reverse=True),
+        "long_conversations": _long_conversations(r),
     }
 
 
-def _aggregate(name: str, title: str, results: Sequence[ScenarioResult]) -> dict[str, Any]:
+def _aggregate(
+    name: str, title: str, results: Sequence[ScenarioResult], protocol: str = "chat"
+) -> dict[str, Any]:
     base, nocp, s_base, s_nocp = Totals(), Totals(), Totals(), Totals()
     base_lat: list[float] = []
     nocp_lat: list[float] = []
@@ -113,7 +148,7 @@ def _aggregate(name: str, title: str, results: Sequence[ScenarioResult]) -> dict
     for r in results:
         base.add(r.base)
         nocp.add(r.nocp)
-        if r.scenario.structured_output:
+        if r.scenario.structured_output and PROTOCOLS[r.protocol].family == "openai":
             s_base.add(r.base)
             s_nocp.add(r.nocp)
         base_lat += r.base_latencies
@@ -127,13 +162,74 @@ def _aggregate(name: str, title: str, results: Sequence[ScenarioResult]) -> dict
     return {
         "name": name,
         "title": title,
-        "scenarios": [r.scenario.name for r in results],
+        "protocol": protocol,
+        "scenarios": [r.name for r in results],
         "requests": base.requests,
         "baseline": _side(base, base_lat),
         "nocp": _side(nocp, nocp_lat),
         **_figures(base, nocp, base_lat, nocp_lat),
         "fidelity": {"recall": _r(kept / needed) if needed else None, "needed": needed, "kept": kept},
         "criteria": [c.as_dict() for c in criteria],
+    }
+
+
+def _protocol_summary(
+    proto: str, results: Sequence[ScenarioResult], models: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One protocol's run in a few numbers: requests, tokens, billed cost on both paths."""
+    own = [r for r in results if r.protocol == proto]
+    base, nocp = Totals(), Totals()
+    for r in own:
+        base.add(r.base)
+        nocp.add(r.nocp)
+    higher = [r.name for r in own for c in r.criteria if c.key == "cost_not_higher" and c.status == "FAIL"]
+    return {
+        "protocol": proto,
+        "title": PROTOCOLS[proto].title,
+        "path": PROTOCOLS[proto].path,
+        "model": models[proto][0],
+        "scenarios": len(own),
+        "requests": base.requests,
+        "baseline": base.as_dict(),
+        "nocp": nocp.as_dict(),
+        "input_reduction": _r(reduction(base.prompt_tokens, nocp.prompt_tokens)),
+        "cost_ratio": _ratio(base.total_cost_usd, nocp.total_cost_usd),
+        "cost_higher_in": higher,
+        "errors": base.errors + nocp.errors,
+    }
+
+
+def _long_summary(results: Sequence[ScenarioResult]) -> dict[str, Any]:
+    """Issue 16's target: on agent replays of ``LONG_TURNS`` turns or more through Messages
+    (client without breakpoints), nocp's billed cost at most ``LONG_TARGET`` of direct; and how
+    many SWE-agent traces are that long."""
+    swe: dict[str, int] = {}
+    for r in results:
+        if r.scenario.family == "swe-agent":
+            for c in r.scenario.conversations:
+                swe[c.id] = len(c.turns())
+    rows: list[dict[str, Any]] = []
+    for r in results:
+        if r.protocol == "messages":
+            rows += [{"scenario": r.scenario.name, **c} for c in _long_conversations(r)]
+    base = sum(float(x["baseline_cost_usd"] or 0) for x in rows)
+    nocp = sum(float(x["nocp_cost_usd"] or 0) for x in rows)
+    met = [
+        x for x in rows if x["cost_ratio"] is not None and x["cost_ratio"] <= LONG_TARGET and not x["errors"]
+    ]
+    status = "N/A" if not rows else "PASS" if len(met) == len(rows) else "FAIL"
+    longest = sorted(swe.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    return {
+        "min_turns": LONG_TURNS,
+        "target_cost_ratio": LONG_TARGET,
+        "protocol": "messages",
+        "swe_agent_traces": len(swe),
+        "swe_agent_traces_long": sum(1 for t in swe.values() if t >= LONG_TURNS),
+        "swe_agent_longest": [{"id": k, "turns": t} for k, t in longest],
+        "conversations": rows,
+        "met": len(met),
+        "cost_ratio": _ratio(base, nocp),
+        "status": status,
     }
 
 
@@ -149,12 +245,28 @@ def build_result(
 ) -> dict[str, Any]:
     """Everything of one ``nocp bench`` run as a JSON-ready dict."""
     results = run.results
-    groups = [
-        ("seed", "all seed scenarios", [r for r in results if r.scenario.kind == "seed"]),
-        ("traces", "all real traces", [r for r in results if r.scenario.kind == "trace"]),
-        ("all", "everything", list(results)),
-    ]
-    verdict = suite_verdict((r.scenario.name, r.criteria) for r in results)
+    groups: list[tuple[str, str, list[ScenarioResult], str]] = []
+    for proto in dict.fromkeys(r.protocol for r in results):
+        own = [r for r in results if r.protocol == proto]
+        suffix = PROTOCOLS[proto].suffix
+        tail = f" {suffix}" if suffix else ""
+        groups += [
+            (
+                f"seed{suffix}",
+                f"all seed scenarios{tail}",
+                [r for r in own if r.scenario.kind == "seed"],
+                proto,
+            ),
+            (
+                f"traces{suffix}",
+                f"all real traces{tail}",
+                [r for r in own if r.scenario.kind == "trace"],
+                proto,
+            ),
+            (f"all{suffix}", f"everything{tail}", own, proto),
+        ]
+    verdict = suite_verdict((r.name, r.criteria) for r in results)
+    models = run.protocols or {"chat": (run.model, run.price)}
     return {
         "benchmark": "nocp-bench",
         "schema": 1,
@@ -169,6 +281,20 @@ def build_result(
             "output": run.price.output,
             "as_of": PRICES_AS_OF,
         },
+        "protocol_models": {
+            proto: {
+                "model": model,
+                "path": PROTOCOLS[proto].path,
+                "title": PROTOCOLS[proto].title,
+                "input": price.input,
+                "cached_input": price.cached_input,
+                "output": price.output,
+                "cache_write_5m": price.write_5m,
+                "cache_write_1h": price.write_1h,
+            }
+            for proto, (model, price) in models.items()
+        },
+        "anthropic_auto_cache": {"enabled": run.auto_cache, "ttl": run.cache_ttl},
         "nocp_stages": run.stages,
         "history_threshold_tokens": run.history_threshold,
         "machine": {
@@ -181,7 +307,9 @@ def build_result(
             k: {"label": v[0], "threshold": v[1], "meaning": v[2]} for k, v in CRITERIA.items()
         },
         "scenarios": [_scenario_json(r) for r in results],
-        "aggregates": [_aggregate(n, t, rs) for n, t, rs in groups if rs],
+        "aggregates": [_aggregate(n, t, rs, proto) for n, t, rs, proto in groups if rs],
+        "protocols": [_protocol_summary(proto, results, models) for proto in models],
+        "long_conversations": _long_summary(results),
         "suite_criteria": [verdict.as_dict()],
         "overhead": dict(overhead) if overhead is not None else None,
         "notes": list(notes),
@@ -217,8 +345,12 @@ def _rows(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [*result["scenarios"], *result["aggregates"]]
 
 
-def headline_table(result: Mapping[str, Any]) -> str:
-    """The Markdown headline table: one row per scenario and per group."""
+def _chat_only(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [r for r in _rows(result) if r.get("protocol", "chat") == "chat"]
+
+
+def headline_table(result: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The Markdown headline table: one row per scenario and per group (or ``rows``)."""
     head = [
         "scenario",
         "requests",
@@ -231,7 +363,7 @@ def headline_table(result: Mapping[str, Any]) -> str:
         *(CRITERIA[k][0] for k in _CRITERIA_KEYS),
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    for row in _rows(result):
+    for row in _rows(result) if rows is None else rows:
         b, n = row["baseline"], row["nocp"]
         name = row["name"] if "kind" in row else f"**{row['title']}**"
         cells = [
@@ -247,6 +379,114 @@ def headline_table(result: Mapping[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ratio_text(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def protocol_table(result: Mapping[str, Any]) -> str:
+    """One row per protocol: requests, billed tokens and cost on both paths, the cost ratio."""
+    head = [
+        "protocol",
+        "model",
+        "scenarios",
+        "requests",
+        "billed input tokens (baseline -> nocp)",
+        "cached / cache-write tokens (baseline -> nocp)",
+        "billed cost (baseline -> nocp)",
+        "nocp / baseline",
+        "cost <= baseline",
+        "errors",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for p in result.get("protocols") or ():
+        b, n = p["baseline"], p["nocp"]
+        higher = p["cost_higher_in"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{p['protocol']} (`{p['path']}`)",
+                    f"`{p['model']}`",
+                    str(p["scenarios"]),
+                    _int(p["requests"]),
+                    f"{_int(b['prompt_tokens'])} -> {_int(n['prompt_tokens'])}",
+                    f"{_int(b['cached_tokens'])} / {_int(b['cache_write_tokens'])} -> "
+                    f"{_int(n['cached_tokens'])} / {_int(n['cache_write_tokens'])}",
+                    f"{_usd(b['total_cost_usd'])} -> {_usd(n['total_cost_usd'])}",
+                    _ratio_text(p["cost_ratio"]),
+                    "PASS" if not higher else f"FAIL ({len(higher)} of {p['scenarios']})",
+                    _int(p["errors"]),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def long_lines(result: Mapping[str, Any]) -> list[str]:
+    """Issue 16's target on long agent replays (Markdown lines; none when Messages was not run)."""
+    long = result.get("long_conversations")
+    if not long or not any(p["protocol"] == "messages" for p in result.get("protocols") or ()):
+        return []
+    n, target = long["min_turns"], long["target_cost_ratio"]
+    swe = long["swe_agent_traces"]
+    longest = ", ".join(f"{x['id'].split('/')[-1]} {x['turns']}" for x in long["swe_agent_longest"])
+    lines = [
+        f"Target (Messages, client without breakpoints): billed cost with nocp at most {target:.2f}x of "
+        f"direct on an agent replay of {n} turns or more. "
+        + (
+            f"SWE-agent traces in this run: {long['swe_agent_traces_long']} of {swe} have {n} turns or more"
+            + (f" (longest: {longest})" if longest else "")
+            + "."
+            if swe
+            else "No SWE-agent trace in this run."
+        ),
+        "",
+    ]
+    rows = long["conversations"]
+    if not rows:
+        lines += [f"No replay of {n} turns or more in this run: the target is not judged (N/A).", ""]
+        return lines
+    lines += [
+        "| replay | turns | billed cost (direct -> nocp) | nocp / direct | nocp cached / written tokens "
+        f"| <= {target:.2f}x |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for x in rows:
+        ok = x["cost_ratio"] is not None and x["cost_ratio"] <= target and not x["errors"]
+        lines.append(
+            f"| {x['scenario']}: {x['id']} | {x['turns']} | {_usd(x['baseline_cost_usd'])} -> "
+            f"{_usd(x['nocp_cost_usd'])} | {_ratio_text(x['cost_ratio'])} | "
+            f"{_int(x['nocp_cached_tokens'])} / {_int(x['nocp_cache_write_tokens'])} | "
+            f"{'PASS' if ok else 'FAIL'} |"
+        )
+    lines += [
+        "",
+        f"**{n}-turn target: {long['status']}** ({long['met']} of {len(rows)} replays at or under "
+        f"{target:.2f}x; all of them together {_ratio_text(long['cost_ratio'])}).",
+        "",
+    ]
+    return lines
+
+
+def own_cache_line(result: Mapping[str, Any]) -> str:
+    """Whether nocp cost more than direct when the client set its own breakpoints."""
+    for p in result.get("protocols") or ():
+        if p["protocol"] == "messages-own-cache":
+            higher = p["cost_higher_in"]
+            verdict = (
+                f"never above direct (in all {p['scenarios']} scenarios; {_ratio_text(p['cost_ratio'])} "
+                "over all)"
+                if not higher
+                else f"above direct in {len(higher)} of {p['scenarios']} scenarios: {', '.join(higher)}"
+            )
+            return (
+                "Messages with the client's own breakpoints (system and last message marked, nocp adds "
+                f"none): nocp {verdict}."
+            )
+    return ""
 
 
 def _overhead_rows(overhead: Mapping[str, Any]) -> list[list[str]]:
@@ -390,6 +630,28 @@ def _method(result: Mapping[str, Any]) -> list[str]:
             f"context window); it rolled up {rollups} time(s) in this run. `make bench-history` measures "
             "it with a low threshold."
         )
+    if set(result.get("protocol_models") or {}) - {"chat"}:
+        cache = result.get("anthropic_auto_cache") or {}
+        lines += [
+            "- Protocols (`proxy/bench/protocols.py`): each request is recorded in chat form and converted, "
+            "the same way every time. Responses: leading system messages become `instructions`, messages "
+            "become `message` items (`input_text` / `output_text` parts), tool calls `function_call` items, "
+            "tool messages `function_call_output` items, tools `{type: function, name, parameters, strict: "
+            "false}`, `response_format` becomes `text.format`, `store: false` (the whole conversation is "
+            "resent, no `previous_response_id`). Messages: `system` from the leading system messages, "
+            "content blocks, tool calls as `tool_use` and tool messages as `tool_result` blocks, "
+            "consecutive messages of one role merged (one user message holds a turn's tool results), "
+            "tools with `input_schema`, `max_tokens` 4096; `response_format` has no Messages equivalent "
+            "and is left out (so no output criterion there); traces that recorded no tool definitions "
+            "get a minimal one per called tool. The fake answers each protocol with the recorded turn "
+            "converted to that protocol.",
+            f"- Anthropic prompt caching: nocp's `anthropic.auto_cache` is "
+            f"{'on' if cache.get('enabled', True) else 'off'} (TTL {cache.get('ttl', '5m')}): on a "
+            "request without breakpoints it marks the end of the tools, of the system prompt and the "
+            "last message (each when its prefix reaches the model's cacheable minimum). The baseline "
+            "of `messages` rows sends no breakpoint, so the provider caches nothing and every input "
+            "token is billed at the input price; that is what a client without nocp pays.",
+        ]
     lines += [
         "- Output tokens: the fake provider answers every request with the recorded assistant turn, "
         "so completions are the same on both paths; nocp has no output-side stage yet.",
@@ -416,11 +678,33 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
         f"{', '.join(result['nocp_stages']) or 'none'} (default settings). Machine: "
         f"{result['machine']['cpus']} CPUs, Python {result['machine']['python']}.",
         "",
+    ]
+    models = result.get("protocol_models") or {}
+    if set(models) - {"chat"}:
+        lines += [
+            "Protocols: "
+            + "; ".join(
+                f"{proto} (`{m['path']}`, model `{m['model']}`: input {m['input']}, "
+                f"cached {m['cached_input']}"
+                + (
+                    f", cache writes {m['cache_write_5m']:g} (5 min) / {m['cache_write_1h']:g} (1 h)"
+                    if proto.startswith("messages")
+                    else ""
+                )
+                + f", output {m['output']})"
+                for proto, m in models.items()
+            )
+            + ". Rows of a protocol other than chat are named `scenario@protocol`.",
+            "",
+        ]
+    lines += [
         "Every request is sent twice through real HTTP on loopback: straight to a fake provider "
-        "(baseline) and through `nocp serve` to a second one. Both bill like OpenAI: prompt tokens, "
-        "cached tokens from a prefix-cache simulation (1024-token minimum, 128-token steps), "
-        "completion tokens. Cost uses cached-input prices and adds the summarizer's tokens "
-        "(compression overhead) to nocp's side.",
+        "(baseline) and through `nocp serve` to a second one. Chat Completions and Responses are "
+        "billed like OpenAI: prompt tokens, cached tokens from a prefix-cache simulation "
+        "(1024-token minimum, 128-token steps), completion tokens. Anthropic Messages are billed like "
+        "Anthropic: the prompt is cached only at `cache_control` breakpoints (minimum prefix per model, "
+        "20-block lookback), cache writes cost 1.25x the input price (2x for a 1-hour TTL) and reads "
+        "the cached price. Cost adds the summarizer's tokens (compression overhead) to nocp's side.",
         "",
         "## Headline",
         "",
@@ -429,6 +713,25 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
     ]
     for c in result["suite_criteria"]:
         lines += [f"**{c['label']}: {c['status']}** ({c['detail']}).", ""]
+    if result.get("protocols") and set(models) - {"chat"}:
+        lines += [
+            "## Per protocol",
+            "",
+            "The same scenarios replayed through each protocol (each converted from its chat form, "
+            "see Method). Messages baseline = the request as a client without nocp sends it, with no "
+            "cache breakpoints, so nothing is cached; nocp adds breakpoints (`anthropic.auto_cache`) "
+            "and compresses. `messages-own-cache`: the client marks the system prompt and the last "
+            "message itself (the Claude Code pattern); nocp then adds none.",
+            "",
+            protocol_table(result),
+            "",
+        ]
+        own = own_cache_line(result)
+        if own:
+            lines += [own, ""]
+        lines += long_lines(result)
+        if "protocols" in charts:
+            lines += [f"![billed cost per protocol]({charts['protocols']})", ""]
     findings = _findings(result)
     if findings:
         lines += ["## Findings", ""] + [f"- {f}" for f in findings] + [""]
@@ -437,10 +740,10 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
     lines += [
         "## Tokens and cost per scenario",
         "",
-        "| scenario | cached share (baseline / nocp) | uncached input saved "
+        "| scenario | cached share (baseline / nocp) | cache writes (baseline / nocp) | uncached input saved "
         "| cost without caching (baseline -> nocp) | saved | cost with caching (baseline -> nocp) | saved "
         "| output tokens (baseline -> nocp) | summarizer tokens | nocp's own estimate of the saving |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result["scenarios"]:
         b, n, log = s["baseline"], s["nocp"], s["nocp_log"]
@@ -448,6 +751,7 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
         cells = [
             s["name"],
             f"{_pct(b['cached_share'], 0)} / {_pct(n['cached_share'], 0)}",
+            f"{_int(b.get('cache_write_tokens'))} / {_int(n.get('cache_write_tokens'))}",
             _pct(s["uncached_input_reduction"]),
             f"{_usd(b['cost_uncached_usd'])} -> {_usd(n['cost_uncached_usd'])}",
             _pct(s["cost_reduction_without_cache"]),
@@ -578,6 +882,41 @@ def console_summary(result: Mapping[str, Any], *, rich: bool) -> None:
                     for i, (c, w) in enumerate(zip(row, widths, strict=True))
                 )
             )
+    protocols = result.get("protocols") or []
+    if len(protocols) > 1 or any(p["protocol"] != "chat" for p in protocols):
+        table_rows = [
+            [
+                str(p["protocol"]),
+                str(p["model"]),
+                _int(p["requests"]),
+                f"{_int(p['baseline']['prompt_tokens'])} -> {_int(p['nocp']['prompt_tokens'])}",
+                f"{_usd(p['baseline']['total_cost_usd'])} -> {_usd(p['nocp']['total_cost_usd'])}",
+                _ratio_text(p["cost_ratio"]),
+                "PASS" if not p["cost_higher_in"] else f"FAIL {len(p['cost_higher_in'])}",
+            ]
+            for p in protocols
+        ]
+        phead = ["protocol", "model", "req", "input tokens", "billed cost", "nocp/base", "cost<=base"]
+        pw = [max(len(h), *(len(r[i]) for r in table_rows)) for i, h in enumerate(phead)]
+        print()
+        for row in [phead, *table_rows]:
+            print(
+                "  ".join(
+                    c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, pw, strict=True))
+                )
+            )
+        own = own_cache_line(result)
+        if own:
+            print(own)
+        long = result.get("long_conversations") or {}
+        if long and any(p["protocol"] == "messages" for p in protocols):
+            print(
+                f"Messages replays of {long['min_turns']}+ turns: {long['status']} "
+                f"({long['met']} of {len(long['conversations'])} at or under "
+                f"{long['target_cost_ratio']:.2f}x; together {_ratio_text(long['cost_ratio'])}); "
+                f"SWE-agent traces of {long['min_turns']}+ turns: "
+                f"{long['swe_agent_traces_long']} of {long['swe_agent_traces']}"
+            )
     for c in result["suite_criteria"]:
         print(f"{c['label']}: {c['status']} ({c['detail']})")
 
@@ -597,7 +936,8 @@ def write_charts(
     except ImportError:
         return {}, "matplotlib is not installed (pip install 'nocp[dev]'): no charts"
     files: dict[str, str] = {}
-    scen = result["scenarios"]
+    # Per-scenario charts show the chat rows (the other protocols are summed in the third chart).
+    scen = [s for s in result["scenarios"] if s.get("protocol", "chat") == "chat"] or result["scenarios"]
     names = [s["name"] for s in scen]
     y = list(range(len(scen)))
 
@@ -668,7 +1008,36 @@ def write_charts(
     fig.savefig(out / files["cost"])
     plt.close(fig)
 
-    # 3. overhead vs peer
+    # 3. billed cost per protocol: baseline vs nocp
+    protocols = result.get("protocols") or []
+    if len(protocols) > 1:
+        fig, ax = plt.subplots(figsize=(8, 3.8), dpi=110)
+        px = list(range(len(protocols)))
+        for off, key, label, colour in (
+            (-0.2, "baseline", "baseline (direct)", "#718096"),
+            (0.2, "nocp", "through nocp", "#2f855a"),
+        ):
+            vals = [max(p[key]["total_cost_usd"], 1e-6) for p in protocols]
+            ax.bar([x + off for x in px], vals, width=0.4, label=label, color=colour)
+            for pos, val in zip(px, vals, strict=True):
+                ax.annotate(f"${val:.2f}", (pos + off, val), ha="center", va="bottom", fontsize=7)
+        for pos, p in zip(px, protocols, strict=True):
+            if p["cost_ratio"] is not None:
+                ax.annotate(
+                    f"{p['cost_ratio']:.2f}x", (pos, 0.02), xycoords=("data", "axes fraction"), ha="center"
+                )
+        ax.set_yscale("log")
+        ax.set_xticks(px, [f"{p['protocol']}\n{p['model']}" for p in protocols], fontsize=8)
+        ax.set_ylabel("USD billed, all scenarios (log scale)")
+        ax.set_title("Billed cost per protocol (ratio: nocp / baseline)")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3, which="both")
+        fig.tight_layout()
+        files["protocols"] = f"{prefix}-protocols.png"
+        fig.savefig(out / files["protocols"])
+        plt.close(fig)
+
+    # 4. overhead vs peer
     overhead = result.get("overhead")
     if overhead and overhead.get("scenarios"):
         labels = {t["key"]: t["label"] for t in overhead.get("targets", [])}
@@ -719,9 +1088,45 @@ def readme_block(result: Mapping[str, Any], report_link: str) -> str:
         "nocp = client -> nocp -> provider; both billed by the fake provider's prefix-cache simulation. "
         f"Full report, charts and method: [{report_link}]({report_link}).",
         "",
-        headline_table(result),
-        "",
     ]
+    others = set(result.get("protocol_models") or {}) - {"chat"}
+    if others:
+        parts += [
+            "Chat Completions, per scenario:",
+            "",
+            headline_table(result, _chat_only(result)),
+            "",
+            "Every protocol (the same scenarios converted to Responses and Anthropic Messages; "
+            "Messages billed with cache writes and reads, baseline without breakpoints; rows per "
+            f"scenario in the [report]({report_link})):",
+            "",
+            protocol_table(result),
+            "",
+        ]
+        own = own_cache_line(result)
+        if own:
+            parts += [own, ""]
+        long = result.get("long_conversations") or {}
+        if "messages" in others and long:
+            rows = long["conversations"]
+            swe = (
+                f"{long['swe_agent_traces_long']} of the {long['swe_agent_traces']} SWE-agent traces reach "
+                f"{long['min_turns']} turns"
+                if long["swe_agent_traces"]
+                else "no SWE-agent trace in this run"
+            )
+            judged = (
+                f"**{long['status']}**: {long['met']} of {len(rows)} replays of "
+                f"{long['min_turns']}+ turns at or under {long['target_cost_ratio']:.2f}x of direct "
+                f"(together {_ratio_text(long['cost_ratio'])}; "
+                + ", ".join(f"{x['id']} {x['turns']} turns {_ratio_text(x['cost_ratio'])}" for x in rows)
+                + ")"
+                if rows
+                else f"**N/A**: no replay of {long['min_turns']}+ turns in this run"
+            )
+            parts += [f"Messages on long agent replays: {judged}; {swe}.", ""]
+    else:
+        parts += [headline_table(result), ""]
     for c in result["suite_criteria"]:
         parts += [f"{c['label']}: **{c['status']}** ({c['detail']}).", ""]
     overhead = result.get("overhead")

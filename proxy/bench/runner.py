@@ -18,6 +18,12 @@ Layout, all on 127.0.0.1::
   overhead (summarizer) tokens, fail-opens, its own cost estimate.
 - Requests go out one at a time (a conversation is sequential), each to both paths with the
   same body bytes, alternating which path goes first, so machine noise hits both alike.
+- Each scenario can be replayed through several protocols (:mod:`proxy.bench.protocols`): Chat
+  Completions, Responses, and Anthropic Messages with and without the client's own cache
+  breakpoints; each protocol's replay of a scenario is a row of its own (``name@protocol``).
+  nocp gets a config with two upstreams, the OpenAI-shaped one (``/v1``) and an Anthropic one
+  (the same fake's root). Anthropic requests are billed with their cache writes (5-minute at
+  1.25x, 1-hour at 2x the input price) and reads at the cached price.
 
 Fidelity: for request k, the hard tokens (:func:`compressors.hardtokens.hard_tokens`) that
 occur in the tool outputs of its prompt *and* in any later assistant turn (text or tool-call
@@ -48,6 +54,15 @@ import aiohttp
 
 from compressors.hardtokens import hard_tokens
 from proxy.bench.criteria import Criterion, Fidelity, Totals, evaluate
+from proxy.bench.protocols import (
+    CLIENT_KEY,
+    DEFAULT_ANTHROPIC_MODEL,
+    PROTOCOLS,
+    Protocol,
+    called_tools,
+    leaf_text,
+    sent_view,
+)
 from proxy.bench.scenarios import Conversation, Message, Scenario, seed_scenarios
 from proxy.pricing import Price, PriceTable
 
@@ -55,15 +70,20 @@ if TYPE_CHECKING:
     from proxy.config import Settings
     from proxy.testing import FakeUpstream
 
-__all__ = ["NocpProcess", "ScenarioResult", "SuiteRun", "message_text", "percentile", "run_suite"]
+__all__ = [
+    "CLIENT_KEY",
+    "DEFAULT_ANTHROPIC_MODEL",
+    "LONG_TURNS",
+    "ConversationTotals",
+    "NocpProcess",
+    "ScenarioResult",
+    "SuiteRun",
+    "message_text",
+    "percentile",
+    "run_suite",
+]
 
-CLIENT_KEY = "sk-bench-not-a-real-key-0000000000000000"
-_HEADERS = {
-    "Content-Type": "application/json",
-    "Accept": "application/json",
-    "User-Agent": "OpenAI/Python 1.99.0",
-    "Authorization": f"Bearer {CLIENT_KEY}",
-}
+LONG_TURNS = 30  # conversations with at least this many requests are reported one by one
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -119,8 +139,11 @@ def _free_port() -> int:
 class NocpProcess:
     """``python -m proxy.cli serve`` on a free loopback port; stopped by PID."""
 
-    def __init__(self, upstream: str, folder: Path, config: Path | None = None) -> None:
+    def __init__(
+        self, upstream: str, folder: Path, config: Path | None = None, anthropic_upstream: str | None = None
+    ) -> None:
         self.upstream = upstream
+        self.anthropic_upstream = anthropic_upstream
         self.folder = folder
         self.config = config
         self.log_dir = folder / "nocp-log"
@@ -136,12 +159,38 @@ class NocpProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    def _config_file(self) -> Path:
+        """The config nocp runs with: ``config`` (if any) with its upstreams replaced by the
+        fake's OpenAI base URL (``default``) and Anthropic root (``anthropic``)."""
+        raw: dict[str, Any] = {}
+        if self.config is not None:
+            import msgspec
+
+            loaded = msgspec.yaml.decode(self.config.read_bytes())
+            raw = dict(loaded) if isinstance(loaded, dict) else {}
+        raw["upstreams"] = [
+            {"name": "default", "base_url": self.upstream, "protocol": "openai", "models": ["*"]},
+            {
+                "name": "anthropic",
+                "base_url": self.anthropic_upstream,
+                "protocol": "anthropic",
+                "models": ["*"],
+            },
+        ]
+        path = self.folder / "nocp-bench-config.yaml"
+        path.write_text(json.dumps(raw, indent=2), "utf-8")  # JSON is YAML
+        return path
+
     def _spawn(self) -> None:
         self.port = _free_port()
-        argv = [sys.executable, "-m", "proxy.cli", "serve", "--upstream", self.upstream]
+        argv = [sys.executable, "-m", "proxy.cli", "serve"]
         argv += ["--host", "127.0.0.1", "--port", str(self.port), "--log-dir", str(self.log_dir)]
-        if self.config is not None:
-            argv += ["--config", str(self.config)]
+        if self.anthropic_upstream is not None:
+            argv += ["--config", str(self._config_file())]
+        else:
+            argv += ["--upstream", self.upstream]
+            if self.config is not None:
+                argv += ["--config", str(self.config)]
         env = {k: val for k, val in os.environ.items() if not k.startswith("NOCP_")}
         with self.output.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -205,10 +254,23 @@ class NocpProcess:
 
 
 @dataclass(slots=True)
+class ConversationTotals:
+    """One conversation's requests as billed on both paths."""
+
+    id: str
+    turns: int
+    base: Totals = field(default_factory=Totals)
+    nocp: Totals = field(default_factory=Totals)
+
+
+@dataclass(slots=True)
 class ScenarioResult:
-    """Everything measured for one scenario."""
+    """Everything measured for one scenario replayed through one protocol."""
 
     scenario: Scenario
+    protocol: str = "chat"
+    model: str = ""
+    price: Price | None = None
     base: Totals = field(default_factory=Totals)
     nocp: Totals = field(default_factory=Totals)
     fidelity: Fidelity = field(default_factory=Fidelity)
@@ -219,9 +281,15 @@ class ScenarioResult:
     log: dict[str, Any] = field(default_factory=dict)
     criteria: list[Criterion] = field(default_factory=list)
     seconds: float = 0.0
+    conversations: list[ConversationTotals] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The row's name: the scenario's, with ``@protocol`` unless chat."""
+        return self.scenario.name + PROTOCOLS[self.protocol].suffix
 
     def session(self, index: int) -> str:
-        return f"bench-{self.scenario.name}-{index}"
+        return f"bench-{self.name}-{index}"
 
 
 @dataclass(slots=True)
@@ -235,6 +303,10 @@ class SuiteRun:
     nocp_pid: int | None
     history_threshold: int | None = None  # prompt tokens above which the roll-up acts (model)
     notes: list[str] = field(default_factory=list)
+    # protocol -> (model, price) of the protocols run
+    protocols: dict[str, tuple[str, Price]] = field(default_factory=dict)
+    auto_cache: bool = True
+    cache_ttl: str = "5m"
 
 
 Progress = Callable[[str, int], None]  # (scenario name, requests done in it) after each request
@@ -251,30 +323,37 @@ def _offset(report: Progress, base: int, name: str, n: int) -> None:
     report(name, base + n)
 
 
-def _cost(price: Price, prompt: int, cached: int, completion: int) -> float:
-    return price.cost(prompt, cached, completion)
-
-
 def _add_usage(
-    totals: Totals, price: Price, prompt: int, cached: int, completion: int, latency: float
+    totals: Totals,
+    price: Price,
+    prompt: int,
+    cached: int,
+    completion: int,
+    latency: float,
+    written: int = 0,
+    written_1h: int = 0,
 ) -> None:
+    """Account one billed request: cached reads at the cached price, cache writes at theirs
+    (``written`` tokens, ``written_1h`` of them for an hour); without caching, all at the input price."""
     totals.requests += 1
     totals.prompt_tokens += prompt
     totals.cached_tokens += cached
+    totals.cache_write_tokens += written
+    totals.cache_write_1h_tokens += written_1h
     totals.completion_tokens += completion
     totals.latency_s += latency
-    totals.cost_usd += _cost(price, prompt, cached, completion)
-    totals.cost_uncached_usd += _cost(price, prompt, 0, completion)
+    totals.cost_usd += price.cost(prompt, cached, completion, written, written_1h)
+    totals.cost_uncached_usd += price.cost(prompt, 0, completion)
 
 
 async def _post(
     session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str]
-) -> tuple[int, float]:
+) -> tuple[int, float, bytes]:
     started = time.perf_counter()
     async with session.post(url, data=data, headers=dict(headers)) as resp:
-        await resp.read()
+        body = await resp.read()
         status = resp.status
-    return status, time.perf_counter() - started
+    return status, time.perf_counter() - started, body
 
 
 class _Replayer:
@@ -292,20 +371,30 @@ class _Replayer:
         self.session = session
         self.base_fake = base_fake
         self.nocp_fake = nocp_fake
-        self.nocp_url = nocp_url + "/v1/chat/completions"
-        self.base_url = base_fake.openai_base_url + "/chat/completions"
+        self.nocp_root = nocp_url
+        self.base_root = base_fake.url
         self.model = model
         self.price = price
         self.hard = _HardTokenCache()
         self.flip = False
 
     async def conversation(
-        self, conv: Conversation, result: ScenarioResult, session_id: str, progress: Progress
+        self,
+        conv: Conversation,
+        result: ScenarioResult,
+        session_id: str,
+        progress: Progress,
+        protocol: Protocol | None = None,
     ) -> None:
         from proxy.testing import Replay
 
+        proto = protocol or PROTOCOLS[result.protocol]
+        model = result.model or self.model
+        price = result.price or self.price
         msgs = conv.messages
         turns = conv.turns()
+        own = ConversationTotals(conv.id, len(turns))
+        result.conversations.append(own)
         # later[i]: hard tokens of the assistant turns at or after message i
         later: list[frozenset[str]] = [frozenset()] * (len(msgs) + 1)
         acc: frozenset[str] = frozenset()
@@ -313,18 +402,21 @@ class _Replayer:
             if msgs[i].get("role") == "assistant":
                 acc = acc | self.hard(message_text(msgs[i]))
             later[i] = acc
-        headers = {**_HEADERS, "X-Session-Id": session_id}
-        previous: tuple[list[Any], list[Any]] | None = None  # (tools, messages) nocp sent last time
+        headers = {**proto.headers, "X-Session-Id": session_id}
+        tool_names = called_tools(msgs) if proto.family == "anthropic" and not conv.tools else []
+        base_url, nocp_url = self.base_root + proto.path, self.nocp_root + proto.path
+        previous: tuple[list[Any], list[Any]] | None = None  # (tools, items) nocp sent last time
         for k, end in enumerate(turns):
-            data = json.dumps(conv.body(end, self.model), ensure_ascii=False).encode("utf-8", "surrogatepass")
+            body = proto.body(conv.body(end, model), tool_names=tool_names)
+            data = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
             answer = Replay(msgs[end])
             self.base_fake.script(answer)
             self.nocp_fake.script(answer)
-            paths = [("base", self.base_url), ("nocp", self.nocp_url)]
+            paths = [("base", base_url), ("nocp", nocp_url)]
             if self.flip:
                 paths.reverse()
             self.flip = not self.flip
-            outcome: dict[str, tuple[int, float]] = {}
+            outcome: dict[str, tuple[int, float, bytes]] = {}
             used: dict[str, int] = {
                 "base": len(self.base_fake.usage_log),
                 "nocp": len(self.nocp_fake.usage_log),
@@ -334,17 +426,32 @@ class _Replayer:
                     outcome[name] = await _post(self.session, url, data, headers)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     result.log.setdefault("client_errors", []).append(f"{name} request {k}: {exc!r}")
-                    outcome[name] = (0, 0.0)
-            for name, fake, totals, lat in (
-                ("base", self.base_fake, result.base, result.base_latencies),
-                ("nocp", self.nocp_fake, result.nocp, result.nocp_latencies),
+                    outcome[name] = (0, 0.0, b"")
+            for name, fake, totals, conv_totals, lat in (
+                ("base", self.base_fake, result.base, own.base, result.base_latencies),
+                ("nocp", self.nocp_fake, result.nocp, own.nocp, result.nocp_latencies),
             ):
-                status, seconds = outcome[name]
+                status, seconds, answer_body = outcome[name]
                 if status != 200 or len(fake.usage_log) <= used[name]:
                     totals.errors += 1
+                    conv_totals.errors += 1
+                    errors = result.log.setdefault("http_errors", [])
+                    if status != 0 and len(errors) < 5:
+                        text = answer_body[:300].decode("utf-8", "replace")
+                        errors.append(f"{name} request {k} of {conv.id}: HTTP {status} {text}")
                     continue
                 u = fake.usage_log[-1]
-                _add_usage(totals, self.price, u.prompt_tokens, u.cached_tokens, u.completion_tokens, seconds)
+                for t in (totals, conv_totals):
+                    _add_usage(
+                        t,
+                        price,
+                        u.prompt_tokens,
+                        u.cached_tokens,
+                        u.completion_tokens,
+                        seconds,
+                        u.cache_creation_tokens,
+                        u.cache_creation_1h_tokens,
+                    )
                 lat.append(seconds)
             # An answer left unused (the request failed before it reached the fake) must not
             # answer the next request; FakeUpstream.reset() would also clear the prefix cache.
@@ -353,18 +460,24 @@ class _Replayer:
                     fake._script.clear()
             if outcome["nocp"][0] == 200 and self.nocp_fake.requests:
                 sent_body = self.nocp_fake.requests[-1].json()
-                sent = sent_body.get("messages") or []
-                self._fidelity(msgs[:end], sent, later[end], result.fidelity)
-                current = (list(sent_body.get("tools") or []), list(sent))
+                tools, sent = sent_view(proto.name, sent_body)
+                self._fidelity(msgs[:end], sent, later[end], result.fidelity, chat=proto.name == "chat")
+                current = (tools, sent)
                 if previous is not None:
                     _stability(previous, current, result.stability)
                 previous = current
             self.base_fake.requests.clear()
             self.nocp_fake.requests.clear()
-            progress(result.scenario.name, k + 1)
+            progress(result.name, k + 1)
 
     def _fidelity(
-        self, raw: Sequence[Message], sent: Iterable[Message], later: frozenset[str], fid: Fidelity
+        self,
+        raw: Sequence[Message],
+        sent: Iterable[Message],
+        later: frozenset[str],
+        fid: Fidelity,
+        *,
+        chat: bool = True,
     ) -> None:
         data: set[str] = set()
         for m in raw:
@@ -376,7 +489,7 @@ class _Replayer:
         present: set[str] = set()
         for m in sent:
             if isinstance(m, dict):
-                present |= self.hard(message_text(m))
+                present |= self.hard(message_text(m) if chat else leaf_text(m))
         kept = needed & present
         fid.needed += len(needed)
         fid.kept += len(kept)
@@ -390,7 +503,8 @@ class _Replayer:
 
 
 def _tool_names(tools: Iterable[Any]) -> list[str]:
-    return [str((t.get("function") or {}).get("name")) for t in tools if isinstance(t, dict)]
+    """Names of chat (``function.name``), Responses and Anthropic (``name``) tool definitions."""
+    return [str((t.get("function") or t).get("name")) for t in tools if isinstance(t, dict)]
 
 
 def _stability(
@@ -410,7 +524,8 @@ def _stability(
         i = next(
             (i for i, (a, b) in enumerate(zip(old_msgs, new_msgs, strict=False)) if a != b), len(new_msgs)
         )
-        role = old_msgs[i].get("role") if i < len(old_msgs) and isinstance(old_msgs[i], dict) else "?"
+        old = old_msgs[i] if i < len(old_msgs) and isinstance(old_msgs[i], dict) else {}
+        role = old.get("role") or old.get("type") or "?"
         reason = f"an earlier {role} message changed"
     if reason is not None:
         acc["breaks"] += 1
@@ -469,6 +584,19 @@ def stage_names(settings: Settings) -> list[str]:
     return [stage_name(s) for s in default_stages(settings)]
 
 
+Job = tuple[str, Scenario]  # (protocol, scenario)
+
+
+def _logged_ids(session: str) -> tuple[str, ...]:
+    """The ids a session's lines can carry in nocp's log: as sent, or as the log keeps client
+    session ids (hashed, where the TransactionLog does so)."""
+    import importlib
+
+    keep = getattr(importlib.import_module("proxy.translog"), "log_session_id", None)
+    logged = keep(session) if callable(keep) else None
+    return (session,) if not isinstance(logged, str) or logged == session else (session, logged)
+
+
 async def run_suite(
     scenarios: Sequence[Scenario],
     *,
@@ -478,41 +606,64 @@ async def run_suite(
     config: Path | None = None,
     progress: Progress | None = None,
     scenario_done: Callable[[ScenarioResult], None] | None = None,
+    protocols: Sequence[str] = ("chat",),
+    anthropic_model: str = DEFAULT_ANTHROPIC_MODEL,
+    jobs: Sequence[Job] | None = None,
 ) -> SuiteRun:
-    """Replay every scenario through both paths; return the measurements."""
+    """Replay every scenario through both paths, once per protocol (``jobs``: exactly these
+    (protocol, scenario) pairs instead); return the measurements. ``model`` is sent and priced
+    for chat and Responses, ``anthropic_model`` for Messages."""
     from proxy.testing import FakeUpstream
 
+    plan: list[Job] = (
+        list(jobs) if jobs is not None else [(proto, sc) for proto in protocols for sc in scenarios]
+    )
+    for proto, _ in plan:
+        if proto not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {proto!r}")
+    models: dict[str, tuple[str, Price]] = {}
+    for proto in dict.fromkeys(p for p, _ in plan):
+        name = anthropic_model if PROTOCOLS[proto].family == "anthropic" else model
+        found = prices.lookup(name)
+        if found is None:
+            raise ValueError(f"no price for model {name!r}; add it under pricing.models in the config")
+        models[proto] = (name, found)
     price = prices.lookup(model)
     if price is None:
         raise ValueError(f"no price for model {model!r}; add it under pricing.models in the config")
     settings = proxy_settings(config)
     history = settings.history
-    summarizer_price = (
+    summarizer = (
         prices.lookup(history.summarizer_model)
         if history.summarizer_upstream and history.summarizer_model
         else None
-    ) or price
+    )
     report = progress or (lambda name, n: None)
     results: list[ScenarioResult] = []
     timeout = aiohttp.ClientTimeout(total=600)
+    served = (model, anthropic_model)
     async with (
-        FakeUpstream(models=(model,)) as base_fake,
-        FakeUpstream(models=(model,)) as nocp_fake,
+        FakeUpstream(models=served) as base_fake,
+        FakeUpstream(models=served) as nocp_fake,
         aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=4)) as session,
     ):
-        nocp = NocpProcess(nocp_fake.openai_base_url, folder, config)
+        nocp = NocpProcess(nocp_fake.openai_base_url, folder, config, anthropic_upstream=nocp_fake.url)
         await nocp.start(session)
         try:
             replayer = _Replayer(session, base_fake, nocp_fake, nocp.url, model, price)
             # Warm-up: tokenizer tables, every compressor's code path, connection pools; with
             # conversations of another seed, so no measured tool output is in nocp's caches.
-            for i, warm in enumerate(seed_scenarios(("small",), seed=_WARMUP_SEED)):
-                result = ScenarioResult(warm)
-                await replayer.conversation(warm.conversations[0], result, f"bench-warmup-{i}", _ignore)
-            for sc in scenarios:
+            # Each protocol run gets its adapter warmed up too.
+            warm_ups = list(seed_scenarios(("small",), seed=_WARMUP_SEED))
+            for proto, (proto_model, proto_price) in models.items():
+                for i, warm in enumerate(warm_ups if proto == "chat" else warm_ups[:1]):
+                    result = ScenarioResult(warm, proto, proto_model, proto_price)
+                    session_id = f"bench-warmup-{proto}-{i}"
+                    await replayer.conversation(warm.conversations[0], result, session_id, _ignore)
+            for proto, sc in plan:
                 base_fake.reset()
                 nocp_fake.reset()
-                result = ScenarioResult(sc)
+                result = ScenarioResult(sc, proto, *models[proto])
                 started = time.perf_counter()
                 done = 0
                 for ci, conv in enumerate(sc.conversations):
@@ -533,20 +684,32 @@ async def run_suite(
         own = [
             r
             for ci in range(len(result.scenario.conversations))
-            for r in by_session.get(result.session(ci), [])
+            for sid in _logged_ids(result.session(ci))
+            for r in by_session.get(sid, [])
         ]
         result.log = {**result.log, **_log_stats(own)}
         # Summarizer calls are billed too: at the summarizer model's fresh-input price (the log
         # keeps only the sum of their prompt and completion tokens; see proxy.pricing).
         overhead_tokens = int(result.log["compression_overhead_tokens"])
         result.nocp.overhead_tokens = overhead_tokens
-        result.nocp.overhead_cost_usd = overhead_tokens * summarizer_price.input / 1e6
-        result.criteria = evaluate(
-            result.base, result.nocp, structured_output=result.scenario.structured_output
-        )
+        overhead_price = summarizer or models[result.protocol][1]
+        result.nocp.overhead_cost_usd = overhead_tokens * overhead_price.input / 1e6
+        # Messages has no response_format: nothing structured is asked there.
+        structured = result.scenario.structured_output and PROTOCOLS[result.protocol].family == "openai"
+        result.criteria = evaluate(result.base, result.nocp, structured_output=structured)
     threshold = None
     if history.enabled:
         from proxy.stages.history import policy_for
 
         threshold = policy_for(history, model).threshold
-    return SuiteRun(results, model, price, stage_names(settings), nocp.pid, threshold)
+    return SuiteRun(
+        results,
+        model,
+        price,
+        stage_names(settings),
+        nocp.pid,
+        threshold,
+        protocols=models,
+        auto_cache=settings.anthropic.auto_cache,
+        cache_ttl=settings.anthropic.cache_ttl,
+    )
