@@ -30,6 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides.setdefault("log", {})["dir"] = args.log_dir
     if args.upstream:
         overrides["upstreams"] = [{"name": "default", "base_url": args.upstream, "models": ["*"]}]
+    if args.allow_open_relay:
+        overrides.setdefault("auth", {})["allow_open_relay"] = True
     try:
         settings = load_settings(args.config, overrides=overrides)
     except ConfigError as exc:
@@ -54,6 +56,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    from proxy.auth import hash_key
+
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if not key:
+        print("nocp: no key given (argument or one line on stdin)", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    import secrets
+
+    from proxy.auth import hash_key
+
+    key = "nocp-" + secrets.token_urlsafe(32)
+    print(f"key (give it to the client; nocp keeps only its hash): {key}", file=sys.stderr)
+    print(f"- {{tenant: {args.tenant}, key_sha256: {hash_key(key)}}}  # under auth.keys", file=sys.stderr)
+    print(key)
+    return 0
+
+
 def _fake_upstream(args: argparse.Namespace) -> int:
     from proxy.testing import run_fake_upstream
 
@@ -73,7 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
     serve.add_argument("--log-dir", help="TransactionLog directory (default ./logs)")
+    serve.add_argument(
+        "--allow-open-relay",
+        action="store_true",
+        help="start even though an upstream has api_key_env and no client keys are configured",
+    )
     serve.set_defaults(func=_serve)
+    auth = sub.add_parser("auth", help="client keys: hash one for auth.keys, or make a new one")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True)
+    hash_cmd = auth_sub.add_parser("hash-key", help="print the SHA-256 of a key (argument or stdin)")
+    hash_cmd.add_argument("key", nargs="?", help="the key (default: one line on stdin, kept out of history)")
+    hash_cmd.set_defaults(func=_hash_key)
+    new_cmd = auth_sub.add_parser("new-key", help="make a random key; its auth.keys entry goes to stderr")
+    new_cmd.add_argument("--tenant", required=True, help="the tenant the key maps to")
+    new_cmd.set_defaults(func=_new_key)
     fake = sub.add_parser("fake-upstream", help="run the fake LLM provider (OpenAI + Gemini) for demos")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9000)

@@ -40,6 +40,47 @@ class ServerConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 32 * 1024 * 1024
+    admin_host: str = "127.0.0.1"  # with admin_port: /metrics and /v1/nocp/* only there
+    admin_port: int | None = None
+
+
+class AuthKeyConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One client key nocp accepts: its SHA-256 (hex), its tenant, its own limits (None: the
+    section's; 0: none)."""
+
+    tenant: str
+    key_sha256: str
+    requests_per_min: float | None = None
+    tokens_per_min: float | None = None
+
+
+class AuthConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Client keys (see :mod:`proxy.auth`). With ``keys``, every proxied request needs one;
+    ``requests_per_min`` / ``tokens_per_min`` are per-key limits (0: none).
+    ``admin_key_sha256`` guards ``/metrics`` and ``/v1/nocp/*``. An upstream with
+    ``api_key_env`` and no ``keys`` is refused unless ``allow_open_relay``."""
+
+    keys: tuple[AuthKeyConfig, ...] = ()
+    requests_per_min: float = 0.0
+    tokens_per_min: float = 0.0
+    admin_key_sha256: str | None = None
+    allow_open_relay: bool = False
+
+    def __post_init__(self) -> None:
+        hashes = [k.key_sha256.lower() for k in self.keys]
+        for i, h in enumerate([*hashes, (self.admin_key_sha256 or "0" * 64).lower()]):
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                where = f"auth.keys[{i}].key_sha256" if i < len(hashes) else "auth.admin_key_sha256"
+                raise ConfigError(f"{where}: must be 64 hex digits (nocp auth hash-key)")
+        if len(set(hashes)) != len(hashes):
+            raise ConfigError("auth.keys: the same key_sha256 twice")
+        for i, k in enumerate(self.keys):
+            if not k.tenant or len(k.tenant) > 64:
+                raise ConfigError(f"auth.keys[{i}].tenant: 1-64 characters")
+            if min(k.requests_per_min or 0, k.tokens_per_min or 0) < 0:
+                raise ConfigError(f"auth.keys[{i}]: limits must be >= 0")
+        if min(self.requests_per_min, self.tokens_per_min) < 0:
+            raise ConfigError("auth: limits must be >= 0")
 
 
 class UpstreamConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -330,6 +371,7 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
 
     def __post_init__(self) -> None:
         names = [u.name for u in self.upstreams]
@@ -346,6 +388,15 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 )
         if not 0 < self.server.port < 65536:
             raise ConfigError("server.port: must be between 1 and 65535")
+        if self.server.admin_port is not None and not 0 < self.server.admin_port < 65536:
+            raise ConfigError("server.admin_port: must be between 1 and 65535")
+        keyed = [u.name for u in self.upstreams if u.api_key_env]
+        if keyed and not self.auth.keys and not self.auth.allow_open_relay:
+            raise ConfigError(
+                f"upstreams {keyed} have api_key_env but auth.keys is empty: anyone reaching the port "
+                "would use the operator's key. Add client keys (auth.keys; `nocp auth new-key`) or "
+                "accept an open relay with auth.allow_open_relay: true (--allow-open-relay)"
+            )
         summarizer = self.history.summarizer_upstream
         if summarizer and summarizer not in names:
             raise ConfigError(f"history.summarizer_upstream: no upstream named {summarizer!r}")

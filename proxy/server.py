@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy import protocols
+from proxy.auth import Authenticator, Principal, RedisLimiter, strip_credentials
 from proxy.autocache import AutoCache
 from proxy.config import Settings
 from proxy.drift import DriftMonitor
@@ -33,7 +34,7 @@ from proxy.metrics import Metrics
 from proxy.pipeline import Pipeline, Stage, stage_name
 from proxy.pricing import CostModel
 from proxy.protocols import Adapter
-from proxy.sessions import SessionStore, open_store
+from proxy.sessions import RedisSessionStore, SessionStore, open_store
 from proxy.toolloop import ToolLoop
 from proxy.translog import TransactionLogWriter, redact
 from proxy.upstream import UpstreamClient, apply_api_key, forward_headers, upstream_url
@@ -57,15 +58,40 @@ class ProxyState:
     cost: CostModel | None = None  # None: pricing switched off, cost fields stay null
     retrieval: ToolLoop | None = None  # None: reversible compression switched off
     adapters: tuple[Adapter, ...] = ()  # the protocols served (proxy.protocols.ADAPTERS)
+    auth: Authenticator | None = None  # None: no client keys, no limits, admin paths open
 
 
 STATE = web.AppKey("nocp_state", ProxyState)
 
 
 def _error(adapter: Adapter, err: ProxyHTTPError) -> web.Response:
+    retry_after = getattr(err, "retry_after", None)  # a rate limit's
     return web.Response(
-        body=_encoder.encode(adapter.error_body(err)), status=err.status, content_type="application/json"
+        body=_encoder.encode(adapter.error_body(err)),
+        status=err.status,
+        content_type="application/json",
+        headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
     )
+
+
+def _authenticate(request: web.Request) -> Principal | None:
+    """The client key's principal (None: client auth is off); raises 401."""
+    auth = request.app[STATE].auth
+    return auth.authenticate(request.headers, request.query) if auth is not None else None
+
+
+async def _admit(request: web.Request, principal: Principal | None, body_bytes: int) -> None:
+    """Take the request from its key's rate limits; raises 429."""
+    auth = request.app[STATE].auth
+    if auth is not None:
+        await auth.admit(principal, body_bytes)
+
+
+def _as_sent(request: web.Request, principal: Principal | None) -> tuple[Any, Any, str]:
+    """Headers, query and raw path to forward: without the client's key when it is nocp's."""
+    if principal is None:
+        return request.headers, request.query, request.raw_path
+    return strip_credentials(request.headers, request.query, request.raw_path)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -148,20 +174,24 @@ async def _rewrite(adapter: Adapter, request: web.Request) -> web.StreamResponse
     """A request nocp may rewrite: read it and hand it to an exchange."""
     state = request.app[STATE]
     try:
+        principal = _authenticate(request)
         body = await _read_body(request, state.settings.server.max_body_bytes)
+        await _admit(request, principal, len(body))
     except ProxyHTTPError as err:
         return _error(adapter, err)
+    headers, query, raw_path = _as_sent(request, principal)
     client = _Client(request)
     exchange = Exchange(
         services=state.services,
         adapter=adapter,
         request=ClientRequest(
             path=request.path,
-            raw_path=request.raw_path,
-            headers=request.headers,
-            query=request.query,
+            raw_path=raw_path,
+            headers=headers,
+            query=query,
             match_info=request.match_info,
             body=body,
+            tenant=principal.tenant if principal is not None else None,
         ),
         send=_sender(state.upstream),
         client=client,
@@ -177,12 +207,28 @@ async def _websocket(adapter: Adapter, request: web.Request) -> web.StreamRespon
     if request.headers.get("Upgrade", "").lower() != "websocket":
         return await passthrough(request)
     state = request.app[STATE]
+    try:
+        principal = _authenticate(request)
+        await _admit(request, principal, 0)
+    except ProxyHTTPError as err:
+        return _error(adapter, err)
+    sent_headers, _, raw_path = _as_sent(request, principal)
     settings = state.settings
     up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]
-    headers = forward_headers(request.headers)
+    headers = forward_headers(sent_headers)
     apply_api_key(headers, up)
-    url = upstream_url(up, request.raw_path)
-    return await serve_websocket(request, adapter, state.services, state.upstream, url, headers)
+    url = upstream_url(up, raw_path)
+    tenant = principal.tenant if principal is not None else None
+    return await serve_websocket(
+        request,
+        adapter,
+        state.services,
+        state.upstream,
+        url,
+        headers,
+        tenant=tenant,
+        client_headers=sent_headers,
+    )
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
@@ -196,15 +242,19 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     adapters = state.adapters
     claims = (a for a in adapters if a.claims(request.path, request.headers, request.query))
     adapter = next(claims, adapters[0])
+    try:
+        principal = _authenticate(request)
+        await _admit(request, principal, request.content_length or 0)
+    except ProxyHTTPError as err:
+        return _error(adapter, err)
+    sent_headers, _, raw_path = _as_sent(request, principal)
     settings = state.settings
     up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]
-    headers = forward_headers(request.headers)
+    headers = forward_headers(sent_headers)
     apply_api_key(headers, up)
     data = request.content.iter_any() if request.body_exists else None
     try:
-        async with state.upstream.request(
-            request.method, upstream_url(up, request.raw_path), headers, data
-        ) as resp:
+        async with state.upstream.request(request.method, upstream_url(up, raw_path), headers, data) as resp:
             out = web.StreamResponse(
                 status=resp.status, reason=resp.reason, headers=forward_headers(resp.headers)
             )
@@ -251,6 +301,45 @@ async def alerts_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=_encoder.encode(snapshot), content_type="application/json")
 
 
+_ADMIN_ROUTES = (("/metrics", metrics_endpoint), ("/v1/nocp/alerts", alerts_endpoint))
+
+
+def _admin_only(handler: Any) -> Any:
+    """An admin endpoint on the proxy's port: with ``auth.admin_key_sha256`` it needs that key;
+    without one it is open while client auth is off, and closed once client keys exist."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        auth = request.app[STATE].auth
+        if auth is not None and not auth.admin_allowed(request.headers, request.query):
+            message = "nocp admin endpoint: needs the admin key (auth.admin_key_sha256) or server.admin_port"
+            return web.json_response(
+                {"error": {"message": message, "type": "authentication_error"}}, status=401
+            )
+        return await handler(request)  # type: ignore[no-any-return]
+
+    return guarded
+
+
+async def _not_here(request: web.Request) -> web.Response:
+    """nocp's own paths that are not (or not on this port) served."""
+    message = f"nocp: {request.path} is not served here (admin endpoints: server.admin_port)"
+    return web.json_response({"error": {"message": message, "type": "not_found"}}, status=404)
+
+
+async def _start_admin(state: ProxyState, host: str, port: int) -> web.AppRunner:
+    """The admin listener (``server.admin_host:admin_port``): probes, /metrics, /v1/nocp/*."""
+    admin = web.Application()
+    admin[STATE] = state
+    admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/readyz", readyz)
+    for path, handler in _ADMIN_ROUTES:
+        admin.router.add_get(path, handler)
+    runner = web.AppRunner(admin, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
 def default_stages(
     settings: Settings, store: SessionStore | None = None, upstream: UpstreamClient | None = None
 ) -> list[Stage]:
@@ -288,6 +377,9 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
     metrics = Metrics(max_models=settings.metrics.max_models)
     cost = CostModel.from_settings(settings)
     loop = ToolLoop.from_settings(settings, store) if store is not None else None
+    rate_store: SessionStore | None = None  # rate limits shared by replicas
+    if settings.auth.keys and settings.sessions.backend == "redis":
+        rate_store = store if isinstance(store, RedisSessionStore) else open_store(settings)
     state = ProxyState(
         settings=settings,
         upstream=upstream,
@@ -306,6 +398,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         cost=cost,
         retrieval=loop,
         adapters=protocols.ADAPTERS,
+        auth=Authenticator(settings.auth, RedisLimiter(rate_store) if rate_store is not None else None),
     )
     state.metrics.track_writer(state.writer)
     state.metrics.track_alerts(state.drift.detector.active)
@@ -317,7 +410,15 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         await state.upstream.start()
         state.drift.start()
         await state.writer.start()
+        admin_port = settings.server.admin_port
+        admin = (
+            None if admin_port is None else await _start_admin(state, settings.server.admin_host, admin_port)
+        )
         yield
+        if admin is not None:
+            await admin.cleanup()
+        if rate_store is not None and rate_store is not store:
+            await rate_store.aclose()
         for stage in state.pipeline.stages:  # stages holding connections (session store)
             close = getattr(stage, "aclose", None)
             if close is not None:
@@ -337,8 +438,11 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/v1/nocp/alerts", alerts_endpoint)
+    for path, handler in _ADMIN_ROUTES:
+        app.router.add_get(
+            path, _not_here if settings.server.admin_port is not None else _admin_only(handler)
+        )
+    app.router.add_route("*", "/v1/nocp/{tail:.*}", _not_here)
     for adapter in state.adapters:
         for method, path in adapter.routes:
             app.router.add_route(method, path, functools.partial(_rewrite, adapter))

@@ -172,8 +172,13 @@ async def serve_websocket(
     upstream: UpstreamClient,
     url: Any,
     headers: CIMultiDict[str],
+    *,
+    tenant: str | None = None,
+    client_headers: Any = None,
 ) -> web.WebSocketResponse:
-    """Relay one client WebSocket to ``url`` (see the module docstring)."""
+    """Relay one client WebSocket to ``url`` (see the module docstring). With client auth,
+    ``tenant`` is the one the client's nocp key maps to and ``client_headers`` the request's
+    headers without that key (each request carries both)."""
     limit = services.settings.server.max_body_bytes
     for name in _HANDSHAKE:
         headers.popall(name, None)
@@ -200,10 +205,11 @@ async def serve_websocket(
                     request=ClientRequest(
                         path=request.path,
                         raw_path=request.raw_path,
-                        headers=request.headers,
+                        headers=request.headers if client_headers is None else client_headers,
                         query=request.query,
                         match_info=request.match_info,
                         body=body,
+                        tenant=tenant,
                     ),
                     send=session.send,
                     client=_Client(ws),

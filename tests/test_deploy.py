@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ from proxy.testing import Fail, FakeUpstream
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 YAML_FILES = sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
 METRIC = re.compile(r"\bnocp_[a-zA-Z0-9_]+")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def load_yaml(path: Path) -> list[Any]:
@@ -81,9 +88,9 @@ def test_compose_stack() -> None:
     assert {"nocp", "redis", "prometheus", "grafana"} <= set(services)
     nocp = services["nocp"]
     env = nocp["environment"]
-    port = int(env["NOCP_PORT"])
-    assert f"{port}:{port}" in nocp["ports"]
-    assert env["NOCP_SESSIONS__BACKEND"] == "redis" and "//redis:" in env["NOCP_SESSIONS__REDIS_URL"]
+    port, admin_port = int(env["NOCP_PORT"]), int(env["NOCP_SERVER__ADMIN_PORT"])
+    assert f"127.0.0.1:{port}:{port}" in nocp["ports"]
+    assert env["NOCP_SESSIONS__BACKEND"] == "redis" and "@redis:6379/" in env["NOCP_SESSIONS__REDIS_URL"]
     assert (DEPLOY / nocp["build"]["context"] / nocp["build"]["dockerfile"]).resolve() == (
         DEPLOY / "Dockerfile"
     ).resolve()
@@ -91,7 +98,7 @@ def test_compose_stack() -> None:
     prometheus = load_yaml(DEPLOY / "prometheus.yml")[0]
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "nocp"]
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"][0]["targets"] == [f"nocp:{port}"]
+    assert job["static_configs"][0]["targets"] == [f"nocp:{admin_port}"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"] if ":" in v}
     assert mounts["/etc/prometheus/prometheus.yml"] == "./prometheus.yml"
 
@@ -153,17 +160,52 @@ async def test_dashboard_uses_only_exported_metrics(fake: FakeUpstream, make_pro
         }
 
 
+def test_compose_binds_loopback_and_redis_needs_a_password() -> None:
+    """Compose publishes every port on 127.0.0.1 only (the admin port not at all), and Redis
+    requires the password that nocp's Redis URL carries."""
+    services = load_yaml(DEPLOY / "docker-compose.yml")[0]["services"]
+    published = [p for svc in services.values() for p in svc.get("ports", [])]
+    assert published and all(p.startswith("127.0.0.1:") for p in published)
+    assert not any(p.endswith(":9091") for p in published)
+    redis = services["redis"]
+    assert "--requirepass" in " ".join(redis["command"]) and "$$REDIS_PASSWORD" in " ".join(redis["command"])
+    password = redis["environment"]["REDIS_PASSWORD"]
+    assert password.startswith("${NOCP_REDIS_PASSWORD:?")  # compose refuses to start without it
+    url = services["nocp"]["environment"]["NOCP_SESSIONS__REDIS_URL"]
+    assert url.startswith("redis://:${NOCP_REDIS_PASSWORD:?") and url.endswith("@redis:6379/0")
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+
+
+def test_k8s_redis_password_from_secret() -> None:
+    """In Kubernetes, Redis requires a password from the Secret nocp-redis, nocp's Redis URL
+    carries the same one, and only nocp pods may reach Redis."""
+    objects = k8s_objects()
+    (redis,) = objects["Deployment", "nocp-redis"]["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis["env"]}
+    assert refs["REDIS_PASSWORD"] == {"name": "nocp-redis", "key": "password"}
+    assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    env = {e["name"]: e for e in nocp_container()["env"]}
+    assert env["NOCP_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == refs["REDIS_PASSWORD"]
+    names = list(env)
+    assert names.index("NOCP_REDIS_PASSWORD") < names.index("NOCP_SESSIONS__REDIS_URL")  # $(VAR) order
+    assert env["NOCP_SESSIONS__REDIS_URL"]["value"].startswith("redis://:$(NOCP_REDIS_PASSWORD)@nocp-redis:")
+    policy = objects["NetworkPolicy", "nocp-redis"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nocp-redis"}
+    assert policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nocp"}
+
+
 async def test_k8s_probes_and_ports_match_server(tmp_path: Path, fake: FakeUpstream, make_proxy: Any) -> None:
     """The manifests' config loads, its port is the container/Service port, the probes answer 200."""
     objects = k8s_objects()
     container = nocp_container()
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env = {k: v.replace("$(NOCP_REDIS_PASSWORD)", "pw") for k, v in env.items()}
     config = tmp_path / "nocp.yaml"
     config.write_text(objects["ConfigMap", "nocp-config"]["data"]["nocp.yaml"])
     assert env.pop("NOCP_CONFIG").endswith("/nocp.yaml")
     settings = load_settings(config, env=env)
     assert settings.sessions.backend == "redis"
-    redis_host = re.match(r"redis://([^:/]+)", settings.sessions.redis_url)
+    redis_host = re.match(r"redis://(?:[^@/]*@)?([^:/]+)", settings.sessions.redis_url)
     assert redis_host and ("Service", redis_host.group(1)) in objects
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -174,18 +216,20 @@ async def test_k8s_probes_and_ports_match_server(tmp_path: Path, fake: FakeUpstr
     assert all(p["port"] in ("http", settings.server.port) for p in probes.values())
     assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
     annotations = objects["Deployment", "nocp"]["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(settings.server.port)
+    assert settings.server.admin_port is not None and settings.server.admin_port != settings.server.port
+    assert annotations["prometheus.io/port"] == str(settings.server.admin_port) == str(ports["admin"])
 
-    service = objects["Service", "nocp"]
+    service = objects["Service", "nocp"]  # the admin port stays off the Service
     assert all(p["targetPort"] in ("http", settings.server.port) for p in service["spec"]["ports"])
     hpa = objects["HorizontalPodAutoscaler", "nocp"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == "nocp"
     assert hpa["spec"]["minReplicas"] >= 2
 
-    proxy = await make_proxy()
+    admin_port = free_port()
+    proxy = await make_proxy(server={"admin_host": "127.0.0.1", "admin_port": admin_port})
     async with aiohttp.ClientSession() as http:
         for probe in probes.values():
             async with http.get(f"{proxy.url}{probe['path']}") as resp:
                 assert resp.status == 200, probe
-        async with http.get(f"{proxy.url}{annotations['prometheus.io/path']}") as resp:
+        async with http.get(f"http://127.0.0.1:{admin_port}{annotations['prometheus.io/path']}") as resp:
             assert resp.status == 200 and "nocp_requests" in await resp.text()

@@ -242,7 +242,8 @@ async def test_api_key_from_env_replaces_clients(fake: FakeUpstream, make_proxy:
     os.environ["NOCP_TEST_KEY"] = "sk-upstream-own"
     try:
         proxy = await make_proxy(
-            upstreams=[{"name": "o", "base_url": f"{fake.url}/v1", "api_key_env": "NOCP_TEST_KEY"}]
+            upstreams=[{"name": "o", "base_url": f"{fake.url}/v1", "api_key_env": "NOCP_TEST_KEY"}],
+            auth={"allow_open_relay": True},
         )
         async with _client(proxy.url) as client:
             await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)

@@ -59,6 +59,7 @@ def settings_for(fake: FakeUpstream, upstream: str, model: str, **history: Any) 
         overrides={
             "upstreams": upstreams,
             "history": {**HISTORY, "summarizer_upstream": upstream, "summarizer_model": model, **history},
+            "auth": {"allow_open_relay": True},
         },
     )
 

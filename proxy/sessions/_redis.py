@@ -46,6 +46,31 @@ end
 return 0
 """
 
+# Token buckets (proxy.auth): ARGV = name, capacity per minute, cost, ... for each bucket of
+# KEYS[1]. All are taken or none; returns the seconds to wait (as a string) or "0".
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local wait = 0
+local levels = {}
+for i = 1, #ARGV, 3 do
+  local name, cap, cost = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local s = redis.call('HMGET', KEYS[1], name .. ':l', name .. ':t')
+  local level = tonumber(s[1]) or cap
+  level = math.min(cap, level + (now - (tonumber(s[2]) or now)) * cap / 60)
+  if cost > cap then cost = cap end
+  if level < cost then wait = math.max(wait, (cost - level) * 60 / cap) end
+  levels[#levels + 1] = {name, level, cost}
+end
+for _, b in ipairs(levels) do
+  local level = b[2]
+  if wait == 0 then level = level - b[3] end
+  redis.call('HSET', KEYS[1], b[1] .. ':l', tostring(level), b[1] .. ':t', tostring(now))
+end
+redis.call('PEXPIRE', KEYS[1], 120000)
+return tostring(wait)
+"""
+
 
 class StoreUnavailable(ConnectionError):
     """The store did not answer in time, failed, or its circuit breaker is open."""
@@ -129,6 +154,7 @@ class RedisSessionStore:
         )
         self._get_script = self._redis.register_script(_GET)
         self._cas_script = self._redis.register_script(_CAS)
+        self._take_script = self._redis.register_script(_TAKE)
         self._closed = False
 
     async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -166,6 +192,13 @@ class RedisSessionStore:
     async def delete(self, key: str) -> None:
         """Forget ``key``."""
         await self._guard(lambda: self._redis.delete(self.prefix + key))
+
+    async def take_tokens(self, key: str, buckets: Sequence[tuple[str, float, float]]) -> float:
+        """Take ``cost`` from each ``(name, capacity per minute, cost)`` token bucket of
+        ``key``, all or none, atomically across replicas: 0, or the seconds to wait."""
+        args = [str(x) for bucket in buckets for x in bucket]
+        wait = await self._guard(lambda: self._take_script(keys=[f"{self.prefix}rate:{key}"], args=args))
+        return float(wait)
 
     def _blob_key(self, key: str) -> str:
         return f"{self.prefix}blob:{key}"
