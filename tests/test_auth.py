@@ -176,7 +176,9 @@ async def test_zero_config_passes_clients_own_key(fake: FakeUpstream, make_proxy
                 assert resp.status == 200
 
 
-def test_refuses_open_relay_unless_allowed(tmp_path: Path, operator_key: None, capsys: Any) -> None:
+def test_refuses_open_relay_unless_allowed(
+    tmp_path: Path, operator_key: None, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An upstream with api_key_env and no client keys does not start (a clear error naming the
     fix), unless auth.allow_open_relay or --allow-open-relay says so."""
     keyed = [{"name": "o", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "NOCP_TEST_OPERATOR_KEY"}]
@@ -191,16 +193,10 @@ def test_refuses_open_relay_unless_allowed(tmp_path: Path, operator_key: None, c
     assert cli.main(["serve", "--config", str(config)]) == 2
     assert "auth.keys" in capsys.readouterr().err
     started: list[Any] = []
-    cli_web: Any = cli.web
-    original = cli_web.run_app
-    cli_web.run_app = lambda app, **kw: started.append(kw)
-    try:
-        assert (
-            cli.main(["serve", "--config", str(config), "--allow-open-relay", "--log-dir", str(tmp_path)])
-            == 0
-        )
-    finally:
-        cli_web.run_app = original
+    monkeypatch.setattr(cli.web, "run_app", lambda app, **kw: started.append(kw))
+    monkeypatch.setattr(cli, "configure_logging", lambda: None)  # leave the process's logging alone
+    argv = ["serve", "--config", str(config), "--allow-open-relay", "--log-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
     assert started and started[0]["port"] == 8080
 
 

@@ -119,12 +119,12 @@ async def test_paused_redis_fails_within_deadline_then_fast(redis_proc: RedisPro
             started = time.perf_counter()
             with pytest.raises(StoreUnavailable):
                 await store.get_blobs(["k"], ttl_s=60)
-            assert time.perf_counter() - started < 0.5
+            assert time.perf_counter() - started < 1.0
         assert store.breaker.open
         started = time.perf_counter()
         with pytest.raises(StoreUnavailable):
             await store.touch_blobs(["k"], ttl_s=60)
-        assert time.perf_counter() - started < 0.01
+        assert time.perf_counter() - started < 0.05
         redis_proc.resume()
         await asyncio.sleep(0.6)
         assert await store.get_blobs(["k"], ttl_s=60) == [b"v"]
