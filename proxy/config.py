@@ -154,6 +154,7 @@ class SessionsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     backend: Literal["sqlite", "redis"] = "sqlite"
     sqlite_path: str = ""
+    sqlite_max_bytes: int = 1 << 30  # past it the least recently used rows go; 0: no bound
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "nocp:session:"
     ttl_s: float = 24 * 3600.0
@@ -269,13 +270,16 @@ class DriftConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     alert: a rise of the input compression ratio (sent / raw, absolute), a relative drop of net
     tokens saved per request, a drop of the cache hit share (absolute), a relative rise of the
     p50 proxy overhead and upstream latency, a rise of the error and fail-open rates (absolute).
-    An episode clears when the change falls below ``clear_fraction`` of its warning threshold.
+    An episode clears when the change has stayed below ``clear_fraction`` of its warning
+    threshold for ``quiet_s`` seconds (by the records' timestamps); a new crossing before then
+    continues the episode, so a noisy figure writes one alert per episode, not one per swing.
     """
 
     enabled: bool = True
     window: int = 100
     max_models: int = 50
     clear_fraction: float = 0.5
+    quiet_s: float = 60.0
     alerts_file: str = "alerts.jsonl"
     compression_ratio_warning: float = 0.10
     compression_ratio_critical: float = 0.25
@@ -297,6 +301,8 @@ class DriftConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("window must be at least 1")
         if not 0 <= self.clear_fraction <= 1:
             raise ValueError("clear_fraction must be between 0 and 1")
+        if self.quiet_s < 0:
+            raise ValueError("quiet_s must be >= 0")
         for kind in ("compression_ratio", "token_savings", "cache_hit_share", "latency", "error_rate",
                      "fail_open_rate"):  # fmt: skip
             warning, critical = getattr(self, f"{kind}_warning"), getattr(self, f"{kind}_critical")

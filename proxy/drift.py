@@ -19,8 +19,9 @@ kind                      figure                                                
 Ratio, savings, cache and latency figures use successful requests only; a window needs at
 least a fifth of its records to carry a figure before it is compared. An alert fires once
 when a figure crosses its warning (or critical) threshold, once more if it escalates from
-warning to critical, and a ``resolved`` event follows when the change falls below
-``clear_fraction`` of the warning threshold. The detector is pure (records in, alerts out);
+warning to critical, and a ``resolved`` event follows when the change has stayed below
+``clear_fraction`` of the warning threshold for ``quiet_s`` seconds (a noisy figure that swings
+across the threshold meanwhile stays one episode). The detector is pure (records in, alerts out);
 :class:`DriftMonitor` wires it into the running proxy: structured log, ``alerts.jsonl``
 beside the transaction log, ``GET /v1/nocp/alerts`` and the metrics.
 """
@@ -30,7 +31,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import os
+import datetime as dt
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ import msgspec
 import structlog
 
 from proxy.config import DriftConfig
-from proxy.translog import TransactionLog, figures
+from proxy.translog import AppendFile, TransactionLog, figures
 
 __all__ = ["KINDS", "Alert", "DriftDetector", "DriftMonitor"]
 
@@ -224,6 +226,15 @@ class _Scope:
     recent: _Window = field(default_factory=_Window)
     previous: _Window = field(default_factory=_Window)
     active: dict[str, Alert] = field(default_factory=dict)
+    clear_since: dict[str, float] = field(default_factory=dict)  # open episodes gone clear: since when
+
+
+def _when(record: TransactionLog) -> float:
+    """The record's timestamp in seconds (now, if it has none readable)."""
+    try:
+        return dt.datetime.fromisoformat(record.timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
 
 
 def _fmt(value: float, rule: _Rule) -> str:
@@ -263,9 +274,10 @@ class DriftDetector:
         return alerts
 
     def active(self) -> list[Alert]:
-        """The alerts whose episode is still open (the latest alert of each)."""
+        """The alerts whose episode is still open (the latest alert of each). Safe to call
+        from another thread (``/metrics`` renders on one): each dict is copied in one step."""
         scopes = [self._overall, *self._models.values()]
-        return [alert for scope in scopes for alert in scope.active.values()]
+        return [alert for scope in scopes for alert in list(scope.active.values())]
 
     def _push(self, scope: _Scope, sample: _Sample) -> None:
         scope.recent.push(sample)
@@ -299,10 +311,18 @@ class DriftDetector:
             ):
                 alert = self._alert(rule, scope, record, severity, "firing", prev, recent, change)
                 scope.active[rule.kind] = alert
+                scope.clear_since.pop(rule.kind, None)
                 yield alert
             elif current is not None and worse < rule.warning * self.config.clear_fraction:
-                del scope.active[rule.kind]
-                yield self._alert(rule, scope, record, current.severity, "resolved", prev, recent, change)
+                # clear: the episode ends once it has stayed clear for quiet_s
+                now = _when(record)
+                since = scope.clear_since.setdefault(rule.kind, now)
+                if now - since >= self.config.quiet_s:
+                    del scope.active[rule.kind]
+                    del scope.clear_since[rule.kind]
+                    yield self._alert(rule, scope, record, current.severity, "resolved", prev, recent, change)
+            elif current is not None:  # not clear (again): the episode goes on
+                scope.clear_since.pop(rule.kind, None)
 
     def _alert(
         self,
@@ -344,12 +364,18 @@ class DriftDetector:
 
 
 class _AlertFile:
-    """Appends alerts to a JSONL file from a worker thread, in order; alerts are rare."""
+    """Appends alerts to a JSONL file from a worker thread, in order; alerts are rare. Each
+    line is written whole or not at all, lost lines are counted (see
+    :class:`~proxy.translog.AppendFile`)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.file = AppendFile(path, name="alerts")
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="nocp-alerts-writer")
@@ -365,6 +391,7 @@ class _AlertFile:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.file.close()
 
     async def _run(self) -> None:
         while True:
@@ -380,20 +407,13 @@ class _AlertFile:
                 else:
                     lines.append(nxt)
             if lines:
-                try:
-                    await asyncio.to_thread(self._append, b"".join(lines))
-                except OSError:
-                    _log.exception("alerts_write_failed", path=str(self.path))
+                await asyncio.to_thread(self._append, lines)
             if stop:
                 return
 
-    def _append(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+    def _append(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self.file.append(line)
 
 
 AlertSink = Callable[[Alert], None]
@@ -416,6 +436,11 @@ class DriftMonitor:
     def alerts_path(self) -> Path:
         """Where alerts are appended."""
         return self._file.path
+
+    @property
+    def alerts_file(self) -> AppendFile:
+        """The alerts file (lines written and dropped, whether writes fail now)."""
+        return self._file.file
 
     def start(self) -> None:
         """Start the alerts file writer (call on the event loop)."""

@@ -34,7 +34,7 @@ from rich.text import Text
 from proxy.config import Settings, load_settings
 from proxy.drift import Alert, DriftDetector
 from proxy.exceptions import ConfigError
-from proxy.translog import Figures, TransactionLog, figures, saved_share
+from proxy.translog import Figures, TransactionLog, figures, log_session_id, saved_share
 
 __all__ = [
     "Follower",
@@ -561,7 +561,7 @@ def _default_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def _matches(rec: TransactionLog, args: argparse.Namespace) -> bool:
-    if args.session is not None and rec.session_id != args.session:
+    if args.session is not None and rec.session_id not in (args.session, log_session_id(args.session)):
         return False
     return args.model is None or fnmatch.fnmatchcase(rec.model or "", args.model)
 
@@ -726,7 +726,7 @@ def add_cli(sub: Any) -> None:
     tail.add_argument("path", nargs="?", metavar="PATH", help="log file (default: from settings)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep following, across rotation")
     tail.add_argument("-n", "--lines", type=int, default=20, help="requests shown first (default 20)")
-    tail.add_argument("--session", help="only this session id")
+    tail.add_argument("--session", help="only this session id (as the client sent it, or as logged)")
     tail.add_argument("--model", help="only this model (glob, e.g. 'gpt-4o*')")
     tail.add_argument("--json", action="store_true", help="print the matching JSON lines as they are")
     tail.add_argument("--interval", type=float, default=0.25, help=argparse.SUPPRESS)

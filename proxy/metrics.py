@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.drift import KINDS, Alert
-from proxy.translog import TransactionLog, TransactionLogWriter, figures
+from proxy.translog import AppendFile, TransactionLog, TransactionLogWriter, figures
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -41,6 +41,11 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _GEMINI_MODEL = re.compile(r"/models/[^/:]+:")
+LABEL_CHARS = 128
+"""A label value the client chose (model, tool) longer than this, or with a control
+character, is counted under ``other``: a label is repeated on every series line of its
+metrics, and distinct long names would each add a hundred lines."""
+_MAX_SMALL = 64  # distinct values of labels nocp itself names (endpoint, stage, content type)
 
 
 def endpoint_label(path: str) -> str:
@@ -49,20 +54,40 @@ def endpoint_label(path: str) -> str:
 
 
 class _WriterCollector(Collector):
-    """Lines the TransactionLog writer wrote and dropped, read at scrape time."""
+    """Lines the TransactionLog writer (and the drift alerts file) wrote and dropped, and
+    whether their writes fail now, read at scrape time."""
 
-    def __init__(self, writer: TransactionLogWriter) -> None:
+    def __init__(self, writer: TransactionLogWriter, alerts: AppendFile | None) -> None:
         self.writer = writer
+        self.alerts = alerts
 
     def collect(self) -> Iterator[Metric]:
+        w = self.writer
         yield CounterMetricFamily(
-            "nocp_translog_written_records", "TransactionLog lines written.", value=self.writer.written
+            "nocp_translog_written_records", "TransactionLog lines written.", value=w.written
         )
-        yield CounterMetricFamily(
+        dropped = CounterMetricFamily(
             "nocp_translog_dropped_records",
-            "TransactionLog records dropped because the writer queue was full.",
-            value=self.writer.dropped,
+            "TransactionLog records lost: the writer queue was full, or the write failed (disk full).",
+            labels=["reason"],
         )
+        dropped.add_metric(["queue_full"], w.queue_dropped)
+        dropped.add_metric(["write_failed"], w.file.dropped)
+        yield dropped
+        degraded = GaugeMetricFamily(
+            "nocp_log_file_degraded",
+            "1 while writes to the file fail (records are being lost).",
+            labels=["file"],
+        )
+        degraded.add_metric(["transactions"], float(w.degraded() is not None))
+        if self.alerts is not None:
+            degraded.add_metric(["alerts"], float(self.alerts.degraded() is not None))
+            yield CounterMetricFamily(
+                "nocp_alerts_dropped_records",
+                "Drift alerts that could not be written to alerts.jsonl.",
+                value=self.alerts.dropped,
+            )
+        yield degraded
 
 
 class _ActiveAlertsCollector(Collector):
@@ -81,6 +106,17 @@ class _ActiveAlertsCollector(Collector):
         for (kind, sev), n in counts.items():
             family.add_metric([kind, sev], n)
         yield family
+
+
+def _bounded(value: str, seen: set[str], limit: int) -> str:
+    """``value`` as a label: itself if it is already a label or fits (at most ``limit``
+    distinct values, each at most :data:`LABEL_CHARS` printable characters), else ``other``."""
+    if value in seen:
+        return value
+    if len(seen) < limit and 0 < len(value) <= LABEL_CHARS and value.isprintable():
+        seen.add(value)
+        return value
+    return OTHER
 
 
 class _ModelSeries(NamedTuple):
@@ -241,13 +277,14 @@ class Metrics:
             registry=r,
         )
         self._tools: set[str] = set()
+        self._small_labels: dict[str, set[str]] = {}
         for kind in KINDS:  # export zeros, so increase() works from the first alert on
             for severity in ("warning", "critical"):
                 self.alerts.labels(kind, severity)
 
-    def track_writer(self, writer: TransactionLogWriter) -> None:
-        """Export the writer's written/dropped line counts."""
-        self.registry.register(_WriterCollector(writer))
+    def track_writer(self, writer: TransactionLogWriter, alerts: AppendFile | None = None) -> None:
+        """Export the writer's (and the alerts file's) written/dropped line counts."""
+        self.registry.register(_WriterCollector(writer, alerts))
 
     def render(self) -> bytes:
         """The exposition text of every metric."""
@@ -256,20 +293,13 @@ class Metrics:
     def _model(self, model: str | None) -> str:
         if model is None:
             return "none"
-        if model in self._models:
-            return model
-        if len(self._models) < self.max_models:
-            self._models.add(model)
-            return model
-        return OTHER
+        return _bounded(model, self._models, self.max_models)
 
     def _tool(self, tool: str) -> str:
-        if tool in self._tools:
-            return tool
-        if len(self._tools) < self.max_models:
-            self._tools.add(tool)
-            return tool
-        return OTHER
+        return _bounded(tool, self._tools, self.max_models)
+
+    def _small(self, kind: str, value: str) -> str:
+        return _bounded(value, self._small_labels.setdefault(kind, set()), _MAX_SMALL)
 
     def _observe_retrieval(self, rec: TransactionLog, model: str) -> None:
         if rec.retrieval_offered:
@@ -280,7 +310,7 @@ class Metrics:
             if not r.found:
                 self.retrieval_misses.inc()
             tool = r.tool or ("history" if r.content_type == "history" else "unknown")
-            self.retrievals.labels(self._tool(tool), r.content_type).inc()
+            self.retrievals.labels(self._tool(tool), self._small("content_type", r.content_type)).inc()
 
     def _series(self, model: str) -> _ModelSeries:
         series = self._by_model.get(model)
@@ -294,11 +324,12 @@ class Metrics:
         """TransactionLog observer: account for one finished request."""
         model = self._model(rec.model)
         m = self._series(model)
+        endpoint = self._small("endpoint", endpoint_label(rec.endpoint))
         self.requests.labels(
-            endpoint_label(rec.endpoint), rec.protocol, model, str(rec.status), rec.outcome
+            endpoint, self._small("protocol", rec.protocol), model, str(rec.status), rec.outcome
         ).inc()
         for stage in {f.stage for f in rec.fail_open}:
-            self.fail_opens.labels(stage).inc()
+            self.fail_opens.labels(self._small("stage", stage)).inc()
         if rec.retrieval_offered or rec.retrievals:
             self._observe_retrieval(rec, model)
         if rec.total_latency_ms:

@@ -9,6 +9,7 @@ no parsing, no stages and no log line.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from proxy.auth import Authenticator, Principal, RedisLimiter, strip_credentials
 from proxy.autocache import AutoCache
 from proxy.config import Settings
 from proxy.drift import DriftMonitor
-from proxy.exceptions import PayloadTooLarge, ProxyHTTPError
+from proxy.exceptions import BadRequest, PayloadTooLarge, ProxyHTTPError
 from proxy.exchange import ClientRequest, Exchange, Services, UpstreamRequest
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics
@@ -109,6 +110,32 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _decoded(request: web.Request) -> bool:
+    """True when aiohttp decompressed the request body (``Content-Encoding`` gzip, deflate, br
+    or zstd): nocp forwards the decoded body, so that header (and the compressed length) must
+    not go with it."""
+    return request._message.compression is not None
+
+
+def _adapter_of(request: web.Request) -> Adapter:
+    """The adapter whose error shape a request gets: its route's, else the one that claims it."""
+    handler = request.match_info.handler
+    adapters = request.app[STATE].adapters
+    routed = [a for a in getattr(handler, "args", ()) if isinstance(a, Adapter)]
+    claims = (a for a in adapters if a.claims(request.path, request.headers, request.query))
+    return routed[0] if routed else next(claims, adapters[0])
+
+
+@web.middleware
+async def _origin_form_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    """400 for a request line whose target is not a path (``GET http://host/path``, ``*``):
+    nocp is a reverse proxy, and such a target would otherwise be glued onto the upstream URL."""
+    if request.raw_path.startswith("/"):
+        response: web.StreamResponse = await handler(request)
+        return response
+    return _error(_adapter_of(request), BadRequest("the request target must be a path starting with '/'"))
+
+
 class _Client:
     """The exchange's :class:`~proxy.exchange.ClientSide` over an aiohttp response."""
 
@@ -180,6 +207,9 @@ async def _rewrite(adapter: Adapter, request: web.Request) -> web.StreamResponse
     except ProxyHTTPError as err:
         return _error(adapter, err)
     headers, query, raw_path = _as_sent(request, principal)
+    if _decoded(request):  # the exchange sends the decoded body (or a re-encoding of it)
+        headers = CIMultiDict(headers)
+        headers.popall("Content-Encoding", None)
     client = _Client(request)
     exchange = Exchange(
         services=state.services,
@@ -252,6 +282,9 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]
     headers = forward_headers(sent_headers)
     apply_api_key(headers, up)
+    if _decoded(request):  # the body streamed on is the decoded one, of unknown length
+        headers.popall("Content-Encoding", None)
+        headers.popall("Content-Length", None)
     data = request.content.iter_any() if request.body_exists else None
     try:
         async with state.upstream.request(request.method, upstream_url(up, raw_path), headers, data) as resp:
@@ -281,17 +314,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Config loaded and the log writer running."""
+    """Config loaded and the log writer running; 503 with the reasons while it (or the drift
+    alerts file) is losing lines."""
     state = request.app[STATE]
-    ready = state.writer.running
-    return web.json_response(
-        {"status": "ready" if ready else "not ready", "log_writer": ready}, status=200 if ready else 503
-    )
+    reasons = [] if state.writer.running else ["transaction log writer stopped"]
+    reasons += [f"degraded: {why}" for f in (state.writer, state.drift.alerts_file) if (why := f.degraded())]
+    ready = not reasons
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "log_writer": ready}
+    if reasons:
+        body["reasons"] = reasons
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """``GET /metrics``: Prometheus exposition format."""
-    body = request.app[STATE].metrics.render()
+    """``GET /metrics``: Prometheus exposition format, rendered on a worker thread."""
+    body = await asyncio.to_thread(request.app[STATE].metrics.render)
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
@@ -362,7 +399,7 @@ def default_stages(
 
 def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> web.Application:
     """Build the proxy application for ``settings``; ``stages`` replaces the configured ones."""
-    app = web.Application(client_max_size=settings.server.max_body_bytes + 1)
+    app = web.Application(client_max_size=settings.server.max_body_bytes + 1, middlewares=[_origin_form_only])
     log = settings.log
     # One session store (connected on first use) for the history stage and retrieval.
     store = open_store(settings) if settings.retrieval.enabled else None
@@ -400,7 +437,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         adapters=protocols.ADAPTERS,
         auth=Authenticator(settings.auth, RedisLimiter(rate_store) if rate_store is not None else None),
     )
-    state.metrics.track_writer(state.writer)
+    state.metrics.track_writer(state.writer, state.drift.alerts_file)
     state.metrics.track_alerts(state.drift.detector.active)
     state.drift.sinks.append(state.metrics.alert)
     state.writer.observers.extend([state.metrics.observe, state.drift.observe])

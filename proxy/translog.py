@@ -1,11 +1,17 @@
 """The TransactionLog record (schema_version 1) and its asynchronous JSONL writer.
 
 One record per proxied request on the rewriting endpoints. The request path only puts a
-record on a bounded queue; one background task drains it and writes each line with a single
-``write`` to an unbuffered file from a worker thread, so the event loop never waits on disk
-and a crash cannot leave half a line behind a whole one. Rotation is size-based
-(``transactions.jsonl`` -> ``.1`` -> ``.2`` ...). ``close()`` drains and flushes everything
-still queued; it runs on shutdown (SIGTERM/SIGINT).
+record on a bounded queue; one background task drains it and appends each line to an
+unbuffered file (:class:`AppendFile`): a line is written whole or not at all (a short write
+is continued; a failed one is cut back off the file, and if even that fails the next line
+starts on a fresh line), and every record that does not reach the file is counted. While
+writes fail the writer reports itself degraded (``/readyz``) and says so once in the process
+log. Rotation is size-based (``transactions.jsonl`` -> ``.1`` -> ``.2`` ...). ``close()``
+drains and flushes everything still queued; it runs on shutdown (SIGTERM/SIGINT).
+
+Before a record reaches disk, :func:`_scrub` makes what the client sent safe to keep: names
+(model, tools, endpoint) capped in length and printable, free text redacted (:func:`redact`),
+session ids the client chose hashed (:func:`log_session_id`).
 
 Token counts that would slow the request path are filled in by the writer: a queued item
 may carry a ``finalize`` callable that runs on the writer's thread before encoding. After a
@@ -18,9 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
+import hashlib
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +41,7 @@ import structlog
 
 __all__ = [
     "ERROR_OUTCOMES",
+    "AppendFile",
     "FailOpen",
     "Figures",
     "HopUsage",
@@ -40,8 +50,11 @@ __all__ = [
     "TransactionLog",
     "TransactionLogWriter",
     "billed_tokens",
+    "clip",
     "figures",
+    "log_session_id",
     "net_saved_tokens",
+    "redact",
     "retrieval_overhead_tokens",
     "saved_share",
 ]
@@ -94,12 +107,65 @@ class HopUsage(msgspec.Struct, kw_only=True):
     completion_tokens: int | None = None
 
 
-_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-*]{6,}|AIza[0-9A-Za-z_\-]{10,}|Bearer\s+\S+|key=[A-Za-z0-9_\-]{10,})")
+_SECRET = re.compile(
+    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\Z)"  # PEM blocks
+    r"|\bsk-(?:ant-)?[A-Za-z0-9_\-*]{6,}"  # OpenAI, Anthropic
+    r"|\bAIza[0-9A-Za-z_\-]{10,}"  # Google
+    r"|\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{12,}"  # AWS access key ids
+    r"|\bgh[pousr]_[A-Za-z0-9]{16,}|\bgithub_pat_[A-Za-z0-9_]{16,}"  # GitHub
+    r"|\bxox[abposre]-[A-Za-z0-9-]{8,}"  # Slack
+    r"|\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # JWTs
+    r"|\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]{6,}"
+    r"|key=[A-Za-z0-9_\-]{10,}",
+    re.DOTALL,
+)
+# ``password=...``, ``"api_key": "..."``, ``AWS_SECRET_ACCESS_KEY=...``: the value goes
+_PAIR = re.compile(
+    r"""(?i)((?:\b|_)(?:passw(?:or)?d|pwd|secret|token(?!s)|api[_-]?key|access[_-]?key|private[_-]?key)"""
+    r"""[\w.-]*["']?\s*[=:]\s*)(?!\[redacted\])("[^"\n]*"|'[^'\n]*'|[^\s,;&"'})\]]+)"""
+)
 
 
 def redact(text: str) -> str:
-    """``text`` with anything shaped like an API key or bearer token replaced."""
-    return _SECRET.sub("[redacted]", text)
+    """``text`` with anything shaped like a credential replaced by ``[redacted]``: API keys
+    (OpenAI, Anthropic, Google, AWS access key ids, GitHub, Slack), bearer and basic tokens,
+    JWTs, PEM private-key blocks, and the values of ``password`` / ``secret`` / ``token`` /
+    ``api_key``-like ``name=value`` or ``"name": value`` pairs."""
+    return _PAIR.sub(r"\1[redacted]", _SECRET.sub("[redacted]", text))
+
+
+NAME_CHARS = 256
+"""Names the client chose (model, tool names, content ids) are cut to this many characters
+in the log; longer ones end with ``~`` and a hash of the whole (see :func:`clip`)."""
+TEXT_CHARS = 2000  # error messages and fail-open reasons
+PATH_CHARS = 512  # the request path (Gemini's carries the model name)
+MAX_TOOLS = 100  # ``tools_invoked`` entries kept
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` made safe to keep as a name: control characters (and lone surrogates) become
+    ``?``, and a text longer than ``limit`` is cut, ending with ``~`` and 8 hex digits of a
+    hash of the whole, so different long names stay different."""
+    if len(text) <= limit and text.isprintable():
+        return text
+    head = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    if len(text) <= limit:
+        return head
+    mark = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return head[: max(0, limit - 9)] + "~" + mark
+
+
+_LOGGED_SESSION = re.compile(r"[hs]-[0-9a-f]{16,24}")
+
+
+def log_session_id(session_id: str | None) -> str | None:
+    """The session id as the log keeps it: ids nocp derived (``h-`` + a hash of the
+    conversation's start) as they are, ids the client sent (``X-Session-Id``, ``user``,
+    metadata: possibly a key or an e-mail address) as ``s-`` + 16 hex digits of their
+    BLAKE2b hash. The same id always gives the same value, so lines still group by session."""
+    if session_id is None or _LOGGED_SESSION.fullmatch(session_id):
+        return session_id
+    return "s-" + hashlib.blake2b(session_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 def _now() -> str:
@@ -270,36 +336,168 @@ def _last_byte(path: Path) -> bytes:
         return f.read(1)
 
 
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_ROOM_BYTES = 64 * 1024  # free space that ends a full-disk episode for /readyz
+_RETRY_S = 30.0  # after another write error, /readyz says degraded this long
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+class AppendFile:
+    """An append-only file of lines, each :meth:`append` written whole or not at all.
+
+    Created with mode ``0600`` (and its folder ``0700`` when this creates it). A short write
+    is continued; when a write fails part-way, what it wrote is cut back off the file
+    (``ftruncate``), and if even that fails the next line starts with a newline, so a reader
+    skips only the fragment. Lines that fail are counted in ``dropped``; while writes fail,
+    :meth:`degraded` says why, and the process log gets one ``<name>_write_failed`` per
+    episode, then one ``<name>_write_recovered`` (with the lines lost) when a write succeeds.
+    """
+
+    def __init__(self, path: Path, *, name: str) -> None:
+        self.path = path
+        self.name = name
+        self.fd: int | None = None
+        self.size = 0
+        self.written = 0
+        self.dropped = 0
+        self.error: OSError | None = None  # the latest failure; None while writes succeed
+        self._failed_at = 0.0
+        self._lost = 0  # lines dropped in the current episode
+        self._fresh_line = False  # the file may end in a fragment: start the next line anew
+
+    def open(self) -> None:
+        """Open (create) the file for appending."""
+        if not self.path.parent.is_dir():
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.size = os.fstat(self.fd).st_size
+        # a line cut off by a crash (or a failed cut): the next line starts on a fresh line,
+        # so readers skip the fragment and keep the line after it
+        self._fresh_line = bool(self.size) and _last_byte(self.path) != b"\n"
+
+    def close(self) -> None:
+        """Close the file (a later :meth:`append` opens it again)."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def append(self, data: bytes, lines: int = 1) -> bool:
+        """Append ``data`` (``lines`` whole lines); False when it failed (they are dropped)."""
+        try:
+            if self.fd is None:
+                self.open()
+            self._write(data)
+        except OSError as exc:
+            self.fail(exc, lines)
+            return False
+        self.written += lines
+        if self.error is not None:
+            _log.warning(f"{self.name}_write_recovered", path=str(self.path), lines_lost=self._lost)
+            self.error, self._lost = None, 0
+        return True
+
+    def fail(self, exc: OSError, lines: int = 1) -> None:
+        """Count ``lines`` dropped because of ``exc``; log it once per episode."""
+        self.dropped += lines
+        self._lost += lines
+        self._failed_at = time.monotonic()
+        if self.error is None:
+            _log.error(f"{self.name}_write_failed", path=str(self.path), error=str(exc))
+        self.error = exc
+
+    def degraded(self) -> str | None:
+        """Why lines are being lost, or None. After a full disk this holds until the file
+        system has room again; after another error, for 30 s after the latest failure (then
+        the next line tries again)."""
+        exc = self.error
+        if exc is None:
+            return None
+        if exc.errno in _FULL:
+            if _free_bytes(self.path.parent) >= _ROOM_BYTES:
+                return None
+        elif time.monotonic() - self._failed_at > _RETRY_S:
+            return None
+        return f"{self.path}: {exc.strerror or exc} ({self._lost} lines lost)"
+
+    def _write(self, data: bytes) -> None:
+        if self.fd is None:
+            raise OSError(errno.EBADF, "file not open")
+        fd = self.fd
+        if self._fresh_line:
+            data = b"\n" + data
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                n = os.write(fd, view[done:])
+                if n <= 0:
+                    raise OSError(errno.EIO, "write made no progress")
+                done += n
+        except OSError:
+            if done:
+                try:  # take the fragment back off; with O_APPEND it is at the end
+                    os.ftruncate(fd, os.fstat(fd).st_size - done)
+                except OSError:
+                    self._fresh_line = True
+            raise
+        self.size += done
+        self._fresh_line = False
+
+
 Finalizer = Callable[[], None]
 Observer = Callable[[TransactionLog], None]
 _Item = tuple[TransactionLog, Finalizer | None, bool]
 
 
 def _scrub(record: TransactionLog) -> None:
-    """The last guard before disk: free text that may quote a key (upstream and SDK error
-    messages, fail-open reasons, the user's own words) is redacted."""
+    """The last guard before disk (and before the observers: metrics, drift): free text that
+    may quote a key (upstream and SDK error messages, fail-open reasons, the user's own words)
+    is redacted, names the client chose are capped (:func:`clip`), a session id the client
+    chose is hashed (:func:`log_session_id`)."""
     if record.error_message:
-        record.error_message = redact(record.error_message)
+        record.error_message = clip(redact(record.error_message), TEXT_CHARS)
     if record.user_query:
         record.user_query = redact(record.user_query)
     for failure in record.fail_open:
-        failure.reason = redact(failure.reason)
+        failure.reason = clip(redact(failure.reason), TEXT_CHARS)
+        failure.stage = clip(failure.stage, NAME_CHARS)
+    record.session_id = log_session_id(record.session_id)
+    record.endpoint = clip(record.endpoint, PATH_CHARS)
+    if record.model is not None:
+        record.model = clip(record.model, NAME_CHARS)
+    record.tools_invoked = [clip(t, NAME_CHARS) for t in record.tools_invoked[:MAX_TOOLS]]
+    for seg in record.segments:
+        if seg.tool is not None:
+            seg.tool = clip(seg.tool, NAME_CHARS)
+    for r in record.retrievals:
+        r.id = clip(r.id, NAME_CHARS)
+        r.content_type = clip(r.content_type, NAME_CHARS)
+        if r.tool is not None:
+            r.tool = clip(r.tool, NAME_CHARS)
 
 
 class TransactionLogWriter:
-    """Bounded queue + one background task + size-based rotation. Never blocks a request."""
+    """Bounded queue + one background task + size-based rotation. Never blocks a request.
+
+    ``dropped`` counts every record that did not reach the file: ``queue_dropped`` (the queue
+    was full) plus ``file.dropped`` (the write failed)."""
 
     def __init__(self, path: str | Path, *, max_bytes: int, backups: int, queue_size: int) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
+        self.file = AppendFile(self.path, name="translog")
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=queue_size)
         self._encoder = msgspec.json.Encoder()
         self._task: asyncio.Task[None] | None = None
-        self._fd: int | None = None
-        self._size = 0
-        self.dropped = 0
-        self.written = 0
+        self.queue_dropped = 0
         self.observers: list[Observer] = []
 
     @property
@@ -307,9 +505,23 @@ class TransactionLogWriter:
         """True while the background task is alive."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def written(self) -> int:
+        """Lines written."""
+        return self.file.written
+
+    @property
+    def dropped(self) -> int:
+        """Records lost: queue full or write failed."""
+        return self.queue_dropped + self.file.dropped
+
+    def degraded(self) -> str | None:
+        """Why records are being lost right now (writes fail), or None."""
+        return self.file.degraded()
+
     async def start(self) -> None:
         """Open the file and start the background task."""
-        await asyncio.to_thread(self._open)
+        await asyncio.to_thread(self.file.open)
         self._task = asyncio.create_task(self._run(), name="nocp-translog-writer")
 
     def submit(
@@ -322,8 +534,8 @@ class TransactionLogWriter:
         try:
             self._queue.put_nowait((record, finalize, offload))
         except asyncio.QueueFull:
-            self.dropped += 1
-            _log.warning("translog_queue_full", dropped=self.dropped)
+            self.queue_dropped += 1
+            _log.warning("translog_queue_full", dropped=self.queue_dropped)
 
     async def close(self) -> None:
         """Write everything queued, then stop and close the file."""
@@ -332,9 +544,7 @@ class TransactionLogWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self.file.close()
 
     async def _run(self) -> None:
         while True:
@@ -355,8 +565,8 @@ class TransactionLogWriter:
                         await asyncio.to_thread(self._write_batch, batch)
                     else:
                         self._write_batch(batch)
-                except Exception:  # a full disk must not kill the writer
-                    _log.exception("translog_write_failed", lines=len(batch))
+                except Exception:  # _write_batch accounts for each line; this is a last guard
+                    _log.exception("translog_batch_failed", lines=len(batch))
                 self._notify(batch)
             if stop:
                 return
@@ -370,16 +580,8 @@ class TransactionLogWriter:
                 except Exception:  # an observer must not stop the log
                     _log.exception("translog_observer_failed", observer=repr(observer))
 
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._size = os.fstat(self._fd).st_size
-        if self._size and _last_byte(self.path) != b"\n":  # a line cut off by a crash: end it,
-            self._size += os.write(self._fd, b"\n")  # so readers skip it and keep the next one
-
     def _rotate(self) -> None:
-        assert self._fd is not None
-        os.close(self._fd)
+        self.file.close()
         for i in range(self.backups - 1, 0, -1):
             src = self.path.with_name(f"{self.path.name}.{i}")
             if src.exists():
@@ -388,23 +590,32 @@ class TransactionLogWriter:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._open()
+        self.file.open()
+
+    def _line(self, record: TransactionLog, finalize: Finalizer | None) -> bytes:
+        if finalize is not None:
+            try:
+                finalize()
+            except Exception as exc:  # counting must never lose the line
+                record.fail_open.append(FailOpen(stage="translog.finalize", reason=repr(exc)))
+        _scrub(record)
+        try:
+            return self._encoder.encode(record) + b"\n"
+        except (msgspec.EncodeError, UnicodeEncodeError):  # lone surrogates: escape them
+            return json.dumps(msgspec.to_builtins(record), separators=(",", ":")).encode() + b"\n"
 
     def _write_batch(self, batch: list[_Item]) -> None:
         for record, finalize, _ in batch:
-            if finalize is not None:
-                try:
-                    finalize()
-                except Exception as exc:  # counting must never lose the line
-                    record.fail_open.append(FailOpen(stage="translog.finalize", reason=repr(exc)))
-            _scrub(record)
             try:
-                line = self._encoder.encode(record) + b"\n"
-            except (msgspec.EncodeError, UnicodeEncodeError):  # lone surrogates: escape them
-                line = json.dumps(msgspec.to_builtins(record), separators=(",", ":")).encode() + b"\n"
-            if self._size and self._size + len(line) > self.max_bytes:
-                self._rotate()
-            assert self._fd is not None
-            os.write(self._fd, line)
-            self._size += len(line)
-            self.written += 1
+                line = self._line(record, finalize)
+            except Exception:  # a record that cannot be encoded is lost, and counted
+                _log.exception("translog_encode_failed")
+                self.file.dropped += 1
+                continue
+            if self.file.size and self.file.size + len(line) > self.max_bytes:
+                try:
+                    self._rotate()
+                except OSError as exc:
+                    self.file.fail(exc)
+                    continue
+            self.file.append(line)

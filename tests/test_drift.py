@@ -71,7 +71,7 @@ def test_every_kind_has_a_case() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_kind_fires_once_then_clears(kind: str) -> None:
     """A worse regime warns once per scope, stays quiet while it lasts, resolves once, can recur."""
-    detector = DriftDetector(DriftConfig(window=WINDOW))
+    detector = DriftDetector(DriftConfig(window=WINDOW, quiet_s=0))
     assert feed(detector, [good(i) for i in range(2 * WINDOW)]) == []
 
     alerts = [a for a in feed(detector, [WORSE[kind](i) for i in range(WINDOW)]) if a.kind == kind]
@@ -96,7 +96,7 @@ def test_kind_fires_once_then_clears(kind: str) -> None:
 
 def test_escalation_to_critical_fires_once_more() -> None:
     """A change past the critical threshold raises a warning, then one critical, then one resolution."""
-    detector = DriftDetector(DriftConfig(window=WINDOW))
+    detector = DriftDetector(DriftConfig(window=WINDOW, quiet_s=0))
     feed(detector, [good(i) for i in range(2 * WINDOW)])
     alerts = [
         (a.state, a.severity)

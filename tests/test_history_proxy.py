@@ -12,6 +12,7 @@ import openai
 from compressors.summary import FACTS_HEADER, SUMMARY_HEADER
 from proxy.summarizer import SYSTEM_PROMPT
 from proxy.testing import Fail, FakeUpstream, Reply
+from proxy.translog import log_session_id
 
 HISTORY = {"threshold_tokens": 2500, "keep_last_messages": 4, "cut_step_tokens": 600}
 PARAGRAPH = (
@@ -52,7 +53,7 @@ async def test_prefix_stays_byte_identical_between_cut_steps(fake: FakeUpstream,
             )
             messages.append({"role": "assistant", "content": reply.choices[0].message.content})
     lines = await proxy.log_lines(16)
-    assert len(lines) == 16 and all(line["session_id"] == "e2e-1" for line in lines)
+    assert len(lines) == 16 and all(line["session_id"] == log_session_id("e2e-1") for line in lines)
     sent = [r.json()["messages"] for r in fake.requests]
     assert len(sent) == 16  # the extractive summarizer makes no upstream call
     cut_steps = {
@@ -155,7 +156,7 @@ async def test_session_id_is_derived_and_logged(fake: FakeUpstream, make_proxy: 
         assert resp.status == 200
     lines = await proxy.log_lines(5)
     ids = [line["session_id"] for line in lines]
-    assert ids[:2] == ["hdr", "user-42"]
+    assert ids[:2] == [log_session_id("hdr"), log_session_id("user-42")]  # the client's, hashed
     assert ids[2].startswith("h-") and ids[3] == ids[2]  # same conversation, same id
     assert ids[4].startswith("h-") and ids[4] != ids[2]
 
@@ -200,7 +201,10 @@ async def test_gemini_history_rolls_up_through_the_proxy(fake: FakeUpstream, mak
         if any("functionResponse" in p for p in block["parts"]):
             assert any("functionCall" in p for p in sent[i - 1]["parts"])
     (line,) = await proxy.log_lines(1)
-    assert line["session_id"] == "gem-1" and "history_rollup" in line["input_compression_methods"]
+    assert (
+        line["session_id"] == log_session_id("gem-1")
+        and "history_rollup" in line["input_compression_methods"]
+    )
     assert json.dumps(sent[-1]) == json.dumps(contents[-1])
 
 

@@ -110,13 +110,11 @@ PUBLIC: dict[str, list[str]] = {
         "sse_data",
     ],
     "proxy.sessions": [
-        "CircuitBreaker",
         "HEADER",
         "RedisSessionStore",
         "SQLiteSessionStore",
         "SessionState",
         "SessionStore",
-        "StoreUnavailable",
         "decode_state",
         "derive_session_id",
         "encode_state",

@@ -11,7 +11,14 @@ import openai
 import pytest
 
 from proxy.testing import FakeUpstream
-from proxy.translog import HopUsage, TransactionLog, TransactionLogWriter, figures, retrieval_overhead_tokens
+from proxy.translog import (
+    HopUsage,
+    TransactionLog,
+    TransactionLogWriter,
+    figures,
+    log_session_id,
+    retrieval_overhead_tokens,
+)
 
 SECRET = "sk-test-VERYSECRET0123456789"
 
@@ -47,7 +54,7 @@ async def test_one_line_per_request_with_design_fields(fake: FakeUpstream, make_
     assert set(line) == DESIGN_FIELDS
     assert line["schema_version"] == 1
     assert line["timestamp"].endswith("Z")
-    assert line["session_id"] == "sess-1"
+    assert line["session_id"] == log_session_id("sess-1")  # the client's id, hashed
     assert (line["endpoint"], line["protocol"], line["model"]) == ("/v1/chat/completions", "openai", "gpt-4o")
     assert (line["upstream"], line["status"], line["outcome"]) == ("fake-openai", 200, "ok")
     assert line["user_query"] == "What is the capital of France?"

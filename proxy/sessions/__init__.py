@@ -53,4 +53,4 @@ def open_store(settings: Settings) -> SessionStore:
             breaker_failures=cfg.redis_breaker_failures,
             breaker_cooldown_s=cfg.redis_breaker_cooldown_s,
         )
-    return SQLiteSessionStore(sqlite_path(settings), ttl_s=cfg.ttl_s)
+    return SQLiteSessionStore(sqlite_path(settings), ttl_s=cfg.ttl_s, max_bytes=cfg.sqlite_max_bytes)

@@ -42,7 +42,7 @@ from proxy.pipeline import StageContext
 from proxy.protocols import Prompt, Segment
 from proxy.sessions import SessionState, SessionStore, open_store
 from proxy.summarizer import Summarizer, SummaryResult, make_summarizer
-from proxy.translog import FailOpen, SegmentRecord
+from proxy.translog import FailOpen, SegmentRecord, log_session_id, redact
 from proxy.upstream import UpstreamClient
 
 __all__ = ["CONTEXT_WINDOWS", "HistoryStage", "Policy", "context_window", "original_text", "policy_for"]
@@ -304,7 +304,7 @@ class HistoryStage:
         stored = await self.store.get(key)
         valid = stored if stored is not None and _valid(stored, view, start, policy.keep_last) else None
         if stored is not None and valid is None:
-            _log.info("history_diverged", session=ctx.record.session_id, cut=stored.end)
+            _log.info("history_diverged", session=log_session_id(ctx.record.session_id), cut=stored.end)
         old_end = valid.end if valid else start
         effective = view.total
         if valid is not None:
@@ -323,7 +323,8 @@ class HistoryStage:
         except Exception as exc:  # fail open: keep what was stored, summarize nothing new
             reason = "timeout" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             ctx.record.fail_open.append(FailOpen(stage="history.summarizer", reason=reason[:500]))
-            _log.warning("history_summarizer_failed", reason=reason[:500], session=ctx.record.session_id)
+            session = log_session_id(ctx.record.session_id)
+            _log.warning("history_summarizer_failed", reason=redact(reason[:500]), session=session)
             return self._apply(prompt, ctx, valid, reused=True)
         ctx.record.compression_overhead_tokens += result.overhead_tokens  # billed either way
         state = await asyncio.to_thread(
