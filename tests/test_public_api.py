@@ -110,11 +110,13 @@ PUBLIC: dict[str, list[str]] = {
         "sse_data",
     ],
     "proxy.sessions": [
+        "CircuitBreaker",
         "HEADER",
         "RedisSessionStore",
         "SQLiteSessionStore",
         "SessionState",
         "SessionStore",
+        "StoreUnavailable",
         "decode_state",
         "derive_session_id",
         "encode_state",
