@@ -183,6 +183,11 @@ def _protocol_summary(
         base.add(r.base)
         nocp.add(r.nocp)
     higher = [r.name for r in own for c in r.criteria if c.key == "cost_not_higher" and c.status == "FAIL"]
+    reasons: dict[str, int] = {}
+    for r in own:
+        if r.name in higher:
+            for why, n in r.stability["reasons"].items():
+                reasons[why] = reasons.get(why, 0) + n
     return {
         "protocol": proto,
         "title": PROTOCOLS[proto].title,
@@ -195,6 +200,7 @@ def _protocol_summary(
         "input_reduction": _r(reduction(base.prompt_tokens, nocp.prompt_tokens)),
         "cost_ratio": _ratio(base.total_cost_usd, nocp.total_cost_usd),
         "cost_higher_in": higher,
+        "cost_higher_prefix_breaks": reasons,
         "errors": base.errors + nocp.errors,
     }
 
@@ -219,13 +225,20 @@ def _long_summary(results: Sequence[ScenarioResult]) -> dict[str, Any]:
     ]
     status = "N/A" if not rows else "PASS" if len(met) == len(rows) else "FAIL"
     longest = sorted(swe.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    # For context when no SWE-agent trace is long enough: the longest ones' Messages cost ratio.
+    swe_ratio = {
+        c.id: _ratio(c.base.total_cost_usd, c.nocp.total_cost_usd)
+        for r in results
+        if r.protocol == "messages" and r.scenario.family == "swe-agent"
+        for c in r.conversations
+    }
     return {
         "min_turns": LONG_TURNS,
         "target_cost_ratio": LONG_TARGET,
         "protocol": "messages",
         "swe_agent_traces": len(swe),
         "swe_agent_traces_long": sum(1 for t in swe.values() if t >= LONG_TURNS),
-        "swe_agent_longest": [{"id": k, "turns": t} for k, t in longest],
+        "swe_agent_longest": [{"id": k, "turns": t, "cost_ratio": swe_ratio.get(k)} for k, t in longest],
         "conversations": rows,
         "met": len(met),
         "cost_ratio": _ratio(base, nocp),
@@ -432,7 +445,11 @@ def long_lines(result: Mapping[str, Any]) -> list[str]:
         return []
     n, target = long["min_turns"], long["target_cost_ratio"]
     swe = long["swe_agent_traces"]
-    longest = ", ".join(f"{x['id'].split('/')[-1]} {x['turns']}" for x in long["swe_agent_longest"])
+    longest = ", ".join(
+        f"{x['id'].split('/')[-1]} {x['turns']}"
+        + (f" turns at {_ratio_text(x['cost_ratio'])}" if x.get("cost_ratio") is not None else "")
+        for x in long["swe_agent_longest"]
+    )
     lines = [
         f"Target (Messages, client without breakpoints): billed cost with nocp at most {target:.2f}x of "
         f"direct on an agent replay of {n} turns or more. "
@@ -481,6 +498,13 @@ def own_cache_line(result: Mapping[str, Any]) -> str:
                 "over all)"
                 if not higher
                 else f"above direct in {len(higher)} of {p['scenarios']} scenarios: {', '.join(higher)}"
+                + (
+                    " (there what nocp sent changed an earlier part of the prompt, "
+                    + ", ".join(f"{why}: {n}x" for why, n in p.get("cost_higher_prefix_breaks", {}).items())
+                    + ", so the provider wrote its cache again)"
+                    if p.get("cost_higher_prefix_breaks")
+                    else ""
+                )
             )
             return (
                 "Messages with the client's own breakpoints (system and last message marked, nocp adds "
@@ -1109,9 +1133,16 @@ def readme_block(result: Mapping[str, Any], report_link: str) -> str:
         long = result.get("long_conversations") or {}
         if "messages" in others and long:
             rows = long["conversations"]
+            top = long["swe_agent_longest"][:1]
             swe = (
                 f"{long['swe_agent_traces_long']} of the {long['swe_agent_traces']} SWE-agent traces reach "
                 f"{long['min_turns']} turns"
+                + (
+                    f" (the longest, {top[0]['id'].split('/')[-1]}, has {top[0]['turns']}: "
+                    f"{_ratio_text(top[0]['cost_ratio'])} of direct)"
+                    if top and top[0].get("cost_ratio") is not None
+                    else ""
+                )
                 if long["swe_agent_traces"]
                 else "no SWE-agent trace in this run"
             )
