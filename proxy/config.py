@@ -131,9 +131,18 @@ class LogConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class PipelineConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The pipeline's fail-open guard: a stage running longer than this is abandoned."""
+    """The pipeline's fail-open guard: a stage running longer than ``stage_timeout_ms`` is
+    abandoned. Large compression jobs run in ``workers`` processes (killed when their stage's
+    time is up; 0: on a thread, which runs on). At most ``max_analysis_chars`` characters of
+    tool output not already compressed (cached) are analysed per request; the rest go as sent."""
 
     stage_timeout_ms: float = 2000.0
+    workers: int = 1
+    max_analysis_chars: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.max_analysis_chars < 0:
+            raise ConfigError("pipeline: workers and max_analysis_chars must be >= 0")
 
 
 class StagesConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -323,6 +332,15 @@ class AnthropicConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     cache_ttl: Literal["5m", "1h"] = "5m"
 
 
+class OpenAIConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """OpenAI Chat Completions and Responses. ``prompt_cache_key``: a request without one gets
+    a key per tenant and session, so a session's requests reach the same prompt cache (off by
+    default: it also separates sessions that share a long prefix, and every request then
+    differs from what the client sent)."""
+
+    prompt_cache_key: bool = False
+
+
 class MetricsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``GET /metrics``: at most ``max_models`` distinct ``model`` label values (then ``other``)."""
 
@@ -374,6 +392,7 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
     retrieval: RetrievalConfig = msgspec.field(default_factory=RetrievalConfig)
     anthropic: AnthropicConfig = msgspec.field(default_factory=AnthropicConfig)
+    openai: OpenAIConfig = msgspec.field(default_factory=OpenAIConfig)
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)

@@ -25,7 +25,6 @@ from multidict import CIMultiDict
 
 from proxy import protocols
 from proxy.auth import Authenticator, Principal, RedisLimiter, strip_credentials
-from proxy.autocache import AutoCache
 from proxy.config import Settings
 from proxy.drift import DriftMonitor
 from proxy.exceptions import BadRequest, PayloadTooLarge, ProxyHTTPError
@@ -34,6 +33,7 @@ from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics
 from proxy.pipeline import Pipeline, Stage, stage_name
 from proxy.pricing import CostModel
+from proxy.promptcache import PromptCache
 from proxy.protocols import Adapter
 from proxy.sessions import RedisSessionStore, SessionStore, open_store
 from proxy.toolloop import ToolLoop
@@ -429,7 +429,10 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
             pipeline=pipeline,
             writer=writer,
             cost=cost,
-            features=[AutoCache(settings.anthropic), *([loop] if loop is not None else [])],
+            features=[
+                PromptCache(settings.anthropic, settings.openai),
+                *([loop] if loop is not None else []),
+            ],
             streams_in_flight=metrics.streams_in_flight,
         ),
         cost=cost,

@@ -183,3 +183,33 @@ async def test_a_new_protocol_is_served_without_touching_the_server(monkeypatch:
     async with TestClient(TestServer(create_app(settings))) as http:
         resp = await http.post("/v1/echo", json={"model": "gpt-4o", "messages": "not a list"})
         assert resp.status == 400 and (await resp.json())["error"]["param"] == "messages"
+
+
+async def test_prompt_cache_key_per_session_when_switched_on() -> None:
+    """With openai.prompt_cache_key, a request without a key gets one per tenant and session
+    (the same on every turn, none of the session id visible); the client's own key stays."""
+    from proxy.config import AnthropicConfig, OpenAIConfig
+    from proxy.promptcache import PromptCache, cache_key
+
+    send = MockSend(lambda req: MockResponse(body=COMPLETION))
+    svc = services(features=[PromptCache(AnthropicConfig(), OpenAIConfig(prompt_cache_key=True))])
+    for body in (
+        {"model": "gpt-4o", "messages": MESSAGES, "user": "session-9"},
+        {
+            "model": "gpt-4o",
+            "messages": [*MESSAGES, {"role": "user", "content": "More"}],
+            "user": "session-9",
+        },
+        {"model": "gpt-4o", "messages": MESSAGES, "user": "session-9", "prompt_cache_key": "mine"},
+    ):
+        x = Exchange(svc, OpenAIChatAdapter(), request(body), send, RecordingClient())
+        await x.run()
+    first, second, own = (b["prompt_cache_key"] for b in send.bodies())
+    assert x.record.session_id is not None
+    assert first == second == cache_key(x.tenant, x.record.session_id) and own == "mine"
+    assert "session-9" not in first
+    off = MockSend(lambda req: MockResponse(body=COMPLETION))
+    quiet = services(features=[PromptCache(AnthropicConfig(), OpenAIConfig())])
+    body = {"model": "gpt-4o", "messages": MESSAGES, "user": "session-9"}
+    await Exchange(quiet, OpenAIChatAdapter(), request(body), off, RecordingClient()).run()
+    assert "prompt_cache_key" not in off.bodies()[0]

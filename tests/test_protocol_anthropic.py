@@ -9,10 +9,10 @@ from typing import Any
 from multidict import CIMultiDict
 
 from proxy import load_settings
-from proxy.autocache import AutoCache
-from proxy.config import AnthropicConfig
+from proxy.config import AnthropicConfig, OpenAIConfig
 from proxy.exchange import ClientRequest, Exchange, Services
 from proxy.pipeline import Pipeline
+from proxy.promptcache import PromptCache
 from proxy.protocols import AnthropicAdapter, encode_json
 from proxy.server import default_stages
 from proxy.testing import MemoryWriter, MockResponse, MockSend, RecordingClient
@@ -120,7 +120,7 @@ async def run(
         settings=settings,
         pipeline=Pipeline(default_stages(settings) if stages else []),
         writer=writer,
-        features=[AutoCache(AnthropicConfig(auto_cache=auto))],
+        features=[PromptCache(AnthropicConfig(auto_cache=auto), OpenAIConfig())],
     )
     send = MockSend(lambda req: answer or MockResponse(body=ANSWER))
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -294,5 +294,6 @@ async def test_parse_and_fields_nocp_does_not_touch(fake: FakeUpstream, make_pro
     assert upstream["include"] == ["reasoning.encrypted_content"] and upstream["truncation"] == "auto"
     assert upstream["prompt_cache_key"] == "job-debugging" and upstream["store"] is False
     assert upstream["metadata"] == {"ticket": "OPS-7"}
-    (line,) = await proxy.log_lines(1)
-    assert line["session_id"] == "job-debugging"  # Codex-style: the cache key names the session
+    from proxy.protocols import OpenAIResponsesAdapter
+
+    assert OpenAIResponsesAdapter().session_id({}, upstream) == "job-debugging"  # Codex-style key

@@ -31,6 +31,7 @@ class Adapter(abc.ABC):
     websocket_paths: ClassVar[tuple[str, ...]] = ()  # GET paths upgraded to a WebSocket
     echoes_tools: ClassVar[bool] = False  # responses repeat the request's tools (nocp's too)
     caches_at_breakpoints: ClassVar[bool] = False  # the provider caches only where marked
+    cache_key_field: ClassVar[str | None] = None  # the body field that routes to a prompt cache
     upstream_protocol: ClassVar[str]  # which configured upstreams serve it
     routes: ClassVar[tuple[Route, ...]]
     turns_key: ClassVar[str]  # the body's list of messages

@@ -254,6 +254,7 @@ class OpenAIChatAdapter(Adapter):
     protocol: ClassVar[str] = "openai"
     upstream_protocol: ClassVar[str] = "openai"
     routes: ClassVar[tuple[Route, ...]] = (("POST", "/v1/chat/completions"),)
+    cache_key_field: ClassVar[str | None] = "prompt_cache_key"
 
     def parse(self, body: bytes, match_info: Mapping[str, str]) -> dict[str, Any]:
         data = decode_json_object(body)

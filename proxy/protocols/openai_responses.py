@@ -268,6 +268,7 @@ class OpenAIResponsesAdapter(Adapter):
     routes: ClassVar[tuple[Route, ...]] = (("POST", "/v1/responses"),)
     websocket_paths: ClassVar[tuple[str, ...]] = ("/v1/responses",)
     echoes_tools: ClassVar[bool] = True
+    cache_key_field: ClassVar[str | None] = "prompt_cache_key"
     turns_key: ClassVar[str] = "input"
 
     # ----------------------------------------------------------------- requests
