@@ -668,7 +668,8 @@ def _method(result: Mapping[str, Any]) -> list[str]:
             "tools with `input_schema`, `max_tokens` 4096; `response_format` has no Messages equivalent "
             "and is left out (so no output criterion there); traces that recorded no tool definitions "
             "get a minimal one per called tool. The fake answers each protocol with the recorded turn "
-            "converted to that protocol.",
+            "converted to that protocol. Each protocol runs in a fresh `nocp serve` process, so none "
+            "finds another's tool outputs in nocp's caches.",
             f"- Anthropic prompt caching: nocp's `anthropic.auto_cache` is "
             f"{'on' if cache.get('enabled', True) else 'off'} (TTL {cache.get('ttl', '5m')}): on a "
             "request without breakpoints it marks the end of the tools, of the system prompt and the "

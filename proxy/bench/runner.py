@@ -10,8 +10,8 @@ Layout, all on 127.0.0.1::
   gives the tokens billed (prompt, cached by the OpenAI-style prefix-cache simulation,
   completion) without parsing anything. Two instances, so the baseline's prompts never warm
   nocp's cache or the other way round; both are reset between scenarios.
-- nocp runs as ``python -m proxy.cli serve``, the way it is deployed: its own process and
-  event loop, its own core for the log writer's token counting, the stages
+- nocp runs as ``python -m proxy.cli serve``, the way it is deployed (a fresh process for
+  each protocol): its own process and event loop, its own core for the log writer's token counting, the stages
   :func:`proxy.server.default_stages` builds from the settings (default settings, or
   ``--config``), its SQLite session store in a temporary folder. Its TransactionLog is read
   after SIGTERM (which flushes it) for what only nocp knows: raw vs sent tokens, compression
@@ -647,36 +647,43 @@ async def run_suite(
         FakeUpstream(models=served) as nocp_fake,
         aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=4)) as session,
     ):
-        nocp = NocpProcess(nocp_fake.openai_base_url, folder, config, anthropic_upstream=nocp_fake.url)
-        await nocp.start(session)
-        try:
-            replayer = _Replayer(session, base_fake, nocp_fake, nocp.url, model, price)
-            # Warm-up: tokenizer tables, every compressor's code path, connection pools; with
-            # conversations of another seed, so no measured tool output is in nocp's caches.
-            # Each protocol run gets its adapter warmed up too.
-            warm_ups = list(seed_scenarios(("small",), seed=_WARMUP_SEED))
-            for proto, (proto_model, proto_price) in models.items():
-                for i, warm in enumerate(warm_ups if proto == "chat" else warm_ups[:1]):
+        # One nocp process per protocol, so a protocol never finds the tool outputs of the one
+        # before it in nocp's caches (which would flatter its latency).
+        records: list[dict[str, Any]] = []
+        pid: int | None = None
+        warm_ups = list(seed_scenarios(("small",), seed=_WARMUP_SEED))
+        for proto in models:
+            proto_model, proto_price = models[proto]
+            where = folder / f"nocp-{proto}"
+            where.mkdir(parents=True, exist_ok=True)
+            nocp = NocpProcess(nocp_fake.openai_base_url, where, config, anthropic_upstream=nocp_fake.url)
+            await nocp.start(session)
+            pid = nocp.pid
+            try:
+                replayer = _Replayer(session, base_fake, nocp_fake, nocp.url, model, price)
+                # Warm-up: tokenizer tables, every compressor's code path, connection pools; with
+                # conversations of another seed, so no measured tool output is in nocp's caches.
+                for i, warm in enumerate(warm_ups):
                     result = ScenarioResult(warm, proto, proto_model, proto_price)
                     session_id = f"bench-warmup-{proto}-{i}"
                     await replayer.conversation(warm.conversations[0], result, session_id, _ignore)
-            for proto, sc in plan:
-                base_fake.reset()
-                nocp_fake.reset()
-                result = ScenarioResult(sc, proto, *models[proto])
-                started = time.perf_counter()
-                done = 0
-                for ci, conv in enumerate(sc.conversations):
-                    step = functools.partial(_offset, report, done)
-                    await replayer.conversation(conv, result, result.session(ci), step)
-                    done += len(conv.turns())
-                result.seconds = time.perf_counter() - started
-                results.append(result)
-                if scenario_done is not None:
-                    scenario_done(result)
-        finally:
-            await nocp.stop()
-        records = nocp.log_records()
+                for sc in (sc for p, sc in plan if p == proto):
+                    base_fake.reset()
+                    nocp_fake.reset()
+                    result = ScenarioResult(sc, proto, proto_model, proto_price)
+                    started = time.perf_counter()
+                    done = 0
+                    for ci, conv in enumerate(sc.conversations):
+                        step = functools.partial(_offset, report, done)
+                        await replayer.conversation(conv, result, result.session(ci), step)
+                        done += len(conv.turns())
+                    result.seconds = time.perf_counter() - started
+                    results.append(result)
+                    if scenario_done is not None:
+                        scenario_done(result)
+            finally:
+                await nocp.stop()
+            records += nocp.log_records()
     by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_session[str(r.get("session_id"))].append(r)
@@ -707,7 +714,7 @@ async def run_suite(
         model,
         price,
         stage_names(settings),
-        nocp.pid,
+        pid,
         threshold,
         protocols=models,
         auto_cache=settings.anthropic.auto_cache,
