@@ -1038,25 +1038,31 @@ def write_charts(
     if len(protocols) > 1:
         fig, ax = plt.subplots(figsize=(8, 3.8), dpi=110)
         px = list(range(len(protocols)))
+        top = max(max(p["baseline"]["total_cost_usd"], p["nocp"]["total_cost_usd"]) for p in protocols) or 1.0
         for off, key, label, colour in (
             (-0.2, "baseline", "baseline (direct)", "#718096"),
             (0.2, "nocp", "through nocp", "#2f855a"),
         ):
-            vals = [max(p[key]["total_cost_usd"], 1e-6) for p in protocols]
+            vals = [p[key]["total_cost_usd"] for p in protocols]
             ax.bar([x + off for x in px], vals, width=0.4, label=label, color=colour)
             for pos, val in zip(px, vals, strict=True):
-                ax.annotate(f"${val:.2f}", (pos + off, val), ha="center", va="bottom", fontsize=7)
+                ax.annotate(_usd(val), (pos + off, val), ha="center", va="bottom", fontsize=7)
         for pos, p in zip(px, protocols, strict=True):
             if p["cost_ratio"] is not None:
+                high = max(p["baseline"]["total_cost_usd"], p["nocp"]["total_cost_usd"])
                 ax.annotate(
-                    f"{p['cost_ratio']:.2f}x", (pos, 0.02), xycoords=("data", "axes fraction"), ha="center"
+                    f"nocp {p['cost_ratio']:.2f}x",
+                    (pos, high + top * 0.07),
+                    ha="center",
+                    fontsize=8,
+                    weight="bold",
                 )
-        ax.set_yscale("log")
+        ax.set_ylim(0, top * 1.22)
         ax.set_xticks(px, [f"{p['protocol']}\n{p['model']}" for p in protocols], fontsize=8)
-        ax.set_ylabel("USD billed, all scenarios (log scale)")
-        ax.set_title("Billed cost per protocol (ratio: nocp / baseline)")
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.set_ylabel("USD billed, all scenarios")
+        ax.set_title("Billed cost per protocol, baseline vs through nocp")
+        ax.legend(fontsize=8, loc="upper left")
+        ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
         files["protocols"] = f"{prefix}-protocols.png"
         fig.savefig(out / files["protocols"])
