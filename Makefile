@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval clean
+.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ bench-history: install  ## history roll-up: fact retention, prefix stability (ev
 
 bench-retrieval: install  ## reversible compression: omitted hard tokens recoverable, cost of retrieval rounds
 	$(BIN)/python benchmarks/retrieval.py
+
+bench-hardening: install  ## small requests under 3 floods of 30 MB requests (p50, RSS); agent requests with Redis paused
+	$(BIN)/python benchmarks/hardening.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

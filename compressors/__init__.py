@@ -5,10 +5,12 @@
 >>> result.text, result.tokens_before, result.tokens_after, result.method
 
 Importing the package is light: :func:`compress` (and the compressors behind it) load on first
-use; :func:`clear_cache` forgets their cached results. Exact token counting lives in
-:mod:`compressors.tokens`. The other public modules are imported by name: :mod:`compressors.markers`
-(the omission marker and its content id), :mod:`compressors.hardtokens`, :mod:`compressors.summary`
-(summaries without an LLM) and :mod:`compressors.toon`. Modules named ``_*`` are private.
+use; :func:`clear_cache` forgets their cached results, :func:`cached` reads one without
+computing it and :func:`remember` adds one computed elsewhere (a worker process). Exact token
+counting lives in :mod:`compressors.tokens`. The other public modules are imported by name:
+:mod:`compressors.markers` (the omission marker and its content id), :mod:`compressors.hardtokens`,
+:mod:`compressors.summary` (summaries without an LLM) and :mod:`compressors.toon`. Modules named
+``_*`` are private.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from compressors.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from compressors._compress import clear_cache, compress
+    from compressors._compress import cached, clear_cache, compress, remember
 
 __all__ = [
     "Compressed",
@@ -46,16 +48,18 @@ __all__ = [
     "TokenizerUnavailable",
     "ToolPolicy",
     "WrongContentType",
+    "cached",
     "clear_cache",
     "compress",
     "detect",
     "exceptions",
+    "remember",
     "tokens",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("clear_cache", "compress"):
+    if name in ("cached", "clear_cache", "compress", "remember"):
         from compressors import _compress
 
         return getattr(_compress, name)

@@ -58,7 +58,15 @@ from compressors._types import (
 from compressors.exceptions import CompressionFailed, WrongContentType
 from compressors.markers import MARKER_PREFIX, content_id, marker_id
 
-__all__ = ["CACHE_MAX_CHARS", "CACHE_MAX_ENTRIES", "cache_stats", "clear_cache", "compress"]
+__all__ = [
+    "CACHE_MAX_CHARS",
+    "CACHE_MAX_ENTRIES",
+    "cache_stats",
+    "cached",
+    "clear_cache",
+    "compress",
+    "remember",
+]
 
 CompressorFn = Callable[[str, CompressionContext, CompressionConfig], Compressed | None]
 
@@ -122,6 +130,14 @@ class _ResultCache:
                 return None
             self._data.move_to_end(key)
             self.hits += 1
+            return result
+
+    def peek(self, key: _Key) -> CompressionResult | None:
+        """Like :meth:`get`, without counting a hit or a miss."""
+        with self._lock:
+            result = self._data.get(key)
+            if result is not None:
+                self._data.move_to_end(key)
             return result
 
     def put(self, key: _Key, result: CompressionResult) -> None:
@@ -188,6 +204,21 @@ def compress(content: str, ctx: CompressionContext, cfg: CompressionConfig) -> C
     result = _compress(content, ctx, cfg)
     _cache.put(key, result)
     return result
+
+
+def cached(content: str, ctx: CompressionContext, cfg: CompressionConfig) -> CompressionResult | None:
+    """What :func:`compress` would return from its cache, or None (nothing is computed)."""
+    hit = _cache.peek(_key(content, ctx, cfg))
+    if hit is None:
+        return None
+    return hit if hit.changed else msgspec.structs.replace(hit, text=content)
+
+
+def remember(
+    content: str, ctx: CompressionContext, cfg: CompressionConfig, result: CompressionResult
+) -> None:
+    """Put a result of :func:`compress` computed elsewhere (a worker process) in the cache."""
+    _cache.put(_key(content, ctx, cfg), result)
 
 
 def _untouched(content: str, count: int, kind: ContentType, reason: str) -> CompressionResult:

@@ -19,7 +19,7 @@ from proxy.logging import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from proxy.server import create_app
+    from proxy.server import STATE, create_app
 
     overrides: dict[str, Any] = {}
     if args.host:
@@ -39,6 +39,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging()
     app = create_app(settings)
+    pool = app[STATE].compress_pool
+    if pool is not None:  # workers up before the first large request, not on it
+
+        async def start_workers(app: web.Application) -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await pool.start()
+
+        app.on_startup.append(start_workers)
     print(
         f"nocp listening on http://{settings.server.host}:{settings.server.port} "
         f"-> {', '.join(f'{u.name}={u.base_url}' for u in settings.upstreams)}; "

@@ -40,8 +40,10 @@ from proxy.toolloop import ToolLoop
 from proxy.translog import TransactionLogWriter, redact
 from proxy.upstream import UpstreamClient, apply_api_key, forward_headers, upstream_url
 from proxy.websocket import serve_websocket
+from proxy.workers import CompressPool, release_memory_soon
 
 _log = structlog.get_logger("nocp.server")
+_LARGE_BODY = 4 * 1024 * 1024
 _encoder = msgspec.json.Encoder()
 
 
@@ -60,6 +62,7 @@ class ProxyState:
     retrieval: ToolLoop | None = None  # None: reversible compression switched off
     adapters: tuple[Adapter, ...] = ()  # the protocols served (proxy.protocols.ADAPTERS)
     auth: Authenticator | None = None  # None: no client keys, no limits, admin paths open
+    compress_pool: CompressPool | None = None  # worker processes for large compression jobs
 
 
 STATE = web.AppKey("nocp_state", ProxyState)
@@ -227,6 +230,8 @@ async def _rewrite(adapter: Adapter, request: web.Request) -> web.StreamResponse
         client=client,
     )
     await exchange.run()
+    if len(body) >= _LARGE_BODY:  # its memory is freed now: give it back to the OS
+        release_memory_soon()
     if client.response is None:  # the exchange always answers; this only guards the contract
         return _error(adapter, ProxyHTTPError("internal proxy error"))
     return client.response
@@ -378,7 +383,10 @@ async def _start_admin(state: ProxyState, host: str, port: int) -> web.AppRunner
 
 
 def default_stages(
-    settings: Settings, store: SessionStore | None = None, upstream: UpstreamClient | None = None
+    settings: Settings,
+    store: SessionStore | None = None,
+    upstream: UpstreamClient | None = None,
+    pool: CompressPool | None = None,
 ) -> list[Stage]:
     """The stages ``settings`` switch on, in pipeline order.
 
@@ -393,7 +401,8 @@ def default_stages(
     if settings.history.enabled:
         stages.append(HistoryStage.from_settings(settings, store, upstream=upstream))
     if settings.stages.tool_output:
-        stages.append(ToolOutputStage(settings.compression))
+        limit = settings.pipeline.max_analysis_chars
+        stages.append(ToolOutputStage(settings.compression, pool=pool, max_analysis_chars=limit))
     return stages
 
 
@@ -403,12 +412,13 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
     log = settings.log
     # One session store (connected on first use) for the history stage and retrieval.
     store = open_store(settings) if settings.retrieval.enabled else None
+    pool = CompressPool(settings.pipeline.workers) if settings.pipeline.workers > 0 else None
     upstream = UpstreamClient(settings)
     writer = TransactionLogWriter(
         log.path, max_bytes=log.max_bytes, backups=log.backups, queue_size=log.queue_size
     )
     pipeline = Pipeline(
-        default_stages(settings, store, upstream) if stages is None else stages,
+        default_stages(settings, store, upstream, pool) if stages is None else stages,
         stage_timeout_s=settings.pipeline.stage_timeout_ms / 1000,
     )
     metrics = Metrics(max_models=settings.metrics.max_models)
@@ -439,6 +449,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         retrieval=loop,
         adapters=protocols.ADAPTERS,
         auth=Authenticator(settings.auth, RedisLimiter(rate_store) if rate_store is not None else None),
+        compress_pool=pool,
     )
     state.metrics.track_writer(state.writer, state.drift.alerts_file)
     state.metrics.track_alerts(state.drift.detector.active)
@@ -474,6 +485,8 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         await state.writer.close()
         await state.drift.close()  # after the writer: its last records may raise alerts
         await state.upstream.close()
+        if pool is not None:
+            await pool.aclose()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)

@@ -29,10 +29,12 @@ PUBLIC: dict[str, list[str]] = {
         "TokenizerUnavailable",
         "ToolPolicy",
         "WrongContentType",
+        "cached",
         "clear_cache",
         "compress",
         "detect",
         "exceptions",
+        "remember",
         "tokens",
     ],
     "compressors.exceptions": [

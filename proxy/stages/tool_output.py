@@ -3,8 +3,11 @@
 Each tool output goes through :func:`compressors.compress` with the tool's name, the call's
 arguments and the last user message before it as context. Results are deterministic and cached by
 content, so a tool output resent on the next turn becomes the same bytes again and the
-provider's prompt cache keeps working. Large requests are compressed on a worker thread so
-the event loop keeps serving other requests and the stage's time budget can take effect.
+provider's prompt cache keeps working. Large requests are compressed in a worker process
+(:class:`~proxy.workers.CompressPool`), so the event loop keeps serving other requests and the
+work stops when the stage's time budget runs out; without a pool, on a thread. Per request at
+most ``max_analysis_chars`` characters not already cached are analysed (oldest outputs first);
+the outputs past that budget go as they were sent.
 
 With retrieval on (``ctx.retrieval``), lossy markers carry the original's content id and each
 lossy cut is recorded there (its original is stored once the request is ready to go). A cut
@@ -18,13 +21,16 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import structlog
 
-from compressors import CompressionConfig, CompressionContext, CompressionResult, compress
+from compressors import CompressionConfig, CompressionContext, CompressionResult, cached, compress, remember
 from proxy.pipeline import StageContext
 from proxy.protocols import Prompt, Segment
 from proxy.translog import SegmentRecord
+from proxy.workers import CompressPool, run_jobs
 
 _THREAD_CHARS = 64 * 1024  # below this, a thread hop costs more than the work
+_log = structlog.get_logger("nocp.stages")
 
 
 class ToolOutputStage:
@@ -32,23 +38,54 @@ class ToolOutputStage:
 
     name = "tool_output"
 
-    def __init__(self, config: CompressionConfig) -> None:
+    def __init__(
+        self,
+        config: CompressionConfig,
+        *,
+        pool: CompressPool | None = None,
+        max_analysis_chars: int | None = None,
+    ) -> None:
         self.config = config
+        self.pool = pool
+        self.max_analysis_chars = max_analysis_chars
         self._with_ids: dict[str, CompressionConfig] = {}  # per marker key
 
-    def _run(
-        self, work: list[tuple[int, Segment, str]], model: str, config: CompressionConfig
-    ) -> list[CompressionResult]:
-        return [
-            compress(
-                seg.text,
-                CompressionContext(
-                    model=model, query=query, tool_name=seg.tool_name, tool_args=seg.tool_args
-                ),
-                config,
+    async def _large(
+        self, jobs: list[tuple[str, CompressionContext]], config: CompressionConfig
+    ) -> list[CompressionResult | None]:
+        """Cached results first (hashing off the loop), then what the budget allows of the rest,
+        in a worker process; None for the outputs past the budget."""
+
+        def lookup() -> list[CompressionResult | None]:  # too large to analyse: cheap, done here
+            return [
+                compress(text, c, config) if len(text) > config.max_input_chars else cached(text, c, config)
+                for text, c in jobs
+            ]
+
+        results = await asyncio.to_thread(lookup)
+        budget = self.max_analysis_chars
+        todo: list[int] = []
+        for i, ((text, _), hit) in enumerate(zip(jobs, results, strict=True)):
+            if hit is None and (budget is None or len(text) <= budget):
+                todo.append(i)
+                budget = None if budget is None else budget - len(text)
+        left = sum(1 for r in results if r is None) - len(todo)
+        if left:
+            _log.warning("analysis_budget_reached", outputs_left=left, max_chars=self.max_analysis_chars)
+        if todo:
+            run = [jobs[i] for i in todo]
+            done = await (
+                self.pool.run(run, config) if self.pool else asyncio.to_thread(run_jobs, run, config)
             )
-            for _, seg, query in work
-        ]
+
+            def keep() -> None:
+                for (text, c), result in zip(run, done, strict=True):
+                    remember(text, c, config, result)
+
+            await asyncio.to_thread(keep)
+            for i, result in zip(todo, done, strict=True):
+                results[i] = result
+        return results
 
     def _ids_config(self, key: str) -> CompressionConfig:
         """The config with id-carrying markers keyed with ``key`` (one per key, reused)."""
@@ -82,12 +119,20 @@ class ToolOutputStage:
         if not work:
             return prompt
         config = self.config if retrieval is None else self._ids_config(retrieval.marker_key)
-        if sum(len(s.text) for _, s, _ in work) > _THREAD_CHARS:
-            results = await asyncio.to_thread(self._run, work, ctx.model, config)
+        jobs = [
+            (seg.text, CompressionContext(model=ctx.model, query=query, tool_name=seg.tool_name,
+                                          tool_args=seg.tool_args))
+            for _, seg, query in work
+        ]  # fmt: skip
+        results: list[CompressionResult | None]
+        if sum(len(text) for text, _ in jobs) > _THREAD_CHARS:
+            results = await self._large(jobs, config)
         else:
-            results = self._run(work, ctx.model, config)
+            results = list(run_jobs(jobs, config))
         record = ctx.record
         for (i, seg, _), result in zip(work, results, strict=True):
+            if result is None:  # past the analysis budget: sent as it was
+                continue
             record.segments.append(
                 SegmentRecord(
                     kind=seg.kind,
