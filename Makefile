@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# bfcl-eval only for its data files (BFCL v4 memory, multi-turn sets): without its
 	# dependencies, which would pull torch and CUDA (several GB).
 	$(BIN)/python -m pip install -q --no-deps 'bfcl-eval==2026.3.23'
+	# ... except mpmath, which its math simulator needs (else 25 entries per BFCL set are skipped)
+	$(BIN)/python -m pip install -q 'mpmath==1.3.0'
 	touch $(STAMP)
 
 install: $(STAMP)

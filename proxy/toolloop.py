@@ -217,7 +217,10 @@ class LoopRequest(FeatureRequest):
         blocker = x.adapter.retrieval_blocker(x.body, self.tool_name)
         if not present:
             agent = x.body.get("tools") or any(g.kind in ("tool_call", "tool_output") for g in after.segments)
-            if self.config.offer_to_agents and agent and blocker is None:
+            # Offered before any cut: to agents when configured, and always where the provider
+            # caches only at breakpoints (a tool added later would rewrite the whole cache).
+            early = self.config.offer_to_agents or x.adapter.caches_at_breakpoints
+            if early and agent and blocker is None:
                 self.offered = self.record.retrieval_offered = True
             return after
         if blocker is None:

@@ -240,3 +240,29 @@ async def test_count_tokens_passes_through(fake: FakeUpstream, make_proxy: Any) 
         )
     assert counted.input_tokens > 0
     assert fake.requests[-1].path == "/v1/messages/count_tokens"
+
+
+async def test_agents_get_the_tool_from_their_first_request(fake: FakeUpstream, make_proxy: Any) -> None:
+    """Anthropic caches only up to breakpoints, after the tools: an agent request carries
+    nocp_retrieve from its first turn, so the tool list never changes when a cut comes later."""
+    proxy = await make_proxy()
+    short = [
+        {"role": "user", "content": "Why did the batch job fail?"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_log", "name": "read_log", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_log", "content": "3 lines, all ok"}],
+        },
+    ]
+    async with _client(proxy.url) as client:
+        await client.messages.create(model=MODEL, max_tokens=100, messages=short, tools=[READ_LOG])  # type: ignore[arg-type]
+        await client.messages.create(model=MODEL, max_tokens=100, messages=conversation(), tools=[READ_LOG])  # type: ignore[arg-type]
+        await client.messages.create(
+            model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
+        )
+    first, second, chat = (sent(fake, k) for k in range(3))
+    assert [t["name"] for t in first["tools"]] == ["read_log", TOOL] and first["tools"] == second["tools"]
+    assert "tools" not in chat  # not an agent: nothing added

@@ -531,19 +531,19 @@ class AnthropicAdapter(Adapter):
             isinstance(tools, list)
             and tools
             and isinstance(tools[-1], dict)
-            and tokens.count(encode_json(tools).decode(), model) >= minimum
+            and _at_least(encode_json(tools).decode(), minimum, model)
         ):
             tools[-1] = {**tools[-1], "cache_control": control}
             added += 1
         system = body.get("system")
-        if system and tokens.count(prefix_text(body, 0), model) >= minimum:
+        if system and _at_least(prefix_text(body, 0), minimum, model):
             blocks = _blocks(system)
             if blocks and isinstance(blocks[-1], dict) and blocks[-1].get("type") == "text":
                 blocks[-1] = {**blocks[-1], "cache_control": control}
                 body["system"] = blocks
                 added += 1
         messages = body.get("messages") or []
-        if messages and tokens.count(prefix_text(body, len(messages)), model) >= minimum:
+        if messages and _at_least(prefix_text(body, len(messages)), minimum, model):
             last = messages[-1]
             blocks = _blocks(last.get("content"))
             cacheable = [
@@ -664,6 +664,18 @@ class AnthropicAdapter(Adapter):
 
     def assistant_spans(self, body: Mapping[str, Any]) -> list[tuple[int, int]]:
         return [(i, i + 1) for i, msg in enumerate(body["messages"]) if msg.get("role") == "assistant"]
+
+
+def _at_least(text: str, n: int, model: str) -> bool:
+    """True when ``text`` has at least ``n`` tokens, counting no more of it than needed."""
+    if len(text) < n:  # a token is at least one character
+        return False
+    step, count = 4 * n, 0
+    for start in range(0, len(text), step):
+        count += tokens.count(text[start : start + step], model)
+        if count >= n:
+            return True
+    return False
 
 
 def prefix_text(body: Mapping[str, Any], messages: int) -> str:
