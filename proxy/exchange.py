@@ -304,7 +304,11 @@ class Exchange:
         changed = False
         try:
             req = self.request
-            body = self.body = adapter.parse(req.body, req.match_info)
+            if len(req.body) > _OFFLOAD_BYTES * 16:  # a large body is decoded off the event loop
+                body = await asyncio.to_thread(adapter.parse, req.body, req.match_info)
+            else:
+                body = adapter.parse(req.body, req.match_info)
+            self.body = body
             record.session_id = adapter.session_id(req.headers, body)
             model = self.model = record.model = adapter.model(body, req.match_info)
             stream = self.stream = record.stream = adapter.is_stream(body, req.match_info)

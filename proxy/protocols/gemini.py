@@ -24,6 +24,8 @@ _GEMINI_PREFIXES = ("/v1beta/", "/v1alpha/", "/upload/")
 
 _STATUS_NAMES: Mapping[int, str] = {
     400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     413: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
