@@ -246,6 +246,11 @@ class RetrievalConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     ``max_rounds`` times per request. A tool result holds at most ``max_result_chars``
     characters (the model can ask for a part with ``query``).
 
+    A client that sets prompt-cache breakpoints of its own (Anthropic) and whose session went
+    without the tool gets it only when the cuts of that request pay for rewriting its cache:
+    the tokens they remove now and over the next ``cache_horizon_turns`` turns against the
+    whole prompt written again; otherwise those cuts are undone (sent whole).
+
     ``offer_to_agents`` offers the tool on every request of an agent (one that carries client
     tools, tool calls or tool results), before any cut: the tool list, which providers render
     ahead of the messages, then stays the same from the agent's first turns on, so the first
@@ -260,6 +265,7 @@ class RetrievalConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tool_name: str = "nocp_retrieve"
     max_result_chars: int = 200_000
     secret: str = ""  # marker ids are keyed with it; empty: generated once (see proxy.secret)
+    cache_horizon_turns: int = 10  # turns a new tool's cache rewrite is weighed over (see below)
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:

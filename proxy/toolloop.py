@@ -64,6 +64,7 @@ _original_decoder = msgspec.json.Decoder(Original)
 _hidden_decoder = msgspec.json.Decoder(Hidden)
 _encoder = msgspec.json.Encoder()
 _UNDECIDED: Final = "undecided"
+_WRITE, _READ = 1.25, 0.1  # prompt-cache write and read prices, relative to input (Anthropic)
 
 
 def scope(tenant: str, session: str | None) -> str:
@@ -217,12 +218,15 @@ class LoopRequest(FeatureRequest):
         blocker = x.adapter.retrieval_blocker(x.body, self.tool_name)
         if not present:
             agent = x.body.get("tools") or any(g.kind in ("tool_call", "tool_output") for g in after.segments)
-            # Offered before any cut: to agents when configured, and always where the provider
-            # caches only at breakpoints (a tool added later would rewrite the whole cache).
-            early = self.config.offer_to_agents or x.adapter.caches_at_breakpoints
-            if early and agent and blocker is None:
+            if self.config.offer_to_agents and agent and blocker is None:
                 self.offered = self.record.retrieval_offered = True
             return after
+        if blocker is None and await self._tools_fixed(x) and not self._worth_a_new_tool(x, before, after):
+            # The client caches at its own breakpoints and its tool list so far had no nocp
+            # tool: adding one would rewrite its whole cache, for less than the cuts save.
+            _log.debug("retrieval_not_offered", reason="client cache breakpoints, tools fixed")
+            self.conversation -= set(present)
+            return _undo(before, after, set(present))
         if blocker is None:
             try:
                 await self._store_originals(present)
@@ -234,7 +238,47 @@ class LoopRequest(FeatureRequest):
             self.conversation -= set(present)
             return _mark_unavailable(before, after, set(present))
         self.offered = self.record.retrieval_offered = True
+        await self._note_offered(x)
         return after
+
+    def _tkey(self) -> str:
+        return f"t:{self.scope}"
+
+    async def _tools_fixed(self, x: Exchange) -> bool:
+        """True when the client sets cache breakpoints of its own (a provider that caches only
+        there), this is a later request of its session, and nocp's tool was not offered in it
+        before: offering it now would change the tool list, which comes first in the prompt."""
+        if not x.adapter.client_caches(x.body) or not x.adapter.assistant_spans(x.body):
+            return False
+        try:
+            (seen,) = await self.app.store.get_blobs([self._tkey()], ttl_s=self.app.session_ttl_s)
+        except Exception as exc:
+            self.fail_open("tool list state", exc)
+            return False
+        return not seen
+
+    def _worth_a_new_tool(self, x: Exchange, before: Prompt, after: Prompt) -> bool:
+        """Whether the cuts of this request pay for the cache rewrite a new tool causes: the
+        whole prompt written again (1.25x the input price instead of a 0.1x read) against the
+        tokens the cuts remove now (at the write price) and on the next
+        ``retrieval.cache_horizon_turns`` turns (at the read price)."""
+        cut = sum(
+            tokens.count(old.text, self.model) - tokens.count(new.text, self.model)
+            for old, new in zip(before.segments, after.segments, strict=True)
+            if new.text != old.text
+        )
+        prompt = x.adapter.count_prompt(x.body, self.model)
+        worth = cut * (_WRITE + _READ * self.config.cache_horizon_turns) >= prompt * (_WRITE - _READ)
+        _log.debug("new_tool_decision", cut_tokens=cut, prompt_tokens=prompt, offer=worth)
+        return worth
+
+    async def _note_offered(self, x: Exchange) -> None:
+        if not x.adapter.client_caches(x.body):
+            return
+        try:
+            await self.app.store.put_blobs({self._tkey(): b"1"}, ttl_s=self.app.session_ttl_s)
+        except Exception as exc:
+            self.fail_open("tool list state", exc)
 
     async def _store_originals(self, refs: list[str]) -> None:
         store, ttl = self.app.store, self.config.ttl_s
@@ -488,6 +532,18 @@ class LoopRequest(FeatureRequest):
         ]
         # What the rounds cost, subtracted from the savings like a summarizer's tokens.
         rec.compression_overhead_tokens += retrieval_overhead_tokens(hops, self.rounds)
+
+
+def _undo(before: Prompt, after: Prompt, present: set[str]) -> Prompt:
+    """``after`` with the segments cut under ``present`` back as they were (a roll-up stays:
+    its markers say not retrievable)."""
+    for i, (old, new) in enumerate(zip(before.segments, after.segments, strict=True)):
+        if new.text != old.text and any(ref in present for ref in marker_ids(new.text)):
+            after = after.with_text(i, old.text)
+    if after.rollup is not None:
+        r = after.rollup
+        after = after.with_rollup(r.start, r.end, unavailable(r.text, present))
+    return after
 
 
 def _mark_unavailable(before: Prompt, after: Prompt, present: set[str]) -> Prompt:

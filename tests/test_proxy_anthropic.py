@@ -242,10 +242,14 @@ async def test_count_tokens_passes_through(fake: FakeUpstream, make_proxy: Any) 
     assert fake.requests[-1].path == "/v1/messages/count_tokens"
 
 
-async def test_agents_get_the_tool_from_their_first_request(fake: FakeUpstream, make_proxy: Any) -> None:
-    """Anthropic caches only up to breakpoints, after the tools: an agent request carries
-    nocp_retrieve from its first turn, so the tool list never changes when a cut comes later."""
+async def test_client_breakpoints_get_a_new_tool_only_when_it_pays(
+    fake: FakeUpstream, make_proxy: Any
+) -> None:
+    """A client with its own breakpoints whose session went without nocp's tool gets it only
+    when the cut pays for rewriting its cache: a modest output under a long prompt is sent
+    whole (tool list unchanged); a huge one is cut and the tool added."""
     proxy = await make_proxy()
+    marked = [{"type": "text", "text": SYSTEM * 12, "cache_control": {"type": "ephemeral"}}]
     short = [
         {"role": "user", "content": "Why did the batch job fail?"},
         {
@@ -257,12 +261,28 @@ async def test_agents_get_the_tool_from_their_first_request(fake: FakeUpstream, 
             "content": [{"type": "tool_result", "tool_use_id": "toolu_log", "content": "3 lines, all ok"}],
         },
     ]
+    modest = "\\n".join(LOG.splitlines()[-400:])
+
+    def later(output: str) -> list[Any]:
+        return [
+            *short,
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_2", "name": "read_log", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_2", "content": output}],
+            },
+        ]
+
     async with _client(proxy.url) as client:
-        await client.messages.create(model=MODEL, max_tokens=100, messages=short, tools=[READ_LOG])  # type: ignore[arg-type]
-        await client.messages.create(model=MODEL, max_tokens=100, messages=conversation(), tools=[READ_LOG])  # type: ignore[arg-type]
-        await client.messages.create(
-            model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
-        )
-    first, second, chat = (sent(fake, k) for k in range(3))
-    assert [t["name"] for t in first["tools"]] == ["read_log", TOOL] and first["tools"] == second["tools"]
-    assert "tools" not in chat  # not an agent: nothing added
+        for messages in (short, later(modest), later(LOG + "\n" + LOG)):
+            await client.messages.create(
+                model=MODEL, max_tokens=100, system=marked, messages=messages, tools=[READ_LOG]
+            )  # type: ignore[arg-type]
+    first, second, third = (sent(fake, k) for k in range(3))
+    assert [t["name"] for t in first["tools"]] == ["read_log"] and second["tools"] == first["tools"]
+    assert second["messages"][4]["content"][0]["content"] == modest  # sent whole, not cut
+    assert [t["name"] for t in third["tools"]] == ["read_log", TOOL]
+    assert len(third["messages"][4]["content"][0]["content"]) < len(LOG)
