@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.protocols._answer import Call, ModelTurn, Usage
+from proxy.protocols._codec import decode
 
 __all__ = ["HopStream", "JSONArraySplitter", "SSESplitter", "StreamEvent", "sse_data"]
 
@@ -53,6 +54,17 @@ class HopStream(abc.ABC):
         self.finish_reasons: list[str] = []
         # the id the client's stream carries (its first hop's), where a protocol has one
         self.client_id: str | None = after.client_id if after is not None else None
+
+    def _parsed(self, raw: bytes, data: bytes | None, wanted: tuple[bytes, ...]) -> tuple[StreamEvent, Any]:
+        """An event and its JSON object (None: nothing to read in it). Without a tool to take
+        out, only events holding one of ``wanted`` (usage, a finish) are decoded at all."""
+        event = StreamEvent(raw)
+        if not data or data == b"[DONE]":
+            return event, None
+        if self.tool is None and not any(w in data for w in wanted):
+            return event, None
+        parsed = event.data = decode(data)
+        return event, parsed if isinstance(parsed, dict) else None
 
     @property
     def passthrough(self) -> bool:

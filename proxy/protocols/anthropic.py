@@ -157,14 +157,8 @@ class AnthropicStream(HopStream):
         self.message_id: str | None = prev.message_id if prev is not None else None
 
     def _event(self, raw: bytes) -> StreamEvent:
-        event = StreamEvent(raw)
-        data = sse_data(raw)
-        if not data:
-            return event
-        if self.tool is None and b'"message_start"' not in data and b'"message_delta"' not in data:
-            return event
-        parsed = event.data = decode(data)
-        if not isinstance(parsed, dict):
+        event, parsed = self._parsed(raw, sse_data(raw), (b'"message_start"', b'"message_delta"'))
+        if parsed is None:
             return event
         kind = parsed.get("type")
         index = parsed.get("index")

@@ -14,7 +14,7 @@ from compressors import tokens
 from proxy.exceptions import BadRequest, ProxyHTTPError
 from proxy.protocols._adapter import Adapter, Route
 from proxy.protocols._answer import Call, ModelTurn, ToolSpec, Usage, add_usage
-from proxy.protocols._codec import decode, decode_json_object, digest, encode_json
+from proxy.protocols._codec import decode_json_object, digest, encode_json
 from proxy.protocols._prompt import Prompt, Segment, Turn
 from proxy.protocols._stream import HopStream, JSONArraySplitter, SSESplitter, StreamEvent, sse_data
 
@@ -145,13 +145,8 @@ class GeminiStream(HopStream):
         self.response_id: str | None = prev.response_id if prev is not None else None
 
     def _event(self, raw: bytes, data: bytes | None) -> StreamEvent:
-        event = StreamEvent(raw)
-        if not data:
-            return event
-        if self.tool is None and b"usageMetadata" not in data and b"finishReason" not in data:
-            return event
-        response = event.data = decode(data)
-        if not isinstance(response, dict):
+        event, response = self._parsed(raw, data, (b"usageMetadata", b"finishReason"))
+        if response is None:
             return event
         if self.response_id is None and isinstance(response.get("responseId"), str):
             self.response_id = response["responseId"]

@@ -12,7 +12,7 @@ from compressors import tokens
 from proxy.exceptions import BadRequest, ProxyHTTPError
 from proxy.protocols._adapter import Adapter, Route
 from proxy.protocols._answer import Call, ModelTurn, ToolSpec, Usage, add_usage
-from proxy.protocols._codec import decode, decode_json_object, digest, encode_json
+from proxy.protocols._codec import decode_json_object, digest, encode_json
 from proxy.protocols._prompt import PathKey, Prompt, Segment, SegmentKind, Turn
 from proxy.protocols._stream import HopStream, SSESplitter, StreamEvent, sse_data
 
@@ -104,14 +104,8 @@ class ChatStream(HopStream):
     # ----------------------------------------------------------------- parsing
 
     def _event(self, raw: bytes) -> StreamEvent:
-        event = StreamEvent(raw)
-        data = sse_data(raw)
-        if not data or data == b"[DONE]":
-            return event
-        if self.tool is None and b'"usage":{' not in data and b'"finish_reason":"' not in data:
-            return event  # nothing to learn, nothing to change: not decoded
-        chunk = event.data = decode(data)
-        if not isinstance(chunk, dict):
+        event, chunk = self._parsed(raw, sse_data(raw), (b'"usage":{', b'"finish_reason":"'))
+        if chunk is None:
             return event
         if self.stream_id is None and isinstance(chunk.get("id"), str):
             self.stream_id = chunk["id"]

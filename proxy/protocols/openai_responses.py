@@ -150,14 +150,8 @@ class ResponsesStream(HopStream):
         self._offset = len(self.shown_items)
 
     def _event(self, raw: bytes) -> StreamEvent:
-        event = StreamEvent(raw)
-        data = sse_data(raw)
-        if not data:
-            return event
-        if self.tool is None and b"response.completed" not in data and b"response.incomplete" not in data:
-            return event
-        parsed = event.data = decode(data)
-        if not isinstance(parsed, dict):
+        event, parsed = self._parsed(raw, sse_data(raw), (b"response.completed", b"response.incomplete"))
+        if parsed is None:
             return event
         kind = parsed.get("type")
         if kind == "response.output_text.delta" and isinstance(parsed.get("delta"), str):
