@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from proxy.bench import history as bench
 from proxy.config import HistoryConfig
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nocp_bench_history", REPO / "benchmarks" / "history.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.evaldata
 async def test_swe_agent_rollups_keep_facts_and_prefix(eval_data: Path, tmp_path: Path) -> None:
     """Replaying the SWE-agent trajectories, roll-ups keep >= 95% of paths, commands, numbers and ids
     of the summarized turns, and every request not at a cut step keeps the previous prompt as prefix."""
-    bench = _benchmark()
     config = HistoryConfig(threshold_tokens=4000, keep_last_messages=6, cut_step_tokens=2000)
     result = await bench.run_swe(eval_data, config, tmp_path)
     retention, stability = result["retention"], result["stability"]
