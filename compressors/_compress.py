@@ -43,7 +43,7 @@ from compressors._detect import SAMPLE_CHARS, detect, detect_non_json
 from compressors._html import compress_html
 from compressors._json import compress_json, compress_ndjson
 from compressors._json_lossy import compress_json_lossy, compress_ndjson_lossy
-from compressors._logs import compress_logs
+from compressors._logtext import compress_logs
 from compressors._select import clear_memo
 from compressors._table import compress_table
 from compressors._text import compress_text

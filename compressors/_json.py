@@ -21,7 +21,7 @@ decimal point (``1e6``, ``-1E+03``, ``-0.0``) decodes to a float where the spec 
 (same number, other type). That cannot change what is sent: the check only decodes text
 ``toons`` itself wrote, which has no such number (whole numbers are written as integers, never
 with an exponent, and strings that look like numbers are quoted), and
-tests/test_toon_conformance.py shows on the fixtures, the evaluation data and random values
+tests/compressors/test_toon_conformance.py shows on the fixtures, the evaluation data and random values
 that ``toons`` decodes that text exactly as ``python-toon`` (which passes all 516 fixtures and
 is the reference decoder there) does.
 

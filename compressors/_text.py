@@ -27,7 +27,7 @@ import itertools
 import re
 from typing import Final
 
-from compressors._logs import IMPORTANT_HINT, is_important_line
+from compressors._logtext import IMPORTANT_HINT, is_important_line
 from compressors._select import MARKER_COST, Query, bm25_texts, mention_budget, render, select, token_costs
 from compressors._types import Compressed, CompressionConfig, CompressionContext
 
@@ -39,7 +39,7 @@ _MIN_CHUNK_CHARS: Final = 200
 _TINY_CHUNK_CHARS: Final = 60
 # Extra score for each hard token of the query a chunk holds (BM25 scores are about 0-10).
 _HARD_BONUS: Final = 3.0
-# Extra score for a chunk holding an error/warning/exception line (see compressors._logs).
+# Extra score for a chunk holding an error/warning/exception line (see compressors._logtext).
 _ERROR_BONUS: Final = 4.0
 _SCAN_CHARS: Final = 2000
 
@@ -135,7 +135,7 @@ def _has_important_line(chunk: list[str]) -> bool:
 
 def _important_chunks(chunks: list[list[str]]) -> list[bool]:
     """``[_has_important_line(c) for c in chunks]``, with the cheap pre-check of
-    :func:`~compressors._logs.is_important_line` made in one pass over the whole lower-cased
+    :func:`~compressors._logtext.is_important_line` made in one pass over the whole lower-cased
     text: only the units it flags are checked one by one."""
     units = [unit for chunk in chunks for unit in chunk]
     whole = "".join(units)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy.config import load_settings
 from proxy.exceptions import ConfigError
-from proxy.logging import configure_logging
+from proxy.processlog import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9000)
     fake.set_defaults(func=_fake_upstream)
-    from proxy.logview import add_cli as add_log_commands
+    from proxy.translog_cli import add_cli as add_log_commands
 
     add_log_commands(sub)  # logs tail, logs stats, drift
     from proxy.bench.cli import add_cli as add_bench_command

@@ -1,36 +1,23 @@
-"""Shared fixtures: the evaluation data, and a proxy in front of the fake upstream."""
+"""Shared fixtures: the evaluation data, and a proxy in front of the fake upstream.
+
+Plain helpers (functions, classes, constants) shared between test modules are in
+``tests/helpers.py``."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.helpers import SECRET, ProxyFactory, RedisProcess, RunningProxy, eval_data_root, start_redis
+
 if TYPE_CHECKING:
     from proxy import Stage
     from proxy.testing import FakeUpstream
-
-REPO = Path(__file__).resolve().parent.parent
-SECRET = "nocp-test-secret"  # the retrieval secret every test proxy gets (marker ids are keyed)
-
-
-def complete_lines(path: Path) -> list[str]:
-    """The newline-terminated lines of ``path``: a line a writer is still writing is left out."""
-    if not path.exists():
-        return []
-    return path.read_text().split("\n")[:-1]
-
-
-def eval_data_root() -> Path:
-    """``NOCP_EVAL_DATA`` or ``../shared/eval-data`` beside the checkout."""
-    return Path(os.environ.get("NOCP_EVAL_DATA", REPO.parent / "shared" / "eval-data"))
 
 
 @pytest.fixture(scope="session")
@@ -47,28 +34,6 @@ def eval_data() -> Path:
 # --- the proxy in front of the fake upstream ------------------------------------------------
 
 
-@dataclass
-class RunningProxy:
-    """A proxy on a loopback port and where its TransactionLog goes."""
-
-    server: TestServer
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        """Root URL of the proxy, e.g. ``http://127.0.0.1:PORT``."""
-        return str(self.server.make_url("")).rstrip("/")
-
-    async def log_lines(self, n: int, wait_s: float = 5.0) -> list[dict[str, Any]]:
-        """Wait until the log holds at least ``n`` lines; return them decoded."""
-        deadline = asyncio.get_running_loop().time() + wait_s
-        while True:
-            lines = complete_lines(self.log_path)
-            if len(lines) >= n or asyncio.get_running_loop().time() > deadline:
-                return [json.loads(line) for line in lines]
-            await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeUpstream]:
     """A fake OpenAI + Gemini provider on 127.0.0.1."""
@@ -76,9 +41,6 @@ async def fake() -> AsyncIterator[FakeUpstream]:
 
     async with FakeUpstream() as upstream:
         yield upstream
-
-
-ProxyFactory = Callable[..., Awaitable[RunningProxy]]
 
 
 @pytest.fixture
@@ -110,3 +72,15 @@ async def make_proxy(tmp_path: Path, fake: FakeUpstream) -> AsyncIterator[ProxyF
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, on a loopback port (it may be paused)."""
+    redis = start_redis(tmp_path)
+    try:
+        yield redis
+    finally:
+        redis.resume()  # a stopped process does not act on SIGTERM
+        redis.proc.terminate()
+        redis.proc.wait(timeout=10)

@@ -6,7 +6,7 @@ import random
 import time
 
 from compressors import CompressionConfig, CompressionContext, tokens
-from compressors._logs import compress_logs, is_important_line, mask_line
+from compressors._logtext import compress_logs, is_important_line, mask_line
 from compressors.markers import MARKER_PREFIX
 
 CTX = CompressionContext()

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from compressors import tokens
 from compressors.exceptions import TokenizerUnavailable
+from tests.helpers import REPO
 
 ENCODINGS = ("o200k_base", "cl100k_base")
-REPO = Path(__file__).resolve().parent.parent
 
 CORPUS = {
     "english": "The quick brown fox jumps over the lazy dog. It's 5 o'clock; we'll see.",

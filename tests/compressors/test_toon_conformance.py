@@ -30,11 +30,11 @@ from typing import Any
 
 import pytest
 import toon
-from conftest import eval_data_root
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressors.toon import same_value, toon_decode, toon_encode
+from tests.helpers import eval_data_root
 
 pytestmark = pytest.mark.evaldata
 

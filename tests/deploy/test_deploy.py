@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import load_settings
 from proxy.testing import Fail, FakeUpstream
+from tests.helpers import REPO, free_port
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = REPO / "deploy"
 YAML_FILES = sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
 METRIC = re.compile(r"\bnocp_[a-zA-Z0-9_]+")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_yaml(path: Path) -> list[Any]:

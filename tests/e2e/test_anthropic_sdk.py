@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
-from conftest import SECRET
 
 from compressors.markers import content_id
 from proxy.testing import Fail, FakeUpstream, Reply, ToolCall
+from tests.helpers import SECRET, sent
 
 MODEL = "claude-sonnet-4-5"
 TOOL = "nocp_retrieve"
@@ -44,12 +44,6 @@ def conversation(thinking: bool = False) -> list[Any]:
         {"role": "assistant", "content": turn},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_log", "content": LOG}]},
     ]
-
-
-def sent(fake: FakeUpstream, k: int) -> dict[str, Any]:
-    """The body of the k-th request the fake provider received."""
-    body: dict[str, Any] = fake.requests[k].json()
-    return body
 
 
 async def ask(client: anthropic.AsyncAnthropic, stream: bool, **kw: Any) -> Any:

@@ -13,21 +13,7 @@ from compressors.summary import FACTS_HEADER, SUMMARY_HEADER
 from proxy.summarizer import SYSTEM_PROMPT
 from proxy.testing import Fail, FakeUpstream, Reply
 from proxy.translog import log_session_id
-
-HISTORY = {"threshold_tokens": 2500, "keep_last_messages": 4, "cut_step_tokens": 600}
-PARAGRAPH = (
-    "The quarterly report was reviewed in general terms and the plan for next year was discussed, "
-    "with the usual caveats about staffing and the budget process. "
-) * 6
-
-
-def user_turn(k: int) -> dict[str, Any]:
-    """A user message of about 200 tokens carrying a few hard facts."""
-    return {
-        "role": "user",
-        "content": f"Note {k}: invoice INV-{4000 + k} is stored at /data/invoices/{2024 + k % 3}/inv_{k}.pdf "
-        f"and totals {125 + k}.50 EUR. {PARAGRAPH}",
-    }
+from tests.helpers import HISTORY, PARAGRAPH, user_turn
 
 
 def summary_in(messages: list[dict[str, Any]]) -> str | None:

@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from conftest import SECRET
 
 from compressors.markers import content_id
 from proxy.testing import FakeUpstream, Reply, ToolCall
+from tests.helpers import SECRET, sent
 
 TOOL = "nocp_retrieve"
 MODEL = "gpt-4.1"
@@ -62,12 +62,6 @@ def items() -> list[Any]:
         {"type": "function_call", "call_id": "call_log", "name": "read_log", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "call_log", "output": LOG},
     ]
-
-
-def sent(fake: FakeUpstream, k: int) -> dict[str, Any]:
-    """The body of the k-th request the fake provider received."""
-    body: dict[str, Any] = fake.requests[k].json()
-    return body
 
 
 async def create(client: openai.AsyncOpenAI, stream: bool, **kw: Any) -> Any:

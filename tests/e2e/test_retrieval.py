@@ -10,7 +10,6 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from conftest import SECRET
 from google import genai
 from google.genai import types
 
@@ -20,6 +19,7 @@ from proxy.protocols.openai_chat import ChatStream
 from proxy.retrieval import LAST_ROUND_NOTE
 from proxy.server import STATE
 from proxy.testing import FakeUpstream, Reply, Stall, ToolCall
+from tests.helpers import SECRET
 
 TOOL = "nocp_retrieve"
 LOG = "\n".join(

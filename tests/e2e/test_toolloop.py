@@ -11,12 +11,12 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import SECRET
 from google import genai
 from google.genai import types
 
 from compressors.markers import content_id
 from proxy.testing import Drop, FakeUpstream, Reply, ToolCall
+from tests.helpers import HISTORY, SECRET, sent, user_turn
 
 TOOL = "nocp_retrieve"
 # A 6,000-line log (about 420,000 characters) with one line that matters.
@@ -86,12 +86,6 @@ def no_leak(answer: dict[str, Any]) -> None:
     for chunk in answer["chunks"]:
         assert TOOL not in chunk.model_dump_json()
     assert msg.get("content") or msg.get("tool_calls"), "an empty answer"
-
-
-def sent(fake: FakeUpstream, k: int) -> dict[str, Any]:
-    """The body of the k-th request the fake provider received."""
-    body: dict[str, Any] = fake.requests[k].json()
-    return body
 
 
 def tool_names(body: dict[str, Any]) -> list[str]:
@@ -492,8 +486,6 @@ async def test_guessing_ids_finds_nothing(fake: FakeUpstream, make_proxy: Any) -
 async def test_roll_up_state_is_kept_per_tenant(fake: FakeUpstream, make_proxy: Any) -> None:
     """Two tenants rolling up conversations under one session id keep separate states: B's
     roll-up does not replace A's, whose next request reuses its stored summary."""
-    from test_history_proxy import HISTORY, user_turn
-
     proxy = await make_proxy(history=HISTORY)
     base: list[Any] = [{"role": "user", "content": "Keep my invoice notes in mind."}]
     a_messages = list(base)

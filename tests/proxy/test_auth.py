@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from test_redis_faults import RedisProcess, start_redis
 
 from proxy import cli
 from proxy.auth import LocalLimiter, hash_key, strip_credentials
@@ -20,6 +18,7 @@ from proxy.exceptions import ConfigError
 from proxy.pipeline import StageContext
 from proxy.protocols import Prompt
 from proxy.testing import FakeUpstream
+from tests.helpers import RedisProcess, free_port
 
 KEY_A, KEY_A2, KEY_B, ADMIN = "nocp-key-a", "nocp-key-a2", "nocp-key-b", "nocp-admin"
 OPERATOR = "sk-operator-own"
@@ -277,16 +276,6 @@ async def test_rate_limits_answer_429_with_retry_after(
         assert status == 429 and int(headers["Retry-After"]) >= 30
 
 
-@pytest.fixture
-def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
-    redis = start_redis(tmp_path)
-    try:
-        yield redis
-    finally:
-        redis.proc.terminate()
-        redis.proc.wait(timeout=10)
-
-
 async def test_rate_limits_shared_by_replicas_through_redis(
     fake: FakeUpstream, make_proxy: Any, operator_key: None, redis_proc: RedisProcess
 ) -> None:
@@ -304,12 +293,6 @@ async def test_rate_limits_shared_by_replicas_through_redis(
             url = replicas[i % 2].url
             statuses.append((await call(http, "POST", f"{url}/v1/chat/completions", key=KEY_A, json=CHAT))[0])
     assert statuses == [200, 200, 200, 429, 429]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_admin_endpoints_need_admin_key_or_admin_port(

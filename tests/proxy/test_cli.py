@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,7 @@ import httpx
 import pytest
 
 from proxy.cli import main
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -46,7 +40,7 @@ def _spawn(*args: str) -> subprocess.Popen[bytes]:
 
 def test_serve_proxies_and_flushes_on_sigterm(tmp_path: Path) -> None:
     """`nocp serve --upstream URL --port N --log-dir D` proxies, and SIGTERM flushes the log."""
-    up_port, proxy_port = _free_port(), _free_port()
+    up_port, proxy_port = free_port(), free_port()
     fake = _spawn("fake-upstream", "--port", str(up_port))
     proxy = _spawn(
         "serve",

@@ -12,13 +12,13 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import complete_lines
 
 from proxy.cli import main
 from proxy.config import DriftConfig
 from proxy.drift import KINDS, Alert, DriftDetector
 from proxy.testing import Fail, FakeUpstream
 from proxy.translog import FailOpen, HopUsage, TransactionLog, TransactionLogWriter, figures
+from tests.helpers import complete_lines
 
 WINDOW = 10
 

@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
-from conftest import complete_lines
 
 from proxy.config import DriftConfig
 from proxy.drift import DriftDetector, DriftMonitor
@@ -38,6 +37,7 @@ from proxy.translog import (
     log_session_id,
     redact,
 )
+from tests.helpers import complete_lines
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"

@@ -13,9 +13,8 @@ from proxy.pricing import CostModel, Price, PriceTable, baseline_cost, request_c
 from proxy.translog import TransactionLog
 
 if TYPE_CHECKING:
-    from conftest import ProxyFactory
-
     from proxy.testing import FakeUpstream
+    from tests.helpers import ProxyFactory
 
 GPT_4O = Price(2.50, 1.25, 10.00)
 GPT_41 = Price(2.00, 0.50, 8.00)

@@ -15,7 +15,7 @@ from proxy.testing import FakeUpstream
 
 SCRIPT = """
 import logging, structlog
-from proxy.logging import configure_logging
+from proxy.processlog import configure_logging
 configure_logging()
 structlog.contextvars.bind_contextvars(request_id="req-1")
 structlog.get_logger("nocp.test").warning("from_structlog", n=1)

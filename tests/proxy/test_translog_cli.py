@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from proxy.cli import main
-from proxy.logview import Follower, expand_paths, parse_since, percentile, stats, tail_line
 from proxy.translog import FailOpen, HopUsage, TransactionLog, TransactionLogWriter, figures
+from proxy.translog_cli import Follower, expand_paths, parse_since, percentile, stats, tail_line
 
 NOW = dt.datetime.now(dt.UTC)
 

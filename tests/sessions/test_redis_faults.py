@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,69 +12,12 @@ import pytest
 
 from proxy.sessions import CircuitBreaker, RedisSessionStore, StoreUnavailable
 from proxy.testing import FakeUpstream
+from tests.helpers import RedisProcess
 
 LOG = "\n".join(
     f"2024-05-0{1 + i % 9}T10:{i % 60:02d}:00Z INFO worker-{i % 7} processed batch {i} in {i * 3 % 97} ms"
     for i in range(600)
 )
-
-
-class RedisProcess:
-    """A redis-server we started, which a test may pause (SIGSTOP) and resume (SIGCONT)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], port: int) -> None:
-        self.proc = proc
-        self.url = f"redis://127.0.0.1:{port}/0"
-
-    def pause(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-
-def start_redis(folder: Path) -> RedisProcess:
-    """Start redis-server on a free loopback port (skipped without the binary, failed in CI)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    return RedisProcess(proc, port)
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A redis-server of this test's own (it may be paused)."""
-    redis = start_redis(tmp_path)
-    try:
-        yield redis
-    finally:
-        redis.resume()  # a stopped process does not act on SIGTERM
-        redis.proc.terminate()
-        redis.proc.wait(timeout=10)
 
 
 def test_breaker_opens_refuses_then_probes() -> None:

@@ -20,11 +20,10 @@ from proxy.sessions import SQLiteSessionStore
 from proxy.stages.history import HistoryStage, context_window, policy_for
 from proxy.summarizer import ExtractiveSummarizer, SummaryResult
 from proxy.translog import TransactionLog
+from tests.helpers import FILLER, MODEL, chat, send
 
 OPENAI = OpenAIChatAdapter()
 GEMINI = GeminiAdapter()
-MODEL = "gpt-4o"
-FILLER = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun. " * 4
 CONFIG = HistoryConfig(threshold_tokens=600, keep_last_messages=4, cut_step_tokens=100)
 
 
@@ -59,22 +58,6 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteSessionStore]:
     await s.aclose()
 
 
-def chat(pairs: int, *, system: str = "You are a coding agent.") -> list[dict[str, Any]]:
-    """A conversation: system, a task, then ``pairs`` user/assistant exchanges with facts."""
-    msgs: list[dict[str, Any]] = [
-        {"role": "system", "content": system},
-        {"role": "user", "content": "Task: fix the failing build of the payments service."},
-    ]
-    for k in range(pairs):
-        msgs.append(
-            {"role": "user", "content": f"Step {k}: look at /srv/app/module_{k}.py line {1000 + k}. {FILLER}"}
-        )
-        msgs.append(
-            {"role": "assistant", "content": f"Checked module_{k}.py, it returns {200 + k}. {FILLER}"}
-        )
-    return msgs
-
-
 def agent(calls: int, *, parallel: int = 1) -> list[dict[str, Any]]:
     """An agent conversation: every assistant turn calls ``parallel`` tools, then their results."""
     msgs: list[dict[str, Any]] = [
@@ -106,19 +89,6 @@ def agent(calls: int, *, parallel: int = 1) -> list[dict[str, Any]]:
             )
     msgs.append({"role": "user", "content": "What did you find?"})
     return msgs
-
-
-async def send(
-    stage: HistoryStage, messages: list[dict[str, Any]], *, session: str = "s1", model: str = MODEL
-) -> tuple[list[dict[str, Any]], TransactionLog]:
-    """Run ``messages`` through the stage as the proxy does; the messages sent and the record."""
-    body: dict[str, Any] = {"model": model, "messages": copy.deepcopy(messages)}
-    before = OPENAI.prompt(body)
-    record = TransactionLog(session_id=session, protocol="openai", model=model)
-    ctx = StageContext(model=model, protocol="openai", record=record)
-    after = await Pipeline([stage], stage_timeout_s=2.0).run(before, ctx)
-    OPENAI.apply(body, before, after)
-    return body["messages"], record
 
 
 def summary_of(sent: list[dict[str, Any]]) -> str | None:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_history import chat, send
 
 from proxy.config import Settings, load_settings
 from proxy.sessions import SQLiteSessionStore
@@ -28,8 +27,8 @@ from proxy.summarizer import (
 )
 from proxy.testing import Fail, FakeUpstream, Reply, Stall
 from proxy.upstream import UpstreamClient
+from tests.helpers import REPO, chat, send
 
-REPO = Path(__file__).resolve().parent.parent
 TURNS = [
     TurnText(index=2, role="user", text="Deploy failed: ImportError in /srv/app/payments.py line 42."),
     TurnText(index=3, role="assistant", text="Pinned requests==2.32.3 and reran `make deploy`: exit 0."),

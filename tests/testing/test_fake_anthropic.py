@@ -16,6 +16,7 @@ from openai import AsyncOpenAI
 from compressors import tokens
 from proxy.testing import Drop, Fail, FakeUpstream, Replay, Reply, StreamStall, ToolCall
 from proxy.testing import _anthropic as fake_anthropic
+from tests.helpers import long_text
 
 SONNET = "claude-sonnet-4-5"
 HAIKU = "claude-3-5-haiku-20241022"
@@ -36,10 +37,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def long_text(n_words: int, seed: str = "w") -> str:
-    return " ".join(f"{seed}{i}" for i in range(n_words))
 
 
 def with_tokens(at_least: int, seed: str = "w") -> str:
@@ -82,12 +79,6 @@ async def client(fake: FakeUpstream) -> AsyncIterator[AsyncAnthropic]:
     c = AsyncAnthropic(base_url=fake.url, api_key="sk-ant-test", max_retries=0)
     yield c
     await c.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def post(

@@ -4,7 +4,6 @@ WebSocket), aiohttp's WebSocket client and the openai-agents SDK on 127.0.0.1.""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,6 +13,7 @@ from openai import AsyncOpenAI
 
 from compressors import tokens
 from proxy.testing import FIXED_CREATED, Drop, Fail, FakeUpstream, Replay, Reply, ToolCall
+from tests.helpers import long_text
 
 MODEL = "gpt-4o-mini"
 FRAME = 3  # framing tokens per item (and per instructions), as the fake bills them
@@ -27,32 +27,9 @@ WEATHER = {
 }
 
 
-def long_text(n_words: int, seed: str = "w") -> str:
-    return " ".join(f"{seed}{i}" for i in range(n_words))
-
-
 def without_ids(items: list[Any]) -> list[dict[str, Any]]:
     """Output items as JSON, minus the ids (fresh for every response)."""
     return [{k: v for k, v in item.model_dump(exclude_none=True).items() if k != "id"} for item in items]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def oai(fake: FakeUpstream) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def ws_turn(ws: aiohttp.ClientWebSocketResponse, **fields: Any) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ from proxy.testing import (
     run_fake_upstream,
 )
 from proxy.testing import _openai as fake_openai
+from tests.helpers import free_port, long_text
 
 # google-genai's async client subclasses aiohttp.ClientSession, which aiohttp deprecates.
 
@@ -55,10 +56,6 @@ WEATHER_TOOL: ChatCompletionFunctionToolParam = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-
-
-def long_text(n_words: int, seed: str = "w") -> str:
-    return " ".join(f"{seed}{i}" for i in range(n_words))
 
 
 def user(text: str) -> ChatCompletionUserMessageParam:
@@ -78,30 +75,11 @@ def call_of(calls: list[ChatCompletionMessageToolCallUnion] | None, i: int = 0) 
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def oai(fake: FakeUpstream) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def gem(fake: FakeUpstream) -> AsyncIterator[genai.Client]:
     client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=fake.url))
     yield client
     client.close()
     await client.aio.aclose()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def raw_post(
@@ -771,9 +749,7 @@ async def test_fake_app_runs_under_aiohttp_test_server(http: aiohttp.ClientSessi
 
 async def test_run_fake_upstream_serves_until_cancelled(http: aiohttp.ClientSession) -> None:
     """run_fake_upstream(host, port) serves on that port until its task is cancelled."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     task = asyncio.create_task(run_fake_upstream("127.0.0.1", port))
     try:
         for _ in range(100):
