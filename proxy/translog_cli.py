@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,6 +34,7 @@ from rich.text import Text
 from proxy.config import Settings, load_settings
 from proxy.drift import Alert, DriftDetector
 from proxy.exceptions import ConfigError
+from proxy.stats import percentile
 from proxy.translog import Figures, TransactionLog, figures, log_session_id, saved_share
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "expand_paths",
     "iter_records",
     "parse_since",
-    "percentile",
     "stats",
 ]
 
@@ -355,17 +355,6 @@ def tail_line(rec: TransactionLog) -> Text:
 # --- stats ----------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q`` (0..1) percentile of ``values`` with linear interpolation; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 @dataclass
 class GroupStats:
     """Totals of one group of records. Requests, errors, fail-opens and retrieval rounds count
@@ -438,10 +427,10 @@ class GroupStats:
             "cache_hit_share": self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None,
             "cost_usd": self.cost_usd,
             "cost_savings_usd": self.cost_savings_usd,
-            "latency_p50_ms": percentile(self.latencies_ms, 0.5),
-            "latency_p95_ms": percentile(self.latencies_ms, 0.95),
-            "overhead_p50_ms": percentile(self.overheads_ms, 0.5),
-            "overhead_p95_ms": percentile(self.overheads_ms, 0.95),
+            "latency_p50_ms": percentile(self.latencies_ms, 50),
+            "latency_p95_ms": percentile(self.latencies_ms, 95),
+            "overhead_p50_ms": percentile(self.overheads_ms, 50),
+            "overhead_p95_ms": percentile(self.overheads_ms, 95),
         }
 
 

@@ -65,6 +65,7 @@ from proxy.bench.protocols import (
 )
 from proxy.bench.scenarios import Conversation, Message, Scenario, seed_scenarios
 from proxy.pricing import Price, PriceTable
+from proxy.stats import percentile
 
 if TYPE_CHECKING:
     from proxy.config import Settings
@@ -84,17 +85,6 @@ __all__ = [
 ]
 
 LONG_TURNS = 30  # conversations with at least this many requests are reported one by one
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100), linear interpolation; None for no values."""
-    if not values:
-        return None
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def message_text(msg: Mapping[str, Any]) -> str:

@@ -15,8 +15,9 @@ import msgspec
 import pytest
 
 from proxy.cli import main
+from proxy.stats import percentile
 from proxy.translog import FailOpen, HopUsage, TransactionLog, TransactionLogWriter, figures
-from proxy.translog_cli import Follower, expand_paths, parse_since, percentile, stats, tail_line
+from proxy.translog_cli import Follower, expand_paths, parse_since, stats, tail_line
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -168,8 +169,11 @@ def test_parse_since_and_percentile() -> None:
     assert parse_since("2026-11-20", now) == dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
     with pytest.raises(ValueError, match="--since"):
         parse_since("yesterday", now)
-    assert percentile([], 0.5) is None
-    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert percentile([], 50) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([4.0, 1.0, 3.0, 2.0], 95) == pytest.approx(3.85)  # unsorted input, q in 0..100
+    with pytest.raises(ValueError, match="within 0"):
+        percentile([1.0], 101)
 
 
 def test_follower_handles_rotation_and_partial_lines(tmp_path: Path) -> None:
