@@ -34,33 +34,38 @@ lint: install  ## ruff + mypy --strict
 	$(BIN)/ruff format --check proxy compressors
 	$(BIN)/mypy --strict proxy compressors
 
-bench: install  ## every benchmark: nocp bench (scenarios, traces, cost, overhead vs LiteLLM), then the rest
-	$(BIN)/nocp bench
-	$(BIN)/python benchmarks/fidelity.py
-	$(BIN)/python benchmarks/compress_speed.py
-	$(BIN)/python benchmarks/history.py
-	$(BIN)/python benchmarks/retrieval.py
+# The bench* targets refresh the committed results in benchmarks/results (and the README's headline
+# block); `nocp bench` and `nocp bench NAME` on their own write to ./nocp-bench and leave the tree alone.
+RESULTS   := benchmarks/results
+PEER_VENV := build/litellm-venv
 
-bench-quick: install  ## nocp bench on small sizes, a few traces, no peer (under a minute; run by CI)
-	$(BIN)/nocp bench --quick
+bench: install  ## every benchmark: nocp bench (scenarios, traces, cost, overhead vs LiteLLM), then the rest
+	$(BIN)/nocp bench --out $(RESULTS) --update-readme README.md --peer-venv $(PEER_VENV)
+	$(BIN)/nocp bench fidelity --out $(RESULTS)
+	$(BIN)/nocp bench compress-speed
+	$(BIN)/nocp bench history --out $(RESULTS)
+	$(BIN)/nocp bench retrieval --out $(RESULTS)
+
+bench-quick: install  ## nocp bench on small sizes, a few traces, no peer (under a minute; run by CI; writes build/bench-quick)
+	$(BIN)/nocp bench --quick --out build/bench-quick
 
 bench-overhead: install  ## added latency / RSS of the proxy vs direct and vs LiteLLM, on loopback
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/nocp bench overhead --out $(RESULTS) --peer-venv $(PEER_VENV)
 
 bench-fidelity: install  ## compression savings and hard-token recall on ../shared/eval-data
-	$(BIN)/python benchmarks/fidelity.py
+	$(BIN)/nocp bench fidelity --out $(RESULTS)
 
-bench-speed: install  ## compression and token-counting speed
-	$(BIN)/python benchmarks/compress_speed.py
+bench-speed: install  ## compression and token-counting speed (prints only)
+	$(BIN)/nocp bench compress-speed
 
 bench-history: install  ## history roll-up: fact retention, prefix stability (eval-data + bfcl-eval)
-	$(BIN)/python benchmarks/history.py
+	$(BIN)/nocp bench history --out $(RESULTS)
 
 bench-retrieval: install  ## reversible compression: omitted hard tokens recoverable, cost of retrieval rounds
-	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/nocp bench retrieval --out $(RESULTS)
 
 bench-hardening: install  ## small requests under 3 floods of 30 MB requests (p50, RSS); agent requests with Redis paused
-	$(BIN)/python benchmarks/hardening.py
+	$(BIN)/nocp bench hardening --out $(RESULTS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -3,7 +3,7 @@
 - :func:`free_port`, :func:`start_server`, :func:`stop_process`: run servers as subprocesses,
   wait until they answer on loopback, and stop them by PID (SIGTERM, then SIGKILL on timeout).
 - :func:`memory`, :func:`cpu_seconds`: readings from ``/proc/PID`` (Linux).
-- ``python benchmarks/_procs.py floor --port P --upstream http://127.0.0.1:Q``: a trivial
+- ``python -m proxy.bench._procs floor --port P --upstream http://127.0.0.1:Q``: a trivial
   aiohttp reverse proxy that does nothing but forward (read the body, send it upstream on a
   pooled ``ClientSession``, relay the answer, streamed when it is ``text/event-stream``). It is
   the least any aiohttp proxy costs: one extra loopback HTTP hop through aiohttp's server and

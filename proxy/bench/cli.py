@@ -1,22 +1,32 @@
-"""``nocp bench``: run the benchmark suite and write its report.
+"""``nocp bench``: run the benchmark suite and write its report; ``nocp bench NAME``: one of the
+other benchmarks.
 
     nocp bench                 # everything: seed scenarios, real traces, overhead vs LiteLLM
     nocp bench --quick         # small sizes, a few traces, overhead without the peer (CI)
     nocp bench --no-peer --out /tmp/bench --scenarios 'db-*,bfcl-*'
     nocp bench --protocols messages --no-overhead   # Anthropic Messages replays only
+    nocp bench --out benchmarks/results --update-readme README.md   # what `make bench` runs
+    nocp bench retrieval --out /tmp/bench           # one benchmark (its options after its name)
 
 Each scenario is replayed through every protocol of ``--protocols`` (default all three: Chat
 Completions, Responses, Anthropic Messages with and without the client's own cache
 breakpoints); ``--quick`` replays everything through chat and one small seed scenario and one
 trace through each other protocol.
 
-The suite lives in the installed package (``proxy.bench``), so ``nocp bench`` works from a
-wheel: the seed scenarios need nothing else; the SWE-agent traces need the evaluation data
-(``$NOCP_EVAL_DATA`` or ``../shared/eval-data``), the BFCL traces the ``bfcl-eval`` package, the
-charts ``matplotlib``, and the overhead comparison a checkout (``benchmarks/overhead.py``);
-whatever is missing is skipped with a note in the report. In a checkout the results go to
-``benchmarks/results/`` (``bench.json``, ``bench.md``, ``bench-*.png``) and the README's
-headline table is updated; ``--quick`` writes to ``build/bench-quick/`` and leaves both alone.
+All benchmark code lives in the installed package (``proxy.bench``), so ``nocp bench`` works from
+a wheel: the seed scenarios and the overhead comparison need nothing else; the SWE-agent traces
+need the evaluation data (``$NOCP_EVAL_DATA`` or ``../shared/eval-data``), the BFCL traces the
+``bfcl-eval`` package, the charts ``matplotlib``, the LiteLLM peer a pip install into its own
+virtual environment (``--peer-venv``); whatever is missing is skipped with a note in the report.
+
+The results (``bench.json``, ``bench.md``, ``bench-*.png``; ``bench-quick.*`` with ``--quick``)
+go to ``--out``, by default ``./nocp-bench`` in the current directory. Nothing is written into
+the source tree unless asked: ``make bench`` passes ``--out benchmarks/results`` and
+``--update-readme README.md`` (the headline block between the README's ``bench:start`` and
+``bench:end`` markers).
+
+The other benchmarks (:data:`BENCHMARKS`) are modules of this package, each also runnable as
+``python -m proxy.bench.NAME``; they write ``NAME.json`` to their own ``--out`` (same default).
 """
 
 from __future__ import annotations
@@ -24,7 +34,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fnmatch
+import importlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,9 +45,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from proxy.bench._common import DEFAULT_OUT, checkout, default_peer_venv, git
 from proxy.bench.protocols import DEFAULT_ANTHROPIC_MODEL, DEFAULT_PROTOCOLS
 
-__all__ = ["add_cli", "run"]
+__all__ = ["BENCHMARKS", "add_cli", "run"]
 
 DEFAULT_MODEL = "gpt-4.1"
 QUICK = {"swe_limit": 1, "bfcl_per_set": 2}
@@ -43,21 +56,26 @@ FULL = {"swe_limit": None, "bfcl_per_set": None}
 # --quick: what the protocols other than chat replay (first found of each list)
 QUICK_SEED = ("api-small",)
 QUICK_TRACE = ("swe-agent-fc", "bfcl-base")
-
-
-def repo_root() -> Path | None:
-    """The source checkout this package runs from (editable install), if any."""
-    root = Path(__file__).resolve().parents[2]
-    return (
-        root
-        if (root / "benchmarks" / "overhead.py").is_file() and (root / "pyproject.toml").is_file()
-        else None
-    )
+# ``nocp bench NAME``: the module of proxy.bench that runs it, and what it measures
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "overhead": ("proxy.bench.overhead", "added latency / RSS of the proxy vs direct and vs LiteLLM"),
+    "fidelity": ("proxy.bench.fidelity", "compression savings and hard-token recall on the eval data"),
+    "compress-speed": ("proxy.bench.compress_speed", "compression and token-counting speed"),
+    "history": ("proxy.bench.history", "history roll-up: fact retention, prefix stability"),
+    "retrieval": ("proxy.bench.retrieval", "reversible compression: omitted hard tokens recoverable"),
+    "hardening": ("proxy.bench.hardening", "small requests under floods of 30 MB requests; Redis paused"),
+}
 
 
 def add_cli(sub: Any) -> None:
-    """Add ``bench`` to the ``nocp`` sub-commands."""
-    p = sub.add_parser("bench", help="benchmark suite: baseline vs nocp on seed scenarios and real traces")
+    """Add ``bench`` (and ``bench NAME`` for each of :data:`BENCHMARKS`) to the ``nocp`` sub-commands."""
+    p = sub.add_parser(
+        "bench",
+        help="benchmark suite: baseline vs nocp on seed scenarios and real traces (or one benchmark)",
+        description="Without NAME: the benchmark suite (baseline vs nocp on seed scenarios and real "
+        "traces, overhead vs LiteLLM). With NAME: that benchmark, given the arguments after it "
+        "(nocp bench NAME --help).",
+    )
     p.add_argument("--quick", action="store_true", help="small sizes, a few traces, no peer (under a minute)")
     p.add_argument("--no-peer", action="store_true", help="overhead benchmark without the LiteLLM peer")
     p.add_argument("--no-overhead", action="store_true", help="skip the overhead benchmark")
@@ -84,28 +102,33 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated scenarios (default 0)")
     p.add_argument("--bfcl", type=int, help="BFCL entries per set (default: all 200; quick 2)")
     p.add_argument("--config", type=Path, help="nocp config for the proxy under test (stages, pricing)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
     p.add_argument(
-        "--out", type=Path, help="output folder (default benchmarks/results, quick build/bench-quick)"
+        "--update-readme",
+        type=Path,
+        metavar="README",
+        help="write the headline block between this file's bench:start/bench:end markers "
+        "(full runs only; make bench passes README.md)",
     )
-    p.add_argument("--no-readme", action="store_true", help="leave the README's headline table alone")
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--peer-venv",
+        type=Path,
+        help=f"virtual environment of the LiteLLM peer, made once and reused (default {default_peer_venv()})",
+    )
+    p.set_defaults(func=run, benchmark=None)
+    names = p.add_subparsers(dest="benchmark", metavar="[NAME]", title="one benchmark instead of the suite")
+    for name, (_, what) in BENCHMARKS.items():
+        # prefix_chars no argument uses: everything after NAME (--help too) goes to the benchmark
+        one = names.add_parser(name, help=what, add_help=False, prefix_chars="\0")
+        one.add_argument("argv", nargs="*")
 
 
 def _git(root: Path | None) -> dict[str, Any]:
     if root is None:
         return {}
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
     return {
-        "head": git("rev-parse", "HEAD") or None,
-        "dirty": bool(git("status", "--porcelain", "--", "proxy", "compressors")),
+        "head": git(root, "rev-parse", "HEAD") or None,
+        "dirty": bool(git(root, "status", "--porcelain", "--", "proxy", "compressors")),
     }
 
 
@@ -153,24 +176,21 @@ def _jobs(
     return jobs
 
 
-def _overhead(
-    args: argparse.Namespace, root: Path | None, out: Path, notes: list[str]
-) -> dict[str, Any] | None:
-    """Run ``benchmarks/overhead.py`` (with the LiteLLM peer unless told otherwise); its JSON."""
+def _overhead(args: argparse.Namespace, out: Path, notes: list[str]) -> dict[str, Any] | None:
+    """Run :mod:`proxy.bench.overhead` (with the LiteLLM peer unless told otherwise); its JSON."""
     if args.no_overhead:
         notes.append("overhead benchmark skipped (--no-overhead)")
         return None
-    if root is None:
-        notes.append("overhead benchmark skipped: benchmarks/overhead.py needs a source checkout")
-        return None
     path = out / ("overhead-quick.json" if args.quick else "overhead.json")
-    argv = [sys.executable, str(root / "benchmarks" / "overhead.py"), "--json", str(path)]
+    argv = [sys.executable, "-m", "proxy.bench.overhead", "--out", str(out)]
     if args.quick:
         argv.append("--quick")
     elif args.no_peer:
         argv.append("--no-peer")
+    if args.peer_venv is not None:
+        argv += ["--peer-venv", str(args.peer_venv)]
     print(f"\n== overhead: {' '.join(argv[1:])}", file=sys.stderr, flush=True)
-    code = subprocess.run(argv, cwd=root, check=False).returncode
+    code = subprocess.run(argv, check=False).returncode
     if code != 0 or not path.is_file():
         notes.append(f"overhead benchmark failed (exit code {code})")
         return None
@@ -237,7 +257,16 @@ def _progress(total: int, tty: bool) -> tuple[Callable[[str, int], None], Callab
 
 
 def run(args: argparse.Namespace) -> int:
-    """``nocp bench``: measure, then write the JSON, the Markdown report, the charts, the README."""
+    """``nocp bench NAME``: that benchmark's ``main``; ``nocp bench``: the suite."""
+    if args.benchmark is not None:
+        module = importlib.import_module(BENCHMARKS[args.benchmark][0])
+        return int(module.main(args.argv, prog=f"nocp bench {args.benchmark}"))
+    return run_suite_command(args)
+
+
+def run_suite_command(args: argparse.Namespace) -> int:
+    """``nocp bench``: measure, then write the JSON, the Markdown report, the charts (and the
+    README's headline block when asked)."""
     from proxy.bench import report
     from proxy.bench.protocols import PROTOCOLS, expand
     from proxy.bench.runner import proxy_settings, run_suite
@@ -245,14 +274,14 @@ def run(args: argparse.Namespace) -> int:
     from proxy.pricing import PriceTable
 
     started = time.perf_counter()
-    root = repo_root()
-    if args.out is not None:
-        out = args.out
-    elif root is not None:
-        out = root / ("build/bench-quick" if args.quick else "benchmarks/results")
-    else:
-        out = Path("nocp-bench-quick" if args.quick else "nocp-bench")
-    out.mkdir(parents=True, exist_ok=True)
+    if args.update_readme is not None and args.quick:
+        print("nocp bench: --update-readme needs a full run (not --quick)", file=sys.stderr)
+        return 2
+    if args.update_readme is not None and not args.update_readme.is_file():
+        print(f"nocp bench: --update-readme: {args.update_readme} not found", file=sys.stderr)
+        return 2
+    root = checkout()  # read only: the git state of the run, the eval data beside it
+    out: Path = args.out
     notes: list[str] = []
     try:
         prices = PriceTable.from_config(proxy_settings(args.config).pricing)
@@ -278,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     jobs = _jobs(args, scenarios, protocols)
     total = sum(s.requests for _, s in jobs)
+    out.mkdir(parents=True, exist_ok=True)
     tty = sys.stderr.isatty()
     print(
         f"nocp bench: {len(scenarios)} scenarios through {', '.join(protocols)}: {len(jobs)} runs, "
@@ -306,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     errors = sum(r.base.errors + r.nocp.errors for r in suite.results)
     if errors:
         notes.append(f"{errors} requests failed (see errors per scenario)")
-    overhead = _overhead(args, root, out, notes)
+    overhead = _overhead(args, out, notes)
     result = report.build_result(
         suite,
         quick=args.quick,
@@ -325,10 +355,10 @@ def run(args: argparse.Namespace) -> int:
     print(file=sys.stderr)
     report.console_summary(result, rich=sys.stdout.isatty())
     written = [out / f"{stem}.json", out / f"{stem}.md", *(out / f for f in charts.values())]
-    readme = root / "README.md" if root is not None else None
-    default_out = root is not None and out.resolve() == (root / "benchmarks" / "results").resolve()
-    if readme is not None and readme.is_file() and not args.quick and not args.no_readme and default_out:
-        link = "benchmarks/results/bench.md"
+    readme: Path | None = args.update_readme
+    if readme is not None:
+        # the report as the README links it: relative to the README's folder
+        link = Path(os.path.relpath((out / f"{stem}.md").resolve(), readme.resolve().parent)).as_posix()
         if report.update_readme(readme, report.readme_block(result, link)):
             written.append(readme)
     print("written: " + ", ".join(str(p) for p in written))

@@ -15,8 +15,8 @@ Measured:
 - **token counting throughput** of ``o200k_base`` and ``cl100k_base`` over the same text,
   uncached, in MB/s (UTF-8 bytes).
 
-Run: ``.venv/bin/python benchmarks/compress_speed.py [--repeat N]``. Only measured numbers are
-printed.
+Run: ``nocp bench compress-speed [--repeat N]`` (or ``python -m proxy.bench.compress_speed``,
+``make bench-speed``). Only measured numbers are printed; nothing is written.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from compressors import (  # noqa: E402
+from compressors import (
     CompressionConfig,
     CompressionContext,
     CompressionResult,
@@ -39,7 +37,8 @@ from compressors import (  # noqa: E402
     compress,
     tokens,
 )
-from proxy.bench.traces import eval_data_root  # noqa: E402
+from proxy.bench._common import checkout
+from proxy.bench.traces import eval_data_root
 
 FIRST_TARGET_MS = 20.0
 AGAIN_TARGET_MS = 2.0
@@ -101,13 +100,13 @@ def throughput(encoding: str, corpus: list[str], repeat: int) -> tuple[float, fl
     return size / best_ours / 1e6, size / best_tiktoken / 1e6, ours, theirs
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=7, help="timed repetitions (default 7)")
     parser.add_argument("--model", default="gpt-4o")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    root = eval_data_root(REPO)
+    root = eval_data_root(checkout())
     if not root.is_dir():
         print(f"evaluation data not found at {root} (set NOCP_EVAL_DATA)", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """Fidelity of tool-output compression on real agent data: savings and hard-token recall.
 
-Run: ``.venv/bin/python benchmarks/fidelity.py`` (``make bench-fidelity``). Options: ``--quick``
-(fewer BFCL entries), ``--out PATH``, ``--show-misses N``.
+Run: ``nocp bench fidelity`` (or ``python -m proxy.bench.fidelity``, ``make bench-fidelity``).
+Options: ``--quick`` (fewer BFCL entries), ``--out DIR``, ``--show-misses N``.
 
 Every sample goes through the public :func:`compressors.compress` three times: with the
 default :class:`~compressors.CompressionConfig`, and with two *lossy-forcing* configs (lower
@@ -45,7 +45,8 @@ outputs the hard-token recall (:mod:`compressors.hardtokens`):
   output (substring test). Hard tokens miss some of these (``'NVDA'`` is a plain word).
 
 Recalls are micro-averages (token counts summed over samples). The numbers are also written
-to ``benchmarks/results/fidelity.json``.
+to ``fidelity.json`` in ``--out`` (default ``./nocp-bench``; ``make bench-fidelity`` writes
+``benchmarks/results/fidelity.json``).
 """
 
 from __future__ import annotations
@@ -59,22 +60,19 @@ import random
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from rich.console import Console
+from rich.table import Table
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from compressors import CompressionConfig, CompressionContext, CompressionResult, compress  # noqa: E402
-from compressors.hardtokens import hard_tokens  # noqa: E402
-from compressors.toon import same_value, toon_decode  # noqa: E402
-from proxy.bench.traces import BFCL_CLASSES, BFCL_SIM, bfcl_data_dir, eval_data_root, read_jsonl  # noqa: E402
+from compressors import CompressionConfig, CompressionContext, CompressionResult, compress
+from compressors.hardtokens import hard_tokens
+from compressors.toon import same_value, toon_decode
+from proxy.bench._common import DEFAULT_OUT, checkout, shown
+from proxy.bench.traces import BFCL_CLASSES, BFCL_SIM, bfcl_data_dir, eval_data_root, read_jsonl
 
 DEFAULT_CONFIG = CompressionConfig()
 # Lossy-forcing: the observations here are mostly 200-2,500 tokens, below the default lossy
@@ -499,17 +497,19 @@ def print_tables(console: Console, results: dict[str, dict[str, dict[str, Stats]
         console.print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="only the first 20 BFCL entries per category")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fidelity.json")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"folder of fidelity.json (default ./{DEFAULT_OUT})"
+    )
     parser.add_argument(
         "--show-misses", type=int, default=10, help="print this many samples with lost tokens"
     )
     args = parser.parse_args(argv)
     console = Console(width=200)
 
-    root = eval_data_root(REPO)
+    root = eval_data_root(checkout())
     if not root.is_dir():
         console.print(
             f"[red]evaluation data not found at {root}[/red] (set NOCP_EVAL_DATA to the eval-data folder)"
@@ -573,9 +573,10 @@ def main(argv: list[str] | None = None) -> int:
             console.print(
                 f"  lost later-used tokens in {m['source']} {m['origin']} ({m['method']}): {m['missed']}"
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    console.print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
+    path = args.out / "fidelity.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    console.print(f"wrote {shown(path)}")
     return 0
 
 

@@ -1,8 +1,8 @@
 """Hardening figures (issue 14): CPU amplification and a hung Redis.
 
-Run: ``.venv/bin/python benchmarks/hardening.py`` (or ``make bench-hardening``); ``--quick``
-for a short run. Everything runs on 127.0.0.1 as separate processes, started on free ports
-and stopped by PID at the end:
+Run: ``nocp bench hardening`` (or ``python -m proxy.bench.hardening``, ``make bench-hardening``);
+``--quick`` for a short run, ``--out DIR`` for where the numbers go. Everything runs on 127.0.0.1
+as separate processes, started on free ports and stopped by PID at the end:
 
 - **CPU fairness**: ``nocp serve`` in front of two upstreams: the fake provider for the small
   requests (model ``gpt-4o``), and a sink that answers at once for the large ones (model
@@ -16,7 +16,8 @@ and stopped by PID at the end:
   healthy, then with redis-server stopped (SIGSTOP). Target: all succeed, p50 at most 300 ms
   above healthy. Skipped when redis-server is not installed.
 
-Numbers go to ``benchmarks/results/hardening.json``.
+Numbers go to ``hardening.json`` in ``--out`` (default ``./nocp-bench``; ``make bench-hardening``
+writes ``benchmarks/results/hardening.json``).
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _procs import Server, cpu_seconds, free_port, memory, start_server, stop_process
 
-RESULTS = Path(__file__).resolve().parent / "results" / "hardening.json"
+from proxy.bench._common import DEFAULT_OUT, shown
+from proxy.bench._procs import Server, cpu_seconds, free_port, memory, start_server, stop_process
+
 NOCP = str(Path(sys.executable).with_name("nocp"))
 SMALL_LOG = "\n".join(f"2024-05-01T10:00:{i % 60:02d}Z INFO worker-{i % 7} batch {i} ok" for i in range(60))
 AGENT_LOG = "\n".join(
@@ -184,7 +187,7 @@ async def cpu_fairness(nocp: Server, quick: bool) -> dict[str, Any]:
         await asyncio.sleep(2.0)
         after = await _small_requests(http, nocp.url, None, n)
         rss_after, main_after = rss_tree(nocp.pid), memory(nocp.pid).get("VmRSS", 0)
-    result = {
+    result: dict[str, Any] = {
         "small_p50_ms_unloaded": p50_ms(unloaded),
         "small_p50_ms_loaded": p50_ms(loaded),
         "small_p50_ms_after": p50_ms(after),
@@ -286,9 +289,12 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short run")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"folder of hardening.json (default ./{DEFAULT_OUT})"
+    )
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)  # internal: run the sink upstream
     args = parser.parse_args(argv)
     if args.sink:
@@ -302,9 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             fake_argv = [NOCP, "fake-upstream", "--host", "127.0.0.1", "--port", "{port}"]
             fake = start_server("fake upstream", fake_argv, "/v1/models", log_dir=tmp)
             started.append(fake.proc)
-            sink = start_server(
-                "sink", [sys.executable, __file__, "--sink", "{port}"], "/healthz", log_dir=tmp
-            )
+            sink_argv = [sys.executable, "-m", "proxy.bench.hardening", "--sink", "{port}"]
+            sink = start_server("sink", sink_argv, "/healthz", log_dir=tmp)
             started.append(sink.proc)
             config = tmp / "nocp.yaml"
             config.write_text(
@@ -354,9 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGCONT)
                 stop_process(proc)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {RESULTS}")
+    path = args.out / "hardening.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {shown(path)}")
     return 0
 
 

@@ -1,8 +1,8 @@
 """History roll-up quality: fact retention and prefix stability on replayed conversations.
 
-Run: ``.venv/bin/python benchmarks/history.py`` (``make bench-history``). Options:
-``--threshold N`` (tokens; default 4000), ``--keep-last N`` (6), ``--cut-step N`` (2000),
-``--out PATH``, ``--show-misses N``.
+Run: ``nocp bench history`` (or ``python -m proxy.bench.history``, ``make bench-history``).
+Options: ``--threshold N`` (tokens; default 4000), ``--keep-last N`` (6), ``--cut-step N`` (2000),
+``--out DIR``, ``--show-misses N``.
 
 The real :class:`proxy.stages.HistoryStage` runs on each request, with a real SQLite session
 store (in a temporary folder) and the extractive summarizer (deterministic, no network); the
@@ -41,7 +41,8 @@ Metrics:
   and without the roll-up, and the ratio of billed input (sent / raw) when a cached token
   costs 50% or 10% of a fresh one: a roll-up that breaks the cache too often costs more.
 
-Everything is also written to ``benchmarks/results/history.json``.
+Everything is also written to ``history.json`` in ``--out`` (default ``./nocp-bench``;
+``make bench-history`` writes ``benchmarks/results/history.json``).
 """
 
 from __future__ import annotations
@@ -56,30 +57,27 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import structlog
+from rich.console import Console
+from rich.table import Table
 
-import structlog  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from compressors import tokens  # noqa: E402
-from compressors.hardtokens import hard_tokens, hard_tokens_by_kind  # noqa: E402
-from proxy.bench.traces import bfcl_data_dir, eval_data_root  # noqa: E402
-from proxy.config import HistoryConfig  # noqa: E402
-from proxy.pipeline import StageContext  # noqa: E402
-from proxy.protocols import OpenAIChatAdapter  # noqa: E402
-from proxy.sessions import SQLiteSessionStore  # noqa: E402
-from proxy.stages import HistoryStage  # noqa: E402
-from proxy.summarizer import ExtractiveSummarizer  # noqa: E402
-from proxy.testing import PrefixCache  # noqa: E402
-from proxy.translog import TransactionLog  # noqa: E402
+from compressors import tokens
+from compressors.hardtokens import hard_tokens, hard_tokens_by_kind
+from proxy.bench._common import DEFAULT_OUT, checkout, shown
+from proxy.bench.traces import bfcl_data_dir, eval_data_root
+from proxy.config import HistoryConfig
+from proxy.pipeline import StageContext
+from proxy.protocols import OpenAIChatAdapter
+from proxy.sessions import SQLiteSessionStore
+from proxy.stages import HistoryStage
+from proxy.summarizer import ExtractiveSummarizer
+from proxy.testing import PrefixCache
+from proxy.translog import TransactionLog
 
 MODEL = "gpt-4o"
 TARGET = 0.95
@@ -388,7 +386,8 @@ async def run_bfcl(data: Path, config: HistoryConfig, folder: Path) -> dict[str,
                 tok.add(scenario, cur)
                 prev = cur
             raw_text = sent_text(conv)
-            row = {"scenario": scenario, "questions": len(qs), "in_conversation": 0, "kept": 0}
+            row: dict[str, Any] = {"scenario": scenario, "questions": len(qs)}
+            row |= {"in_conversation": 0, "kept": 0}
             row |= {"in_summarized": 0, "kept_summarized": 0, "rolled_up": False}
             for question, accepted in qs:
                 cur = await replayer.send(scenario, [*conv, {"role": "user", "content": question}])
@@ -419,12 +418,14 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--threshold", type=int, default=4000)
     parser.add_argument("--keep-last", type=int, default=6)
     parser.add_argument("--cut-step", type=int, default=2000)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "history.json")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"folder of history.json (default ./{DEFAULT_OUT})"
+    )
     parser.add_argument("--show-misses", type=int, default=0)
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -432,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     config = HistoryConfig(
         threshold_tokens=args.threshold, keep_last_messages=args.keep_last, cut_step_tokens=args.cut_step
     )
-    root = eval_data_root(REPO)
+    root = eval_data_root(checkout())
     report: dict[str, Any] = {
         "model": MODEL,
         "config": {
@@ -564,9 +565,10 @@ def main(argv: list[str] | None = None) -> int:
         }
     console.print(table)
     report["seconds"] = round(time.perf_counter() - started, 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
-    console.print(f"written {args.out} in {report['seconds']} s")
+    path = args.out / "history.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+    console.print(f"written {shown(path)} in {report['seconds']} s")
     ok = True
     if swe is not None:
         ok &= all((swe["retention"].share(k) or 1.0) >= TARGET for k in TARGET_KINDS)

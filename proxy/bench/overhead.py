@@ -1,7 +1,8 @@
 """What nocp adds to a request: latency, throughput and memory, against the upstream directly.
 
-Run: ``.venv/bin/python benchmarks/overhead.py`` (or ``make bench-overhead``); ``--quick`` for a
-CI smoke run of a few seconds, ``--requests N`` to change the request counts.
+Run: ``nocp bench overhead`` (or ``python -m proxy.bench.overhead``, ``make bench-overhead``);
+``--quick`` for a CI smoke run of a few seconds, ``--requests N`` to change the request counts.
+``nocp bench`` runs it too, as part of the suite.
 
 Everything runs on 127.0.0.1 as separate processes, started on free ports and stopped by PID
 at the end (also on error or Ctrl-C):
@@ -11,9 +12,10 @@ at the end (also on error or Ctrl-C):
   nothing to do): the number the targets are about;
 - ``nocp`` as ``nocp serve`` runs by default, when this build switches stages on by default;
 - the "aiohttp floor": a trivial aiohttp server that does nothing but forward (see
-  ``_procs.py``), i.e. the cost of one extra loopback HTTP hop through aiohttp in Python;
+  :mod:`proxy.bench._procs`), i.e. the cost of one extra loopback HTTP hop through aiohttp in Python;
 - the peer, the LiteLLM proxy (``litellm[proxy]``, pinned in :data:`LITELLM_SPEC`): installed by
-  this script into its own virtual environment (``build/litellm-venv``, reused when present),
+  this script into its own virtual environment (``--peer-venv``, default
+  ``~/.cache/nocp/litellm-venv``; ``make bench`` uses ``build/litellm-venv``; reused when present),
   configured to route the model to the same fake upstream as an OpenAI-compatible provider,
   one worker, ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (it would otherwise fetch a price list at
   start-up), a master key equal to the client's key (LiteLLM refuses to start without one;
@@ -24,7 +26,8 @@ The load generator is this process: asyncio + one aiohttp ``ClientSession`` per 
 of keep-alive connections). Each scenario (non-streaming / streaming at concurrency 1 and 32)
 runs in rounds; in every round each target gets one block of requests, in an order that
 rotates from round to round, so the noise of this shared 2-core machine hits all of them
-alike. Numbers are written to ``benchmarks/results/overhead.json``.
+alike. Numbers are written to ``overhead.json`` (``overhead-quick.json`` with ``--quick``) in
+``--out`` (default ``./nocp-bench``; ``make bench-overhead`` writes ``benchmarks/results``).
 
 Targets (issue 2, for a passthrough request): added p50 <= 1 ms at concurrency 1, RSS <= 80 MB.
 """
@@ -52,7 +55,10 @@ from types import FrameType
 from typing import Any
 
 import aiohttp
-from _procs import (
+from yarl import URL
+
+from proxy.bench._common import DEFAULT_OUT, checkout, default_peer_venv, git, shown
+from proxy.bench._procs import (
     Server,
     ServerStartError,
     cpu_seconds,
@@ -61,10 +67,7 @@ from _procs import (
     start_server,
     stop_process,
 )
-from yarl import URL
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from proxy.stats import percentile as stats_percentile
 
 ADDED_P50_LIMIT_MS = 1.0
 RSS_LIMIT_BYTES = 80 * 10**6  # "80 MB"; MB here is 10^6 bytes (the stricter reading)
@@ -72,7 +75,6 @@ MB = 10**6
 
 MODEL = "gpt-4o-mini"
 LITELLM_SPEC = "litellm[proxy]==1.106.2"
-PEER_VENV = ROOT / "build" / "litellm-venv"
 PEER_INSTALL_TIMEOUT_S = 420  # a slow index must not blow the 10-minute budget of make bench
 SYSTEM_PROMPT = (
     "You are Ada, the support assistant of Northwind Outfitters, an online shop for hiking and "
@@ -113,14 +115,10 @@ MODES = ("non-streaming", "streaming")
 # ----------------------------------------------------------------------------- statistics
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) of already sorted values, linear interpolation."""
-    if not sorted_values:
-        return math.nan
-    pos = (len(sorted_values) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+def percentile(values: Sequence[float], q: float) -> float:
+    """:func:`proxy.stats.percentile` (``q`` from 0 to 100), NaN rather than None for no values."""
+    p = stats_percentile(values, q)
+    return math.nan if p is None else p
 
 
 def ms(seconds: float) -> float:
@@ -310,7 +308,7 @@ def nocp_binary() -> str:
         return str(candidate)
     found = shutil.which("nocp")
     if found is None:
-        raise SystemExit("overhead.py: the 'nocp' console script was not found (run 'make install')")
+        raise SystemExit("nocp bench overhead: the 'nocp' console script was not found (run 'make install')")
     return found
 
 
@@ -497,7 +495,8 @@ def servers(tmp: Path, build: Build, peer: Peer | None = None) -> Iterator[tuple
                 "trivial aiohttp forwarding server (_procs.py floor): the cost of one loopback hop",
                 [
                     sys.executable,
-                    str(Path(__file__).with_name("_procs.py")),
+                    "-m",
+                    "proxy.bench._procs",
                     "floor",
                     "--port",
                     "{port}",
@@ -777,16 +776,10 @@ def translog_stats(log_dir: Path, log_file: str, sent: int) -> dict[str, Any]:
 
 
 def git_info() -> dict[str, Any]:
-    def run(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    dirty = run("status", "--porcelain", "--", "proxy", "compressors")
-    return {"head": run("rev-parse", "HEAD") or None, "proxy_or_compressors_modified": bool(dirty)}
+    """The commit of the source checkout this runs from (nothing outside one)."""
+    root = checkout()
+    dirty = git(root, "status", "--porcelain", "--", "proxy", "compressors")
+    return {"head": git(root, "rev-parse", "HEAD") or None, "proxy_or_compressors_modified": bool(dirty)}
 
 
 # ----------------------------------------------------------------------------- output
@@ -976,8 +969,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def parse_args(argv: Sequence[str] | None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a few requests only (CI smoke, < 20 s)")
     parser.add_argument(
         "--requests", type=int, help="requests per target and scenario (default 500 at c=1, 2000 at c=32)"
@@ -992,10 +985,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--time-cap", type=float, help="seconds for all measured scenarios (default 85, quick 10)"
     )
     parser.add_argument(
-        "--json",
+        "--out",
         type=Path,
-        help="where to write the numbers (default benchmarks/results/overhead.json; "
-        "overhead-quick.json with --quick)",
+        default=DEFAULT_OUT,
+        help=f"folder of overhead.json (overhead-quick.json with --quick; default ./{DEFAULT_OUT})",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
@@ -1004,8 +997,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--peer-venv",
         type=Path,
-        default=PEER_VENV,
-        help="virtual environment of the peer (default build/litellm-venv)",
+        default=default_peer_venv(),
+        help=f"virtual environment of the peer, made once and reused (default {default_peer_venv()})",
     )
     parser.add_argument(
         "--peer-spec", default=LITELLM_SPEC, help=f"pip requirement of the peer ({LITELLM_SPEC})"
@@ -1021,11 +1014,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     plan = make_plan(args)
     style = "markdown" if args.markdown else "rich" if sys.stdout.isatty() else "plain"
-    json_path: Path = args.json or RESULTS / ("overhead-quick.json" if args.quick else "overhead.json")
+    json_path: Path = args.out / ("overhead-quick.json" if args.quick else "overhead.json")
+    args.peer_venv = args.peer_venv.absolute()
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
     def say(msg: str) -> None:
@@ -1071,10 +1065,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if t.key.startswith("nocp")
             }
     except ServerStartError as exc:
-        print(f"overhead.py: could not start a server: {exc}", file=sys.stderr)
+        print(f"nocp bench overhead: could not start a server: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("overhead.py: interrupted; every server it started was stopped", file=sys.stderr)
+        print("nocp bench overhead: interrupted; every server it started was stopped", file=sys.stderr)
         return 130
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1173,9 +1167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets_check": target_checks,
         "validity_checks": validity,
         "errors": errors,
-        "json_path": str(json_path.resolve().relative_to(ROOT))
-        if json_path.resolve().is_relative_to(ROOT)
-        else str(json_path),
+        "json_path": shown(json_path),
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n", "utf-8")

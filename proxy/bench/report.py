@@ -833,12 +833,13 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
         if "overhead" in charts:
             lines += [f"![overhead vs peer]({charts['overhead']})", ""]
         lines += [
-            "From `benchmarks/overhead.py`: a minimal request (system + user message) through each target, "
-            "blocks interleaved in rotating order; added = target minus direct.",
+            "From `nocp bench overhead` (`proxy/bench/overhead.py`): a minimal request (system + "
+            "user message) through each target, blocks interleaved in rotating order; added = target "
+            "minus direct.",
             "",
         ]
     else:
-        lines += ["Not run (`--quick` without overhead, or `benchmarks/overhead.py` not found).", ""]
+        lines += ["Not run (`--no-overhead`, or the overhead benchmark failed: see the notes).", ""]
     lines += _method(result)
     lines += ["## Scenarios", ""]
     for s in result["scenarios"]:

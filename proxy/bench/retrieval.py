@@ -1,7 +1,8 @@
 """Reversible compression on real agent traces: can the model get back what a lossy cut removed,
 and what do the retrieval rounds cost?
 
-Run: ``.venv/bin/python benchmarks/retrieval.py`` (``make bench-retrieval``). Options: ``--out PATH``.
+Run: ``nocp bench retrieval`` (or ``python -m proxy.bench.retrieval``, ``make bench-retrieval``).
+Options: ``--out DIR``.
 
 Data: the SWE-agent trajectories in ``$NOCP_EVAL_DATA/swe-agent/*.traj`` (default
 ``../shared/eval-data``). Each trajectory becomes the conversation an agent with tools would send:
@@ -17,9 +18,9 @@ history and tool-output stages, the retrieval tool loop with its SQLite session 
 - ``default``: the default compression config and history threshold (on these short traces the
   lossy compressors rarely run and no roll-up happens);
 - ``lossy``: lossy-forcing settings (compression ``min_tokens`` 200, ``lossy_threshold_tokens``
-  400, ``budget_tokens`` 300, as in ``benchmarks/fidelity.py``; history threshold 4,000 tokens and
-  cut step 2,000, as in ``benchmarks/history.py``), so that many tool outputs are cut and roll-ups
-  happen.
+  400, ``budget_tokens`` 300, as in :mod:`proxy.bench.fidelity`; history threshold 4,000 tokens
+  and cut step 2,000, as in :mod:`proxy.bench.history`), so that many tool outputs are cut and
+  roll-ups happen.
 
 For every lossy cut (a distinct marker id; tool outputs and history summaries) the first time it is
 sent: the *omitted hard tokens* (:mod:`compressors.hardtokens`: distinct hard tokens of the
@@ -37,7 +38,8 @@ tokens of all later requests compared with the same replay without retrievals. `
 is what the cuts saved where they first appeared, and ``raw -> sent`` the prompt tokens of the
 whole replay without nocp and with it (no retrievals), for scale.
 
-Writes ``benchmarks/results/retrieval.json``.
+Writes ``retrieval.json`` in ``--out`` (default ``./nocp-bench``; ``make bench-retrieval`` writes
+``benchmarks/results/retrieval.json``).
 """
 
 from __future__ import annotations
@@ -50,33 +52,30 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import structlog
+from multidict import CIMultiDict
+from rich.console import Console
+from rich.table import Table
 
-import structlog  # noqa: E402
-from multidict import CIMultiDict  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from compressors import CompressionConfig, tokens  # noqa: E402
-from compressors.hardtokens import hard_tokens  # noqa: E402
-from compressors.markers import marker_ids  # noqa: E402
-from proxy.bench.traces import eval_data_root  # noqa: E402
-from proxy.config import HistoryConfig, RetrievalConfig, load_settings  # noqa: E402
-from proxy.exchange import ClientRequest, Exchange, Services  # noqa: E402
-from proxy.pipeline import Pipeline  # noqa: E402
-from proxy.protocols import OpenAIChatAdapter  # noqa: E402
-from proxy.sessions import SQLiteSessionStore  # noqa: E402
-from proxy.stages import HistoryStage, ToolOutputStage  # noqa: E402
-from proxy.summarizer import ExtractiveSummarizer  # noqa: E402
-from proxy.testing import MemoryWriter, MockResponse, MockSend, RecordingClient  # noqa: E402
-from proxy.toolloop import ToolLoop  # noqa: E402
+from compressors import CompressionConfig, tokens
+from compressors.hardtokens import hard_tokens
+from compressors.markers import marker_ids
+from proxy.bench._common import DEFAULT_OUT, checkout, shown
+from proxy.bench.traces import eval_data_root
+from proxy.config import HistoryConfig, RetrievalConfig, load_settings
+from proxy.exchange import ClientRequest, Exchange, Services
+from proxy.pipeline import Pipeline
+from proxy.protocols import OpenAIChatAdapter
+from proxy.sessions import SQLiteSessionStore
+from proxy.stages import HistoryStage, ToolOutputStage
+from proxy.summarizer import ExtractiveSummarizer
+from proxy.testing import MemoryWriter, MockResponse, MockSend, RecordingClient
+from proxy.toolloop import ToolLoop
 
 MODEL = "gpt-4o"
 ADAPTER = OpenAIChatAdapter()
@@ -335,12 +334,14 @@ def _pct(n: int, d: int) -> str:
     return f"{n / d:.1%}" if d else "-"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "retrieval.json")
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"folder of retrieval.json (default ./{DEFAULT_OUT})"
+    )
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    root = eval_data_root(REPO)
+    root = eval_data_root(checkout())
     if not (root / "swe-agent").is_dir():
         print(f"evaluation data not found at {root} (set NOCP_EVAL_DATA)", file=sys.stderr)
         return 1
@@ -420,9 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         "prompt of each round (mostly a cached prefix); later turns: extra prompt tokens of later requests, "
         "the rounds being put back where they happened."
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    path = args.out / "retrieval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {shown(path)}")
     return 0 if ok else 2
 
 
