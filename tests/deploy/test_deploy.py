@@ -227,3 +227,16 @@ async def test_k8s_probes_and_ports_match_server(tmp_path: Path, fake: FakeUpstr
                 assert resp.status == 200, probe
         async with http.get(f"http://127.0.0.1:{admin_port}{annotations['prometheus.io/path']}") as resp:
             assert resp.status == 200 and "nocp_requests" in await resp.text()
+
+
+def test_replicas_share_the_retrieval_secret() -> None:
+    """Several replicas share one Redis store, so they must key marker ids alike: the k8s pods
+    take retrieval.secret from a Secret, not each a generated one."""
+    objects = k8s_objects()
+    replicas = objects["Deployment", "nocp"]["spec"].get("replicas", 1)
+    env = {e["name"]: e for e in nocp_container()["env"]}
+    assert replicas > 1
+    assert env["NOCP_RETRIEVAL__SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "nocp-redis",
+        "key": "retrieval-secret",
+    }
