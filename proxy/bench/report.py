@@ -398,8 +398,23 @@ def _ratio_text(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
-def protocol_table(result: Mapping[str, Any]) -> str:
-    """One row per protocol: requests, billed tokens and cost on both paths, the cost ratio."""
+def protocol_table(result: Mapping[str, Any], *, compact: bool = False) -> str:
+    """One row per protocol: requests, billed tokens and cost on both paths, the cost ratio
+    (``compact``: only the protocol, billed cost, the ratio and whether it was ever higher)."""
+    if compact:
+        rows = [
+            "| protocol | billed cost (baseline -> nocp) | nocp / baseline | cost <= baseline |",
+            "|---|---:|---:|---:|",
+        ]
+        for p in result.get("protocols") or ():
+            b, n, higher = p["baseline"], p["nocp"], p["cost_higher_in"]
+            cost = f"{_usd(b['total_cost_usd'])} -> {_usd(n['total_cost_usd'])}"
+            rows.append(
+                f"| {p['protocol']} (`{p['model']}`) | {cost} | {_ratio_text(p['cost_ratio'])} | "
+                + ("PASS" if not higher else f"FAIL ({len(higher)} of {p['scenarios']})")
+                + " |"
+            )
+        return "\n".join(rows)
     head = [
         "protocol",
         "model",
@@ -748,7 +763,7 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
             "and compresses. `messages-own-cache`: the client marks the system prompt and the last "
             "message itself (the Claude Code pattern); nocp then adds none.",
             "",
-            protocol_table(result),
+            protocol_table(result, compact=True),
             "",
         ]
         own = own_cache_line(result)
@@ -1124,15 +1139,11 @@ def readme_block(result: Mapping[str, Any], report_link: str) -> str:
     others = set(result.get("protocol_models") or {}) - {"chat"}
     if others:
         parts += [
-            "Chat Completions, per scenario:",
-            "",
-            headline_table(result, _chat_only(result)),
-            "",
             "Every protocol (the same scenarios converted to Responses and Anthropic Messages; "
             "Messages billed with cache writes and reads, baseline without breakpoints; rows per "
             f"scenario in the [report]({report_link})):",
             "",
-            protocol_table(result),
+            protocol_table(result, compact=True),
             "",
         ]
         own = own_cache_line(result)

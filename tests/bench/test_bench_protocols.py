@@ -321,4 +321,4 @@ async def test_run_suite_replays_through_responses_and_messages(tmp_path: Path) 
     assert all(p["cost_ratio"] is not None and p["requests"] == sc.requests for p in result["protocols"])
     report = markdown_report(result, {})
     assert "## Per protocol" in report and "api-small@messages-own-cache" in report
-    assert "| messages (`/v1/messages`) | `claude-sonnet-4-5` |" in readme_block(result, "bench.md")
+    assert "| messages (`claude-sonnet-4-5`) |" in readme_block(result, "bench.md")  # the compact table
