@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from compressors import tokens
 from proxy.testing._common import dumps, dumps_str, reason, split_json, split_words, text_parts
-from proxy.testing._script import Turn
+from proxy.testing._script import FakeTurn
 
 __all__ = [
     "BreakpointCache",
@@ -560,7 +560,7 @@ def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
-def answer_blocks(turn: Turn, *, thinking: str | None, issued_redacted: set[str]) -> list[dict[str, Any]]:
+def answer_blocks(turn: FakeTurn, *, thinking: str | None, issued_redacted: set[str]) -> list[dict[str, Any]]:
     """The answer's content blocks. A replayed Anthropic message is sent as recorded, except
     that its thinking blocks get the fake's signatures; otherwise text then ``tool_use`` blocks.
     With ``thinking`` (the request enabled it) the answer starts with a thinking block (a

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from compressors import tokens
 from proxy.testing._common import as_mapping, dumps, dumps_str, reason, split_words
-from proxy.testing._script import Turn
+from proxy.testing._script import FakeTurn
 
 __all__ = [
     "array_events",
@@ -126,7 +126,7 @@ def prompt_ids(pieces: Sequence[str], model: str) -> list[int]:
     return ids
 
 
-def output_parts(turn: Turn) -> list[Mapping[str, Any]]:
+def output_parts(turn: FakeTurn) -> list[Mapping[str, Any]]:
     """The model's ``parts``: a replayed Gemini message verbatim, else text then function calls."""
     if turn.gemini_parts is not None:
         return list(turn.gemini_parts)

@@ -9,7 +9,7 @@ from typing import Any, Final
 from compressors import tokens
 from compressors.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE, TOKENS_PER_NAME, _content_text
 from proxy.testing._common import as_mapping, dumps, dumps_str, reason, split_json, split_words, text_parts
-from proxy.testing._script import Turn
+from proxy.testing._script import FakeTurn
 
 __all__ = [
     "completion",
@@ -124,7 +124,7 @@ def prompt_ids(payload: Mapping[str, Any], model: str) -> list[int]:
     return ids + [_PRIMING] * REPLY_PRIMING
 
 
-def completion_tokens(turn: Turn, model: str) -> int:
+def completion_tokens(turn: FakeTurn, model: str) -> int:
     """Reply text tokens plus each tool call's name and arguments."""
     n = tokens.count(turn.text, model) if turn.text else 0
     return n + sum(tokens.count(c.name, model) + tokens.count(c.arguments, model) for c in turn.calls)
@@ -145,11 +145,11 @@ def usage(prompt: int, cached: int, completion: int) -> dict[str, Any]:
     }
 
 
-def _finish_reason(turn: Turn) -> str:
+def _finish_reason(turn: FakeTurn) -> str:
     return "tool_calls" if turn.calls else "stop"
 
 
-def _message(turn: Turn) -> dict[str, Any]:
+def _message(turn: FakeTurn) -> dict[str, Any]:
     if turn.openai_message is not None:
         msg: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
         msg.update(turn.openai_message)
@@ -167,7 +167,9 @@ def _message(turn: Turn) -> dict[str, Any]:
     return msg
 
 
-def completion(turn: Turn, *, cid: str, created: int, model: str, usage: Mapping[str, Any]) -> dict[str, Any]:
+def completion(
+    turn: FakeTurn, *, cid: str, created: int, model: str, usage: Mapping[str, Any]
+) -> dict[str, Any]:
     """A ``chat.completion`` object."""
     return {
         "id": cid,
@@ -184,7 +186,7 @@ def completion(turn: Turn, *, cid: str, created: int, model: str, usage: Mapping
 
 
 def stream_events(
-    turn: Turn,
+    turn: FakeTurn,
     *,
     cid: str,
     created: int,

@@ -30,7 +30,7 @@ from typing import Any, Final
 from compressors import tokens
 from compressors.tokens import REPLY_PRIMING, TOKENS_PER_MESSAGE
 from proxy.testing._common import as_mapping, dumps, dumps_str, split_json, split_words
-from proxy.testing._script import Turn
+from proxy.testing._script import FakeTurn
 
 __all__ = [
     "ApiError",
@@ -391,7 +391,7 @@ def encrypted(text: str) -> str:
 
 
 def output_items(
-    turn: Turn, new_id: NewId, *, thought: str | None, summary: bool, include_encrypted: bool
+    turn: FakeTurn, new_id: NewId, *, thought: str | None, summary: bool, include_encrypted: bool
 ) -> list[dict[str, Any]]:
     """The response's ``output``: replayed Responses items verbatim (ids filled in), else an
     optional reasoning item, the message (when there is text) and one ``function_call`` per call."""

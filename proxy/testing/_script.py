@@ -21,9 +21,10 @@ from proxy.testing._common import as_mapping, dumps_str, hex_id, text_parts
 
 __all__ = [
     "Answer",
-    "Call",
     "Drop",
     "Fail",
+    "FakeCall",
+    "FakeTurn",
     "Plan",
     "Replay",
     "Reply",
@@ -31,7 +32,6 @@ __all__ = [
     "Step",
     "StreamStall",
     "ToolCall",
-    "Turn",
     "plan_for",
     "turn_for",
 ]
@@ -163,7 +163,7 @@ def plan_for(step: Step | None) -> Plan:
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
+class FakeCall:
     """A tool call as both protocols need it: ``arguments`` is JSON text (OpenAI's form)."""
 
     id: str
@@ -179,12 +179,12 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
-class Turn:
+class FakeTurn:
     """The assistant turn to send. ``openai_message`` / ``gemini_parts`` / ``responses_items`` /
     ``anthropic_content`` hold a replayed message verbatim when it was recorded in that form."""
 
     text: str | None
-    calls: tuple[Call, ...] = ()
+    calls: tuple[FakeCall, ...] = ()
     openai_message: Mapping[str, Any] | None = None
     gemini_parts: tuple[Mapping[str, Any], ...] | None = None
     responses_items: tuple[Mapping[str, Any], ...] | None = None
@@ -198,17 +198,21 @@ def _call_id(body: bytes, index: int, prefix: str = "call_") -> str:
     return prefix + hex_id(body, 24, "call", str(index))
 
 
-def _anthropic_turn(message: Mapping[str, Any], blocks: tuple[Mapping[str, Any], ...], body: bytes) -> Turn:
+def _anthropic_turn(
+    message: Mapping[str, Any], blocks: tuple[Mapping[str, Any], ...], body: bytes
+) -> FakeTurn:
     """Anthropic content blocks: text of ``text`` blocks, calls of ``tool_use`` blocks."""
     texts = [b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)]
     uses = [b for b in blocks if b.get("type") == "tool_use"]
     calls = tuple(
-        Call(str(b.get("id") or _call_id(body, i)), str(b.get("name", "")), dumps_str(b.get("input") or {}))
+        FakeCall(
+            str(b.get("id") or _call_id(body, i)), str(b.get("name", "")), dumps_str(b.get("input") or {})
+        )
         for i, b in enumerate(uses)
     )
     # A list of text blocks is also an OpenAI content list: OpenAI then gets the message verbatim.
     text_only = all(b.get("type") == "text" for b in blocks)
-    return Turn(
+    return FakeTurn(
         "".join(texts) if texts else None,
         calls,
         openai_message=message if text_only else None,
@@ -216,11 +220,11 @@ def _anthropic_turn(message: Mapping[str, Any], blocks: tuple[Mapping[str, Any],
     )
 
 
-def _responses_turn(items: Sequence[Any], body: bytes) -> Turn:
+def _responses_turn(items: Sequence[Any], body: bytes) -> FakeTurn:
     """Responses output items: text of ``message`` items, calls of ``function_call`` items."""
     kept = tuple(i for i in items if isinstance(i, Mapping))
     texts: list[str] = []
-    calls: list[Call] = []
+    calls: list[FakeCall] = []
     for item in kept:
         if item.get("type", "message") == "message":
             texts += text_parts(item.get("content"))
@@ -228,12 +232,14 @@ def _responses_turn(items: Sequence[Any], body: bytes) -> Turn:
             args = item.get("arguments", "")
             cid = item.get("call_id") if isinstance(item.get("call_id"), str) else _call_id(body, len(calls))
             calls.append(
-                Call(str(cid), str(item.get("name", "")), args if isinstance(args, str) else dumps_str(args))
+                FakeCall(
+                    str(cid), str(item.get("name", "")), args if isinstance(args, str) else dumps_str(args)
+                )
             )
-    return Turn("".join(texts) if texts else None, tuple(calls), responses_items=kept)
+    return FakeTurn("".join(texts) if texts else None, tuple(calls), responses_items=kept)
 
 
-def _replay_turn(message: Mapping[str, Any] | Sequence[Mapping[str, Any]], body: bytes) -> Turn:
+def _replay_turn(message: Mapping[str, Any] | Sequence[Mapping[str, Any]], body: bytes) -> FakeTurn:
     if not isinstance(message, Mapping):
         return _responses_turn(message, body)
     if isinstance(message.get("output"), list) and "role" not in message:  # a recorded Response
@@ -242,13 +248,13 @@ def _replay_turn(message: Mapping[str, Any] | Sequence[Mapping[str, Any]], body:
     if isinstance(parts, list):  # Gemini Content
         gparts = tuple(p for p in parts if isinstance(p, Mapping))
         texts = [p["text"] for p in gparts if isinstance(p.get("text"), str) and not p.get("thought")]
-        calls: list[Call] = []
+        calls: list[FakeCall] = []
         for p in gparts:
             fc = as_mapping(p.get("functionCall") or p.get("function_call"))
             if fc is not None:
                 cid = fc.get("id") if isinstance(fc.get("id"), str) else _call_id(body, len(calls))
-                calls.append(Call(str(cid), str(fc.get("name", "")), dumps_str(fc.get("args") or {})))
-        return Turn("".join(texts) if texts else None, tuple(calls), gemini_parts=gparts)
+                calls.append(FakeCall(str(cid), str(fc.get("name", "")), dumps_str(fc.get("args") or {})))
+        return FakeTurn("".join(texts) if texts else None, tuple(calls), gemini_parts=gparts)
     content = message.get("content")
     if (
         isinstance(content, list)
@@ -265,18 +271,18 @@ def _replay_turn(message: Mapping[str, Any] | Sequence[Mapping[str, Any]], body:
             continue
         args = fn.get("arguments", "")
         calls.append(
-            Call(
+            FakeCall(
                 str(tc.get("id") or _call_id(body, len(calls))),
                 str(fn.get("name", "")),
                 args if isinstance(args, str) else dumps_str(args),
             )
         )
-    return Turn("".join(texts) if texts else None, tuple(calls), openai_message=message)
+    return FakeTurn("".join(texts) if texts else None, tuple(calls), openai_message=message)
 
 
-def _calls(tool_calls: Sequence[ToolCall], body: bytes, prefix: str) -> tuple[Call, ...]:
+def _calls(tool_calls: Sequence[ToolCall], body: bytes, prefix: str) -> tuple[FakeCall, ...]:
     return tuple(
-        Call(
+        FakeCall(
             tc.id or _call_id(body, i, prefix),
             tc.name,
             tc.arguments if isinstance(tc.arguments, str) else dumps_str(tc.arguments),
@@ -285,13 +291,13 @@ def _calls(tool_calls: Sequence[ToolCall], body: bytes, prefix: str) -> tuple[Ca
     )
 
 
-def turn_for(answer: Answer | None, default_text: str, body: bytes, call_prefix: str = "call_") -> Turn:
+def turn_for(answer: Answer | None, default_text: str, body: bytes, call_prefix: str = "call_") -> FakeTurn:
     """The assistant turn for ``answer``; ``default_text`` when nothing specific is scripted.
     Scripted tool calls without an id get ``call_prefix`` + a hash (Anthropic's: ``toolu_``)."""
     if isinstance(answer, Replay):
         return _replay_turn(answer.message, body)
     if isinstance(answer, ToolCall):
-        return Turn(None, _calls((answer,), body, call_prefix))
+        return FakeTurn(None, _calls((answer,), body, call_prefix))
     if answer is None or (answer.text is None and not answer.tool_calls):
-        return Turn(default_text)
-    return Turn(answer.text, _calls(answer.tool_calls, body, call_prefix))
+        return FakeTurn(default_text)
+    return FakeTurn(answer.text, _calls(answer.tool_calls, body, call_prefix))
