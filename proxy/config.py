@@ -325,6 +325,25 @@ class DriftConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"{kind}: need 0 < {kind}_warning <= {kind}_critical")
 
 
+class AgingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Observation aging (see ``proxy.stages.aging``): tool outputs of at least ``min_tokens``
+    older than the last ``keep_last_turns`` assistant turns become a digest with a retrievable
+    marker; the boundary moves every ``step_turns`` turns, and a step is taken only when the
+    tokens it removes now and over ``horizon_turns`` turns pay for the one cache miss it causes.
+    Each step's decision is kept ``decision_ttl_s``."""
+
+    enabled: bool = False
+    keep_last_turns: int = 5
+    step_turns: int = 5
+    min_tokens: int = 200
+    horizon_turns: int = 10
+    decision_ttl_s: float = 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.keep_last_turns < 1 or self.step_turns < 1 or self.min_tokens < 1 or self.horizon_turns < 0:
+            raise ConfigError("aging: keep_last_turns, step_turns, min_tokens >= 1; horizon_turns >= 0")
+
+
 class AnthropicConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Anthropic Messages. Anthropic caches a prompt only up to explicit ``cache_control``
     breakpoints, which most clients other than Claude Code never set. ``auto_cache``: on a
@@ -397,6 +416,7 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sessions: SessionsConfig = msgspec.field(default_factory=SessionsConfig)
     history: HistoryConfig = msgspec.field(default_factory=HistoryConfig)
     retrieval: RetrievalConfig = msgspec.field(default_factory=RetrievalConfig)
+    aging: AgingConfig = msgspec.field(default_factory=AgingConfig)
     anthropic: AnthropicConfig = msgspec.field(default_factory=AnthropicConfig)
     openai: OpenAIConfig = msgspec.field(default_factory=OpenAIConfig)
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)

@@ -1,0 +1,166 @@
+"""Observation aging: old tool outputs replaced by a short digest, in coarse steps.
+
+Agents resend every old observation on every turn. Tool outputs older than the last
+``aging.keep_last_turns`` assistant turns are replaced by a digest — the call that produced
+the output, its size, its first and last lines, the hard tokens it mentions (paths, ids,
+numbers, errors) — ending with a retrievable marker, so nothing is lost: the model can fetch
+the original with ``nocp_retrieve``. The boundary moves only every ``aging.step_turns`` turns,
+so the prompt's prefix changes at most once per step (one cache miss), and a step is taken
+only when it pays: the tokens it removes now and on the next ``aging.horizon_turns`` turns (at
+the cached price) against the one-time cost of the prompt from the first aged output on being
+billed uncached instead of cached — at the model's prices (``proxy.pricing``). Each decision is
+stored per tenant, session and step (the same on every request of the step) and logged.
+
+Without retrieval (no place to keep originals) nothing is aged: a digest is a lossy cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Final
+
+import structlog
+
+from compressors import tokens
+from compressors.hardtokens import hard_tokens
+from compressors.markers import content_id, marker_id, omitted_marker
+from proxy.config import AgingConfig
+from proxy.pipeline import StageContext
+from proxy.pricing import PriceTable
+from proxy.protocols import Prompt, Segment
+from proxy.sessions import SessionStore
+from proxy.translog import SegmentRecord
+
+__all__ = ["AgingStage", "digest_of"]
+
+_log = structlog.get_logger("nocp.aging")
+_MENTIONS: Final = 12
+_LINE_CHARS: Final = 160
+
+
+def digest_of(text: str, tool: str | None, args: str) -> str:
+    """The digest that stands for an aged output (the marker is added inside ``marker_id``)."""
+    lines = text.splitlines() or [""]
+    first = lines[0].strip()[:_LINE_CHARS]
+    last = lines[-1].strip()[:_LINE_CHARS] if len(lines) > 1 else ""
+    found = hard_tokens(text)
+    order = {t: text.find(t) for t in found if not any(t != o and t in o for o in found)}
+    mentions = sorted(order, key=lambda t: (order[t], t))[:_MENTIONS]
+    call = f"{tool or 'tool'}({args[:_LINE_CHARS]})" if args else (tool or "tool")
+    parts = [f"aged output of {call}: {len(lines)} lines", f"first: {first}"]
+    if last:
+        parts.append(f"last: {last}")
+    if mentions:
+        parts.append("mentions: " + ", ".join(mentions))
+    return omitted_marker("; ".join(parts))
+
+
+class AgingStage:
+    """The observation-aging stage (see the module docstring)."""
+
+    name = "aging"
+
+    def __init__(self, config: AgingConfig, store: SessionStore, prices: PriceTable) -> None:
+        self.config = config
+        self.store = store
+        self.prices = prices
+
+    async def __call__(self, prompt: Prompt, ctx: StageContext) -> Prompt:
+        cuts = ctx.retrieval
+        if cuts is None:
+            return prompt
+        cfg = self.config
+        assistant = [t.index for t in prompt.turns if t.role in ("assistant", "model")]
+        aged_turns = (len(assistant) - cfg.keep_last_turns) // cfg.step_turns * cfg.step_turns
+        if aged_turns <= 0:
+            return prompt
+        limit = assistant[aged_turns]  # the outputs of the aged turns come before this message
+        r = prompt.rollup
+        own = cuts.tool_name
+        candidates = [
+            i
+            for i, seg in enumerate(prompt.segments)
+            if seg.kind == "tool_output"
+            and seg.index < limit
+            and seg.tool_name != own
+            and not (r is not None and r.start <= seg.index < r.end)
+            and len(seg.text) >= cfg.min_tokens  # a token is at least one character
+        ]
+        if not candidates:
+            return prompt
+        counts = {i: tokens.count(prompt.segments[i].text, ctx.model) for i in candidates}
+        candidates = [i for i in candidates if counts[i] >= cfg.min_tokens]
+        if not candidates:
+            return prompt
+        digests = {i: self._digest(prompt.segments[i], cuts.marker_key) for i in candidates}
+        removed = sum(counts[i] - tokens.count(digests[i][1], ctx.model) for i in candidates)
+        if removed <= 0:
+            return prompt
+        if not await self._decided(prompt, ctx, candidates, aged_turns, removed, assistant[-1]):
+            return prompt
+        for i in candidates:
+            seg = prompt.segments[i]
+            ref, text = digests[i]
+            cuts.add_cut(ref, seg.text, tool=seg.tool_name, content_type="observation", kind="tool_output")
+            prompt = prompt.with_text(i, text)
+            ctx.record.segments.append(
+                SegmentRecord(
+                    kind="tool_output",
+                    index=seg.index,
+                    tool=seg.tool_name,
+                    method="aged",
+                    tokens_before=counts[i],
+                    tokens_after=tokens.count(text, ctx.model),
+                    lossless=False,
+                )
+            )
+        if "aged" not in ctx.record.input_compression_methods:
+            ctx.record.input_compression_methods.append("aged")
+        ctx.record.compression_justified = True
+        return prompt
+
+    def _digest(self, seg: Segment, key: str) -> tuple[str, str]:
+        ref = content_id(seg.text, key)
+        with marker_id(ref):
+            return ref, digest_of(seg.text, seg.tool_name, seg.tool_args)
+
+    async def _decided(
+        self, prompt: Prompt, ctx: StageContext, candidates: Sequence[int], step: int, removed: int, last: int
+    ) -> bool:
+        """Whether this step ages: stored per tenant, session and step, so that every request
+        of the step does the same; decided the first time by the cache economics."""
+        session = ctx.record.session_id or "-"
+        key = "g:" + hashlib.blake2b(f"{ctx.tenant}\0{session}\0{step}".encode(), digest_size=16).hexdigest()
+        try:
+            (stored,) = await self.store.get_blobs([key], ttl_s=self.config.decision_ttl_s)
+        except Exception as exc:  # decided afresh: at worst a step's prefix changes twice
+            _log.warning("aging_decision_unreadable", error=type(exc).__name__)
+            stored = None
+        if stored is not None:
+            return stored == b"1"
+        # The miss: what the previous request had cached from the first aged output on (the
+        # turn's new messages are uncached either way) is billed uncached this once; the gain:
+        # the removed tokens, now and, at the cached price, on the next turns.
+        first = min(prompt.segments[i].index for i in candidates)
+        suffix = sum(tokens.count(s.text, ctx.model) for s in prompt.segments if first <= s.index <= last)
+        price = self.prices.lookup(ctx.model)
+        cached = price.cached_input / price.input if price is not None and price.input else 0.5
+        gain = removed * (1 + cached * self.config.horizon_turns)
+        cost = suffix * (1 - cached)
+        worth = gain > cost
+        _log.info(
+            "aging_decision",
+            step=step,
+            removed_tokens=removed,
+            suffix_tokens=suffix,
+            cached_price=round(cached, 3),
+            gain=round(gain),
+            miss_cost=round(cost),
+            age=worth,
+        )
+        try:
+            await self.store.put_blobs({key: b"1" if worth else b"0"}, ttl_s=self.config.decision_ttl_s)
+        except Exception as exc:
+            _log.warning("aging_decision_not_stored", error=type(exc).__name__)
+        return worth

@@ -1,0 +1,117 @@
+"""Observation aging through the running proxy: old tool outputs become digests with a
+retrievable marker, only at coarse steps and only when the cache economics say so."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+
+from compressors.markers import content_id
+from proxy.stages.aging import digest_of
+from proxy.testing import FakeUpstream, Reply, ToolCall
+from tests.helpers import SECRET, sent
+
+TOOL = "nocp_retrieve"
+AGING = {"enabled": True, "keep_last_turns": 2, "step_turns": 2, "min_tokens": 100}
+
+
+def output(turn: int) -> str:
+    """A tool output of about 6,000 tokens, different per turn."""
+    return "\n".join(
+        f"t{turn} line {i}: worker-{i % 7} processed /data/t{turn}/file_{i}.csv in {i * 3 % 97} ms"
+        for i in range(300)
+    )
+
+
+def agent_turn(turn: int) -> list[Any]:
+    """One agent step: a `cat` call and its output."""
+    call = {
+        "id": f"c{turn}",
+        "type": "function",
+        "function": {"name": "cat", "arguments": json.dumps({"f": turn})},
+    }
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": f"c{turn}", "content": output(turn)},
+    ]
+
+
+def aged(body: dict[str, Any]) -> list[int]:
+    """Positions of the tool messages that carry an aged digest."""
+    return [
+        i for i, m in enumerate(body["messages"]) if m["role"] == "tool" and "aged output of" in m["content"]
+    ]
+
+
+def test_digest_names_the_call_the_size_and_what_it_mentions() -> None:
+    """A digest says which call produced the output, its size, first and last lines and the
+    hard tokens it mentions (no token that is part of another), and nothing else."""
+    text = output(3)
+    digest = digest_of(text, "cat", '{"f": 3}')
+    assert digest.startswith('[nocp omitted: aged output of cat({"f": 3}): 300 lines; first: t3 line 0:')
+    assert "last: t3 line 299" in digest and "/data/t3/file_0.csv" in digest
+    assert "mentions: /data/t3/file_0.csv, /data/t3/file_1.csv" in digest  # basenames left out
+    assert len(digest) < 1000
+
+
+async def test_old_outputs_age_in_steps_and_stay_retrievable(fake: FakeUpstream, make_proxy: Any) -> None:
+    """Outputs older than the last turns become digests only when a step is reached; between
+    steps every request starts with the bytes of the one before; an aged id fetches the output."""
+    proxy = await make_proxy(aging=AGING)
+    messages: list[Any] = [{"role": "user", "content": "Go through the files."}]
+    bodies = []
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-a", max_retries=0) as client:
+        for turn in range(6):
+            messages += agent_turn(turn)
+            await client.chat.completions.create(model="gpt-4o", messages=messages)
+            bodies.append(sent(fake, len(fake.requests) - 1))
+        ref = content_id(output(0), SECRET)
+        fake.script(ToolCall(TOOL, {"id": ref, "query": "line 42:"}), Reply("Line 42 is fine."))
+        answer = await client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert answer.choices[0].message.content == "Line 42 is fine."
+    assert [aged(b) for b in bodies] == [[], [], [], [2, 4], [2, 4], [2, 4, 6, 8]]
+    assert bodies[4]["messages"][: len(bodies[3]["messages"])] == bodies[3]["messages"]  # same step
+    assert f"; id={ref}]" in bodies[3]["messages"][2]["content"]
+    result = sent(fake, len(fake.requests) - 1)["messages"][-1]["content"]
+    assert "t0 line 42: worker-0 processed /data/t0/file_42.csv" in result
+    lines = await proxy.log_lines(7)
+    assert (
+        "aged" in lines[3]["input_compression_methods"]
+        and "aged" not in lines[2]["input_compression_methods"]
+    )
+
+
+async def test_a_step_that_does_not_pay_is_not_taken(fake: FakeUpstream, make_proxy: Any) -> None:
+    """Two small old outputs under a large prompt after them: with no later turns to save on,
+    the step's cache miss costs more than it saves, so nothing ages, for the whole step."""
+    proxy = await make_proxy(aging={**AGING, "horizon_turns": 0, "min_tokens": 50})
+
+    def small(name: str) -> list[Any]:
+        call = {"id": name, "type": "function", "function": {"name": "ls", "arguments": "{}"}}
+        listing = "\n".join(f"{name}/file_{i}.txt" for i in range(40))
+        return [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": name, "content": listing},
+        ]
+
+    messages: list[Any] = [{"role": "user", "content": "Look around."}, *small("a"), *small("b")]
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-a", max_retries=0) as client:
+        for turn in range(2, 4):
+            messages += agent_turn(turn)
+            await client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert [aged(sent(fake, k)) for k in range(2)] == [[], []]
+    lines = await proxy.log_lines(2)
+    assert all("aged" not in line["input_compression_methods"] for line in lines)
+
+
+async def test_nothing_ages_without_retrieval(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A digest is a lossy cut: with retrieval off (nowhere to keep originals) nothing ages."""
+    proxy = await make_proxy(aging=AGING, retrieval={"enabled": False})
+    messages: list[Any] = [{"role": "user", "content": "Go through the files."}]
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-a", max_retries=0) as client:
+        for turn in range(5):
+            messages += agent_turn(turn)
+            await client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert all(aged(sent(fake, k)) == [] for k in range(5))
