@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 import msgspec
 
@@ -44,6 +45,9 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
       compressing it would cost more than it saves; its token count is then an estimate).
     - ``tool_policies``: per tool name, ``never`` / ``lossless-only`` / ``auto``;
       ``default_policy`` for every other tool.
+    - ``text_observations``: ``auto`` compresses command output that a text-mode agent sends
+      back as a user message like a tool output (the proxy recognises it, see
+      ``proxy.stages.observations``); ``never`` leaves every user message alone.
     - ``marker_ids``: lossy markers carry the content id of the original
       (``[nocp omitted: ...; id=3f9a1c0b2e]``) so that it can be fetched back; the result's
       ``ref`` is that id, keyed with ``marker_key``. Both set by the proxy when retrieval is on
@@ -58,6 +62,7 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     max_input_chars: int = 1_000_000
     default_policy: ToolPolicy = ToolPolicy.AUTO
     tool_policies: dict[str, ToolPolicy] = msgspec.field(default_factory=dict)
+    text_observations: Literal["auto", "never"] = "auto"
     marker_ids: bool = False
     marker_key: str = ""
 

@@ -4,8 +4,8 @@
   file's ``history`` is the OpenAI-style message list the agent sent. Files whose assistant
   turns call tools (``tool_calls`` + ``role: "tool"`` results) form ``swe-agent-fc``; the
   others, where command output comes back as ``role: "user"`` messages, form
-  ``swe-agent-text`` (nocp leaves user messages alone, so it is a control: it shows what nocp
-  costs when it has nothing to do).
+  ``swe-agent-text`` (nocp recognises that output by its structure and compresses it like a
+  tool output, see :mod:`proxy.stages.observations`).
 - **BFCL** (the ``bfcl-eval`` package's data, installed without its dependencies): entries of
   the ``multi_turn_base`` and ``multi_turn_long_context`` sets, evenly spaced over each set.
   Each entry's user turns, its ground-truth calls (one assistant message per call, with the
@@ -105,8 +105,8 @@ def swe_agent_scenarios(root: Path, *, limit: int | None = None) -> list[Scenari
         (
             "swe-agent-text",
             text,
-            "SWE-agent trajectories, text actions (control)",
-            "command output arrives as role: user messages, which nocp never changes",
+            "SWE-agent trajectories, text actions",
+            "command output arrives as role: user messages, recognised as observations",
         ),
     ):
         picked = convs[:limit] if limit is not None else convs

@@ -1,7 +1,10 @@
 """Compress tool outputs: OpenAI ``role: "tool"`` messages and Gemini ``functionResponse`` parts.
 
 Each tool output goes through :func:`compressors.compress` with the tool's name, the call's
-arguments and the last user message before it as context. Results are deterministic and cached by
+arguments and the last user message before it as context. Command output that a text-mode agent
+sends back as a user message (SWE-agent, mini-swe-agent: see :mod:`proxy.stages.observations`)
+counts as a tool output of its action's command word, unless ``compression.text_observations``
+is ``never``; every other user message is left alone. Results are deterministic and cached by
 content, so a tool output resent on the next turn becomes the same bytes again and the
 provider's prompt cache keeps working. Large requests are compressed in a worker process
 (:class:`~proxy.workers.CompressPool`), so the event loop keeps serving other requests and the
@@ -26,11 +29,32 @@ import structlog
 from compressors import CompressionConfig, CompressionContext, CompressionResult, cached, compress, remember
 from proxy.pipeline import StageContext
 from proxy.protocols import Prompt, Segment
+from proxy.stages.observations import Action, observation
 from proxy.translog import SegmentRecord
 from proxy.workers import CompressPool, run_jobs
 
 _THREAD_CHARS = 64 * 1024  # below this, a thread hop costs more than the work
 _log = structlog.get_logger("nocp.stages")
+
+
+def _observations(prompt: Prompt) -> dict[int, Action]:
+    """The user messages (by index) that are a text-mode agent's observations, each with the
+    action it answers: the message right before it is an assistant message with no tool call."""
+    texts: dict[int, list[str]] = {}
+    kinds: dict[int, set[str]] = {}
+    for seg in prompt.segments:
+        kinds.setdefault(seg.index, set()).add(seg.kind)
+        if seg.kind in ("user", "assistant"):
+            texts.setdefault(seg.index, []).append(seg.text)
+    found: dict[int, Action] = {}
+    for index, kind in kinds.items():
+        before = kinds.get(index - 1)
+        if kind != {"user"} or before != {"assistant"}:
+            continue
+        action = observation("\n".join(texts[index - 1]), "\n".join(texts[index]))
+        if action is not None:
+            found[index] = action
+    return found
 
 
 class ToolOutputStage:
@@ -101,20 +125,28 @@ class ToolOutputStage:
         # latest one: that context is fixed once the output is in the history, so the output
         # compresses to the same bytes on every later turn and the prompt cache keeps hitting.
         # Outputs in turns rolled up into a summary are not sent at all and are skipped.
+        # A text-mode agent's observation (command output sent as a user message, see
+        # proxy.stages.observations) is compressed like a tool output of its action's command,
+        # and, not being the user's words, never becomes the query.
         r = prompt.rollup
         retrieval = ctx.retrieval
         own_tool = retrieval.tool_name if retrieval is not None else None
+        actions = _observations(prompt) if self.config.text_observations == "auto" else {}
         work: list[tuple[int, Segment, str]] = []
         query = ""
         for i, seg in enumerate(prompt.segments):
+            if r is not None and r.start <= seg.index < r.end:
+                if seg.kind == "user" and seg.index not in actions:
+                    query = seg.text
+                continue
             if seg.kind == "user":
-                query = seg.text
-            elif (
-                seg.kind == "tool_output"
-                and seg.text
-                and not (r is not None and r.start <= seg.index < r.end)
-                and (own_tool is None or seg.tool_name != own_tool)
-            ):
+                action = actions.get(seg.index)
+                if action is None:
+                    query = seg.text
+                elif seg.text:
+                    seg = msgspec.structs.replace(seg, tool_name=action.command, tool_args=action.text)
+                    work.append((i, seg, query))
+            elif seg.kind == "tool_output" and seg.text and (own_tool is None or seg.tool_name != own_tool):
                 work.append((i, seg, query))
         if not work:
             return prompt
@@ -135,7 +167,7 @@ class ToolOutputStage:
                 continue
             record.segments.append(
                 SegmentRecord(
-                    kind=seg.kind,
+                    kind="observation" if seg.kind == "user" else seg.kind,
                     index=seg.index,
                     tool=seg.tool_name,
                     method=result.method,
