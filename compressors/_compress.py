@@ -5,19 +5,24 @@ In order:
 1. Content longer than ``cfg.max_input_chars`` passes through (``too_large``); its token
    count is then estimated from an exactly counted prefix.
 2. Policy ``never`` for the tool: untouched (``policy_never``).
-3. Fewer than ``cfg.min_tokens`` tokens: untouched (``below_min_tokens``).
+3. Fewer than ``cfg.lossless_min_tokens`` tokens: untouched (``below_min_tokens``). From
+   there up to ``cfg.min_tokens`` only the lossless compressors run (compact JSON / TOON);
+   content of a type without one stays untouched (``below_min_tokens``).
 4. :func:`~compressors._detect.detect` picks a route. The lossless compressor of the route
    runs first (JSON, NDJSON). Content that turns out not to be of the detected type
    (:class:`WrongContentType`: malformed or too deeply nested JSON) is re-detected without
    JSON and takes that route instead.
-5. The lossy compressor runs only with policy ``auto``, when the input is above
-   ``cfg.lossy_threshold_tokens`` and the lossless result (if any) is still above
-   ``cfg.budget_tokens``. A lossy result must carry an omission marker, and replaces the
-   lossless one only if it saves at least ``cfg.min_saving`` of the lossless size. With
-   ``cfg.marker_ids`` its markers carry the content id of the input (``result.ref``).
-6. If the chosen candidate saves less than ``cfg.min_saving`` of the input (or nothing), the
-   input goes out as it was (``not_justified``); a compressor with nothing to offer gives
-   ``no_gain``.
+5. The lossy compressor runs only with policy ``auto``, when the input is at least
+   ``cfg.min_tokens`` and above ``cfg.lossy_threshold_tokens``, and the lossless result (if
+   any) is still above ``cfg.budget_tokens``. A lossy result must carry an omission marker,
+   and replaces the lossless one only if it saves at least ``cfg.min_saving`` of the lossless
+   size. With ``cfg.marker_ids`` its markers carry the content id of the input
+   (``result.ref``).
+6. The chosen candidate must save something, and enough: a lossy one at least
+   ``cfg.min_saving`` of the input, a lossless one at least ``cfg.lossless_min_saving_tokens``
+   tokens (nothing is lost, the bytes are the same on every turn, and the saving repeats on
+   every later turn). Otherwise the input goes out as it was (``not_justified``); a
+   compressor with nothing to offer gives ``no_gain``.
 7. Any exception inside a compressor: the input goes out as it was, ``skipped_reason`` names
    the error. :func:`compress` never raises on bad input.
 
@@ -253,16 +258,18 @@ def _compress(content: str, ctx: CompressionContext, cfg: CompressionConfig) -> 
     policy = cfg.policy_for(ctx.tool_name)
     if policy is ToolPolicy.NEVER:
         return _untouched(content, before, kind, POLICY_NEVER)
-    if before < cfg.min_tokens:
+    small = before < cfg.min_tokens  # lossless compaction only
+    if before < cfg.lossless_min_tokens or (small and ROUTES[kind].lossless is None):
         return _untouched(content, before, kind, BELOW_MIN_TOKENS)
+    lossy_allowed = policy is ToolPolicy.AUTO and not small and before > cfg.lossy_threshold_tokens
     try:
-        kind, best = _best_candidate(content, kind, before, policy, ctx, cfg)
+        kind, best = _best_candidate(content, kind, lossy_allowed, ctx, cfg)
     except Exception as exc:  # fail open: compression is only an optimisation
         return _untouched(content, before, kind, _error_reason(exc))
     if best is None:
-        return _untouched(content, before, kind, NO_GAIN)
+        return _untouched(content, before, kind, BELOW_MIN_TOKENS if small else NO_GAIN)
     chosen, after = best
-    if after >= before or before - after < cfg.min_saving * before:
+    if not _justified(before, after, lossless=chosen.lossless, cfg=cfg):
         return _untouched(content, before, kind, NOT_JUSTIFIED)
     return CompressionResult(
         text=chosen.text,
@@ -274,6 +281,16 @@ def _compress(content: str, ctx: CompressionContext, cfg: CompressionConfig) -> 
         omitted=chosen.omitted,
         ref=content_id(content, cfg.marker_key) if cfg.marker_ids and not chosen.lossless else None,
     )
+
+
+def _justified(before: int, after: int, *, lossless: bool, cfg: CompressionConfig) -> bool:
+    """Whether a result of ``after`` tokens for an input of ``before`` is worth sending: a
+    lossless one saves ``cfg.lossless_min_saving_tokens`` (at least one), a lossy one
+    ``cfg.min_saving`` of the input."""
+    saved = before - after
+    if lossless:
+        return saved >= max(1, cfg.lossless_min_saving_tokens)
+    return saved > 0 and saved >= cfg.min_saving * before
 
 
 def _checked(result: Compressed | None, *, lossy_allowed: bool) -> Compressed | None:
@@ -294,8 +311,7 @@ def _checked(result: Compressed | None, *, lossy_allowed: bool) -> Compressed | 
 def _best_candidate(
     content: str,
     kind: ContentType,
-    before: int,
-    policy: ToolPolicy,
+    lossy_allowed: bool,
     ctx: CompressionContext,
     cfg: CompressionConfig,
 ) -> tuple[ContentType, tuple[Compressed, int] | None]:
@@ -314,7 +330,6 @@ def _best_candidate(
             lossless = None
         if lossless is not None:
             best = (lossless, tokens.count(lossless.text, ctx.model))
-    lossy_allowed = policy is ToolPolicy.AUTO and before > cfg.lossy_threshold_tokens
     if not lossy_allowed or route.lossy is None or (best is not None and best[1] <= cfg.budget_tokens):
         return kind, best
     with marker_id(content_id(content, cfg.marker_key) if cfg.marker_ids else None):

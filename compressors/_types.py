@@ -34,9 +34,12 @@ class ContentType(enum.Enum):
 class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How hard to compress. Immutable, hashable: it is part of every cache key.
 
-    - ``min_tokens``: content below this size is left alone.
-    - ``min_saving``: a result saving less than this fraction of the input is discarded
+    - ``min_tokens``: below this size only lossless compaction (compact JSON / TOON) may run.
+    - ``lossless_min_tokens``: content below this size is left alone altogether.
+    - ``min_saving``: a lossy result saving less than this fraction of the input is discarded
       ("compression not justified") and the input is sent as it was.
+    - ``lossless_min_saving_tokens``: a lossless result is kept when it saves at least this many
+      tokens (nothing is lost, and the saving repeats on every later turn).
     - ``lossy_threshold_tokens``: lossy methods run only above this size; below it only
       lossless ones (compact JSON / TOON).
     - ``budget_tokens``: the size lossy methods aim for.
@@ -55,7 +58,9 @@ class CompressionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     """
 
     min_tokens: int = 500
+    lossless_min_tokens: int = 10
     min_saving: float = 0.05
+    lossless_min_saving_tokens: int = 3
     lossy_threshold_tokens: int = 2000
     budget_tokens: int = 1500
     max_string_chars: int = 2000

@@ -95,28 +95,79 @@ def test_default_policy_never_applies_to_unlisted_tools() -> None:
 
 
 def test_below_min_tokens_is_untouched() -> None:
-    """Content under min_tokens is not compressed, and says why."""
-    content = pretty_rows(3)
-    assert tokens.count(content, "gpt-4o") < CFG.min_tokens
+    """Content under lossless_min_tokens is not compressed, and says why."""
+    content = json.dumps({"ok": True}, indent=2)
+    assert tokens.count(content, "gpt-4o") < CFG.lossless_min_tokens
     result = compress(content, CTX, CFG)
     assert not result.changed and result.skipped_reason == "below_min_tokens"
     assert result.tokens_before == result.tokens_after == tokens.count(content, "gpt-4o")
 
 
-def test_min_tokens_is_configurable() -> None:
-    """Lowering min_tokens lets small outputs be compressed."""
+def test_lossless_min_tokens_is_configurable() -> None:
+    """Raising lossless_min_tokens above an output's size leaves it alone."""
     content = pretty_rows(3)
-    assert compress(content, CTX, CompressionConfig(min_tokens=10)).changed
+    assert compress(content, CTX, CFG).changed
+    assert not compress(content, CTX, CompressionConfig(lossless_min_tokens=10**6)).changed
 
 
-def test_small_saving_is_not_justified() -> None:
-    """A result saving less than min_saving is discarded and the input sent as it was."""
-    value = {"text": prose(8), "n": 1}
-    content = json.dumps(value)  # only the spaces after ":" and "," can go
+def test_small_json_is_compacted_losslessly() -> None:
+    """JSON between lossless_min_tokens and min_tokens is compacted and decodes to the same value."""
+    content = pretty_rows(3)
+    before = tokens.count(content, "gpt-4o")
+    assert CFG.lossless_min_tokens <= before < CFG.min_tokens
     result = compress(content, CTX, CFG)
-    assert not result.changed
-    assert result.skipped_reason == "not_justified"
-    assert compress(content, CTX, CompressionConfig(min_saving=0.0)).changed
+    assert result.changed and result.lossless and result.tokens_after < before
+    decoded = toon_decode(result.text) if "toon" in result.method else json.loads(result.text)
+    assert same_value(decoded, json.loads(content))
+    clear_cache()
+    assert compress(content, CTX, CFG) == result
+
+
+def test_small_plain_text_is_untouched() -> None:
+    """Plain text under min_tokens is left alone: it has no lossless compressor."""
+    content = prose(1)
+    assert CFG.lossless_min_tokens <= tokens.count(content, "gpt-4o") < CFG.min_tokens
+    result = compress(content, CTX, CFG)
+    assert result.text is content and result.skipped_reason == "below_min_tokens"
+
+
+def test_lossy_cuts_still_need_min_tokens() -> None:
+    """Under min_tokens no lossy method runs, however low lossy_threshold_tokens and the budget are."""
+    cfg = CompressionConfig(lossy_threshold_tokens=10, budget_tokens=10)
+    rows = pretty_rows(10)
+    assert tokens.count(rows, "gpt-4o") < cfg.min_tokens
+    assert compress(rows, CTX, cfg).lossless
+    log = "\n".join(f"2026-01-01T00:00:{i:02d}Z INFO worker closed port {4000 + i}" for i in range(12))
+    assert tokens.count(log, "gpt-4o") < cfg.min_tokens
+    assert not compress(log, CTX, cfg).changed
+    bigger = CompressionConfig(min_tokens=50, lossy_threshold_tokens=10, budget_tokens=10)
+    assert not compress(rows, CTX, bigger).lossless
+
+
+def test_lossless_saving_is_an_absolute_token_count() -> None:
+    """A lossless result is kept when it saves lossless_min_saving_tokens, however small a share that is."""
+    content = json.dumps({"text": prose(8), "n": 1})  # only the spaces after ":" and "," can go
+    result = compress(content, CTX, CFG)
+    saved = result.tokens_before - result.tokens_after
+    assert result.changed and result.lossless
+    assert CFG.lossless_min_saving_tokens <= saved < CFG.min_saving * result.tokens_before
+    refused = compress(content, CTX, CompressionConfig(lossless_min_saving_tokens=saved + 1))
+    assert not refused.changed and refused.skipped_reason == "not_justified"
+
+
+def test_small_lossy_saving_is_not_justified(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lossy result saving less than min_saving is discarded and the input sent as it was."""
+    content = prose(30)
+
+    def barely(text: str, ctx: CompressionContext, cfg: CompressionConfig) -> Compressed:
+        cut = text[: -len(text) // 50] + omitted_marker("x")
+        return Compressed(text=cut, method="barely", lossless=False)
+
+    _route(monkeypatch, ContentType.TEXT, lossy=barely)
+    cfg = CompressionConfig(lossy_threshold_tokens=100)
+    result = compress(content, CTX, cfg)
+    assert not result.changed and result.skipped_reason == "not_justified"
+    assert compress(content, CTX, CompressionConfig(lossy_threshold_tokens=100, min_saving=0.0)).changed
 
 
 def test_nothing_to_gain_is_reported() -> None:

@@ -10,6 +10,7 @@ from google import genai
 from google.genai import types
 
 from compressors import tokens
+from compressors.toon import same_value, toon_decode
 from proxy.testing import FakeUpstream
 
 ROWS = [
@@ -152,3 +153,68 @@ async def test_lossy_output_stable_when_user_asks_something_new(fake: FakeUpstre
     first, second = (r.json()["messages"][2]["content"] for r in fake.requests[-2:])
     assert first != LOG and "[nocp omitted" in first
     assert second == first
+
+
+ITEMS = [{"sku": "X1", "qty": 2}, {"sku": "Y7", "qty": 1}]
+ORDER = {"order_id": "A-1042", "status": "shipped", "items": ITEMS}
+SMALL = json.dumps(ORDER, indent=2)
+
+
+def _small_turns(output: str, extra_turns: int) -> list[Any]:
+    msgs: list[Any] = [
+        {"role": "user", "content": "Where is my order?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_order", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": output},
+    ]
+    for i in range(extra_turns):
+        msgs += [
+            {"role": "assistant", "content": f"It shipped ({i})."},
+            {"role": "user", "content": f"When {i}?"},
+        ]
+    return msgs
+
+
+async def test_small_json_output_compacted_and_stable(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A ~60-token pretty-printed JSON output goes out compacted, same value, same bytes next turn."""
+    assert 50 <= tokens.count(SMALL, "gpt-4o") <= 70
+    proxy = await make_proxy()
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0) as client:
+        await client.chat.completions.create(model="gpt-4o", messages=_small_turns(SMALL, 0))
+        await client.chat.completions.create(model="gpt-4o", messages=_small_turns(SMALL, 2))
+    first, second = (r.json()["messages"] for r in fake.requests[-2:])
+    sent = first[2]["content"]
+    assert sent != SMALL and tokens.count(sent, "gpt-4o") < tokens.count(SMALL, "gpt-4o")
+    (seg,) = (await proxy.log_lines(2))[0]["segments"]
+    assert seg["lossless"] is True
+    decoded = toon_decode(sent) if "toon" in seg["method"] else json.loads(sent)
+    assert same_value(decoded, json.loads(SMALL))
+    assert second[: len(first)] == first
+
+
+async def test_small_text_output_untouched(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A small plain-text tool output reaches the upstream byte for byte."""
+    text = "Order A-1042 shipped on 2026-11-30 via DHL, tracking 00340434161094042557, two items. " * 3
+    proxy = await make_proxy()
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0) as client:
+        await client.chat.completions.create(model="gpt-4o", messages=_small_turns(text, 0))
+    assert fake.requests[-1].json()["messages"][2]["content"] == text
+
+
+async def test_ordinary_chat_unchanged(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A chat without tool outputs, JSON pasted by the user included, reaches the upstream unchanged."""
+    messages: list[Any] = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": f"What does this order record mean?\n{SMALL}"},
+        {"role": "assistant", "content": "It is an order that has shipped."},
+        {"role": "user", "content": SMALL},
+    ]
+    proxy = await make_proxy()
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0) as client:
+        await client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert fake.requests[-1].json()["messages"] == messages
