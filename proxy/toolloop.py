@@ -42,6 +42,7 @@ from compressors import tokens
 from compressors.markers import ID_CHARS, ID_SUFFIX, marker_ids, unavailable
 from proxy.config import RetrievalConfig, Settings
 from proxy.exchange import Exchange, FeatureRequest
+from proxy.pricing import PriceTable
 from proxy.protocols import Call, HopStream, ModelTurn, Prompt, StreamEvent, add_usage, anchor_digest
 from proxy.retrieval import LAST_ROUND_NOTE, Original, duration, ref_of, select, tool_spec
 from proxy.secret import server_secret
@@ -64,7 +65,7 @@ _original_decoder = msgspec.json.Decoder(Original)
 _hidden_decoder = msgspec.json.Decoder(Hidden)
 _encoder = msgspec.json.Encoder()
 _UNDECIDED: Final = "undecided"
-_WRITE, _READ = 1.25, 0.1  # prompt-cache write and read prices, relative to input (Anthropic)
+_WRITE = 1.25  # a prompt-cache write, relative to the input price (Anthropic's breakpoints)
 
 
 def scope(tenant: str, session: str | None) -> str:
@@ -77,12 +78,19 @@ class ToolLoop:
     """The feature: retrieval config, the session store and the tool nocp offers."""
 
     def __init__(
-        self, config: RetrievalConfig, store: SessionStore, *, session_ttl_s: float, secret: str = ""
+        self,
+        config: RetrievalConfig,
+        store: SessionStore,
+        *,
+        session_ttl_s: float,
+        secret: str = "",
+        prices: PriceTable | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.session_ttl_s = session_ttl_s
         self.secret = secret
+        self.prices = prices
         self.spec = tool_spec(config)
 
     @classmethod
@@ -95,6 +103,7 @@ class ToolLoop:
             store,
             session_ttl_s=max(settings.sessions.ttl_s, settings.retrieval.ttl_s),
             secret=server_secret(settings),
+            prices=PriceTable.from_config(settings.pricing),
         )
 
     def begin(self, x: Exchange) -> LoopRequest:
@@ -222,9 +231,9 @@ class LoopRequest(FeatureRequest):
                 self.offered = self.record.retrieval_offered = True
             return after
         if blocker is None and await self._tools_fixed(x) and not self._worth_a_new_tool(x, before, after):
-            # The client caches at its own breakpoints and its tool list so far had no nocp
-            # tool: adding one would rewrite its whole cache, for less than the cuts save.
-            _log.debug("retrieval_not_offered", reason="client cache breakpoints, tools fixed")
+            # The session's tool list so far had no nocp tool: adding one would cost the whole
+            # cached prompt one miss, more than the cuts save. New cuts are undone instead.
+            _log.debug("retrieval_not_offered", reason="tool list fixed, cuts not worth a cache miss")
             self.conversation -= set(present)
             return _undo(before, after, set(present))
         if blocker is None:
@@ -245,10 +254,10 @@ class LoopRequest(FeatureRequest):
         return f"t:{self.scope}"
 
     async def _tools_fixed(self, x: Exchange) -> bool:
-        """True when the client sets cache breakpoints of its own (a provider that caches only
-        there), this is a later request of its session, and nocp's tool was not offered in it
-        before: offering it now would change the tool list, which comes first in the prompt."""
-        if not x.adapter.client_caches(x.body) or not x.adapter.assistant_spans(x.body):
+        """True when this is a later request of its session and nocp's tool was not offered in
+        it before: offering it now would change the tool list, which comes first in the prompt
+        the provider has cached (implicitly, or at breakpoints)."""
+        if not x.adapter.assistant_spans(x.body):
             return False
         try:
             (seen,) = await self.app.store.get_blobs([self._tkey()], ttl_s=self.app.session_ttl_s)
@@ -258,23 +267,42 @@ class LoopRequest(FeatureRequest):
         return not seen
 
     def _worth_a_new_tool(self, x: Exchange, before: Prompt, after: Prompt) -> bool:
-        """Whether the cuts of this request pay for the cache rewrite a new tool causes: the
-        whole prompt written again (1.25x the input price instead of a 0.1x read) against the
-        tokens the cuts remove now (at the write price) and on the next
-        ``retrieval.cache_horizon_turns`` turns (at the read price)."""
+        """Whether the cuts of this request pay for the cache miss a new tool causes: the whole
+        prompt billed uncached once (or, where the provider caches at breakpoints, written again
+        at 1.25x) instead of read at the cached price, against the tokens the cuts remove now
+        and on the next ``retrieval.cache_horizon_turns`` turns (at the cached price). Prices
+        are the model's (``proxy.pricing``); unknown: cached at half the input price."""
         cut = sum(
             tokens.count(old.text, self.model) - tokens.count(new.text, self.model)
             for old, new in zip(before.segments, after.segments, strict=True)
             if new.text != old.text
         )
-        prompt = x.adapter.count_prompt(x.body, self.model)
-        worth = cut * (_WRITE + _READ * self.config.cache_horizon_turns) >= prompt * (_WRITE - _READ)
-        _log.debug("new_tool_decision", cut_tokens=cut, prompt_tokens=prompt, offer=worth)
+        price = self.app.prices.lookup(self.model) if self.app.prices is not None else None
+        cached = price.cached_input / price.input if price is not None and price.input else 0.5
+        write = _WRITE if x.adapter.caches_at_breakpoints else 1.0
+        r = after.rollup
+        fresh_rollup = r is not None and any(
+            s.kind == "history" and s.method.startswith("history_rollup") for s in self.record.segments
+        )
+        if fresh_rollup and r is not None:  # the prompt from the roll-up on misses anyway
+            prompt = sum(tokens.count(s.text, self.model) for s in before.segments if s.index < r.start)
+            rolled = sum(
+                tokens.count(s.text, self.model) for s in before.segments if r.start <= s.index < r.end
+            )
+            cut += max(0, rolled - tokens.count(r.text, self.model))
+        else:
+            prompt = x.adapter.count_prompt(x.body, self.model)
+        worth = cut * (write + cached * self.config.cache_horizon_turns) >= prompt * (write - cached)
+        _log.info(
+            "new_tool_decision",
+            cut_tokens=cut,
+            prompt_tokens=prompt,
+            cached_price=round(cached, 3),
+            offer=worth,
+        )
         return worth
 
     async def _note_offered(self, x: Exchange) -> None:
-        if not x.adapter.client_caches(x.body):
-            return
         try:
             await self.app.store.put_blobs({self._tkey(): b"1"}, ttl_s=self.app.session_ttl_s)
         except Exception as exc:

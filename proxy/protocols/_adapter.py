@@ -91,10 +91,6 @@ class Adapter(abc.ABC):
         at explicit breakpoints); how many were added."""
         return 0
 
-    def client_caches(self, body: Mapping[str, Any]) -> bool:
-        """True when the client placed prompt-cache breakpoints of its own."""
-        return False
-
     def prepare_upstream(self, body: dict[str, Any], stream: bool) -> bool:
         """Adjust the body for the upstream (e.g. ask for usage); True if it changed."""
         return False

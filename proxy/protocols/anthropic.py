@@ -510,9 +510,6 @@ class AnthropicAdapter(Adapter):
 
     # ----------------------------------------------------------------- prompt caching
 
-    def client_caches(self, body: Mapping[str, Any]) -> bool:
-        return has_cache_control(body)
-
     def auto_cache(self, body: dict[str, Any], model: str, ttl: str) -> int:
         """Add ``cache_control`` breakpoints to a request that has none: the end of the tools,
         the end of the system prompt, and the last message (a moving breakpoint: the next turn

@@ -16,7 +16,7 @@ from google.genai import types
 
 from compressors.markers import content_id
 from proxy.testing import Drop, FakeUpstream, Reply, ToolCall
-from tests.helpers import HISTORY, SECRET, sent, user_turn
+from tests.helpers import HISTORY, SECRET, long_text, sent, user_turn
 
 TOOL = "nocp_retrieve"
 # A 6,000-line log (about 420,000 characters) with one line that matters.
@@ -531,3 +531,35 @@ async def test_the_secret_is_generated_once_and_private(tmp_path: Any) -> None:
     )
     assert server_secret(configured) == "from-env"
     assert content_id("x", "a") != content_id("x", "b") and content_id("x", "a") == content_id("x", "a")
+
+
+async def test_a_tool_added_mid_session_must_pay_for_the_cache_miss(
+    fake: FakeUpstream, make_proxy: Any
+) -> None:
+    """The session's earlier requests had no nocp tool (nothing was cut): a modest output under
+    a long cached prompt is sent whole rather than cut (adding the tool would cost the whole
+    prompt one cache miss); a huge one is cut and the tool added, and stays from then on."""
+    proxy = await make_proxy()
+    system = {"role": "system", "content": "You debug batch jobs. " + "Follow the runbook carefully. " * 5000}
+    start = [system, {"role": "user", "content": "Why did the batch job fail?"}]
+    call = {"id": "c1", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}
+    modest = long_text(1100)  # prose: cut from ~2,300 to ~1,100 tokens
+    huge = LOG
+
+    def later(output: str, n: int) -> list[Any]:
+        c = {**call, "id": f"c{n}"}
+        return [
+            {"role": "assistant", "content": None, "tool_calls": [c]},
+            {"role": "tool", "tool_call_id": f"c{n}", "content": output},
+        ]
+
+    async with _client(proxy.url) as client:
+        await client.chat.completions.create(model="gpt-4o", messages=start)
+        await client.chat.completions.create(model="gpt-4o", messages=[*start, *later(modest, 1)])
+        await client.chat.completions.create(
+            model="gpt-4o", messages=[*start, *later(modest, 1), *later(huge, 2)]
+        )
+    first, second, third = (sent(fake, k) for k in range(3))
+    assert "tools" not in first and "tools" not in second
+    assert second["messages"][3]["content"] == modest  # sent whole
+    assert tool_names(third) == [TOOL] and len(third["messages"][5]["content"]) < len(huge) / 5
