@@ -237,7 +237,8 @@ def _finalizer(
 
     When nocp changed nothing, raw and sent tokens are the upstream's own ``prompt_tokens``
     (what was billed) and no tokenizer runs; otherwise both versions are counted locally.
-    The cost fields come last: they need both the upstream's usage and the token counts.
+    The cost fields come last: they need both the upstream's usage and the token counts (and
+    the raw prompt's fingerprint, compared with the session's previous one).
     """
     adapter, record, model = x.adapter, x.record, x.model
     query_chars = x.services.settings.log.user_query_chars
@@ -253,8 +254,9 @@ def _finalizer(
         else:
             raw = adapter.count_prompt(received, model)
             record.set_input_tokens(raw, adapter.count_prompt(body, model) if changed else raw)
-        if cost is not None:
-            cost.apply(record)
+        if cost is not None:  # the raw prompt's cache use, per session (ok answers only)
+            cache = cost.observe(x.tenant, record.session_id, adapter, received, model, record)
+            cost.apply(record, cache)
 
     return finalize
 
@@ -361,8 +363,12 @@ class Exchange:
                 record.cache_creation_1h_input_tokens = _sum([u.cache_write_1h_tokens for u in self.hops])
             record.total_latency_ms = _elapsed_ms(started)
             record.proxy_overhead_ms = round(record.total_latency_ms - (record.llm_latency_ms or 0.0), 3)
+            cost = self.services.cost
             offload = finalize is not None and (
-                changed or record.prompt_tokens is None or len(self.request.body) > _OFFLOAD_BYTES
+                changed
+                or record.prompt_tokens is None
+                or len(self.request.body) > _OFFLOAD_BYTES
+                or (cost is not None and cost.baselines is not None)  # it fingerprints the prompt
             )
             self.services.writer.submit(record, finalize, offload=offload)
             structlog.contextvars.reset_contextvars(**log_context)

@@ -19,24 +19,31 @@ The cost model of one request (:meth:`CostModel.apply`), with the upstream's own
 
 - ``estimated_cost_usd`` = ``(prompt - cached) * input + cached * cached_input +
   completion * output``: what the provider bills for the request nocp sent.
-- ``baseline_cost_usd``: what the request would have cost had nocp sent it unchanged. Its
-  prompt is the upstream's ``prompt_tokens`` plus the tokens nocp removed
-  (``raw_input_tokens - optimized_input_tokens``; both counted locally with the same
-  tokenizer, so the difference is exact even where the upstream counts framing or tool
-  definitions a little differently); it is assumed to hit the provider's prompt cache for the
-  *same share* of its prompt as the real request did (``cached / prompt``); its completion is
-  the real one (nocp does not change the answer). When nocp changed nothing, baseline ==
-  estimated exactly.
+- ``baseline_cost_usd``: what the request would have cost had nocp never run. Its prompt is
+  the upstream's ``prompt_tokens`` plus the tokens nocp removed (``raw_input_tokens -
+  optimized_input_tokens``; both counted locally with the same tokenizer, so the difference is
+  exact even where the upstream counts framing or tool definitions a little differently); its
+  cached part is ``baseline_cached_tokens``: what the provider would have cached for the raw
+  prompt, given the session's previous raw prompt (:mod:`proxy.cachebaseline`: the longest
+  shared prefix in the provider's steps; Anthropic: at the client's own breakpoints, with
+  ``baseline_cache_write_tokens`` written). When nocp changed nothing the raw prompt is the
+  one sent, and the upstream's own cache use is taken where it read at least as much (a
+  prefix other sessions cached too); so with nothing changed in the session, baseline ==
+  estimated. Its completion is the real one (nocp does not change the answer).
+- ``baseline_same_share_cost_usd``: the earlier estimate, kept for comparison: the raw prompt
+  assumed cached (and cache-written) for the *same share* as the real request
+  (``cached / prompt``); with no cache at all when nocp added the only breakpoints. It does
+  not show the cost of a broken prefix cache: a stage that changes an earlier part of the
+  prompt lowers the real cached share, and this baseline's with it.
 - ``cost_savings_usd`` = ``baseline - estimated - overhead``, where overhead is the
   summarizer's ``compression_overhead_tokens`` priced at the summarizer model's fresh-input
   price (the log keeps only the sum of the summary call's prompt and completion tokens, so
   its completion part is priced as input: an underestimate of a few percent of the overhead).
+  Without a cache estimate (no session fingerprint kept: ``CostModel(baselines=None)``) the
+  baseline is the same-share one.
 
-What the per-request estimate cannot know is the counterfactual cache: a stage that changes
-an earlier part of the prompt from one request to the next lowers the cached share of *this*
-request, and the "same share" assumption then lowers the baseline as well, so the estimate
-does not show the cost of a broken prefix cache. ``nocp bench`` measures that directly, with
-both versions of every request billed by the fake provider's prefix-cache simulation.
+``nocp bench`` measures the saving directly, with both versions of every request billed by
+the fake provider's prefix-cache simulation, and reports the gap to this estimate.
 """
 
 from __future__ import annotations
@@ -44,7 +51,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import structlog
+
+from proxy.cachebaseline import BaselineCache, BaselineEstimate
 from proxy.config import PricingConfig, Settings
 from proxy.translog import TransactionLog
 
@@ -55,9 +66,11 @@ __all__ = [
     "Price",
     "PriceTable",
     "baseline_cost",
+    "cache_baseline_cost",
     "request_cost",
 ]
 
+_log = structlog.get_logger("nocp.pricing")
 PRICES_AS_OF = "2025-11 (OpenAI, Gemini); 2026-12 (Anthropic)"
 _PER = 1_000_000
 
@@ -170,6 +183,23 @@ def baseline_cost(
     )
 
 
+def cache_baseline_cost(
+    price: Price,
+    prompt: int,
+    completion: int,
+    raw_input: int,
+    optimized_input: int,
+    cached: int,
+    written: int = 0,
+) -> tuple[float, int]:
+    """USD the request would have cost had nocp never run, and the cached tokens priced:
+    ``prompt`` plus the tokens removed, ``cached`` of them read from the cache and ``written``
+    written to it (5-minute TTL)."""
+    base_prompt = max(0, prompt + raw_input - optimized_input)
+    cached = max(0, min(cached, base_prompt))
+    return request_cost(price, base_prompt, cached, completion, written), cached
+
+
 def _bare(model: str) -> str:
     name = model.strip().lower()
     for prefix in ("models/",):
@@ -220,9 +250,16 @@ def _round(usd: float) -> float:
 class CostModel:
     """Fills the cost fields of TransactionLog records (see the module docstring)."""
 
-    def __init__(self, table: PriceTable, *, summarizer_model: str | None = None) -> None:
+    def __init__(
+        self,
+        table: PriceTable,
+        *,
+        summarizer_model: str | None = None,
+        baselines: BaselineCache | None = None,
+    ) -> None:
         self.table = table
         self.summarizer_model = summarizer_model
+        self.baselines = baselines  # each session's latest raw prompt (None: same-share baseline)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CostModel | None:
@@ -231,12 +268,39 @@ class CostModel:
             return None
         history = settings.history
         summarizer = history.summarizer_model if history.summarizer_upstream else None
-        return cls(PriceTable.from_config(settings.pricing), summarizer_model=summarizer)
+        return cls(
+            PriceTable.from_config(settings.pricing), summarizer_model=summarizer, baselines=BaselineCache()
+        )
 
-    def apply(self, record: TransactionLog) -> None:
-        """Set ``estimated_cost_usd``, ``baseline_cost_usd`` and ``cost_savings_usd`` of a
-        finished record (usage and token counts filled in). Unknown model or no usage from the
-        upstream: the fields stay null."""
+    def observe(
+        self,
+        tenant: str,
+        session: str | None,
+        adapter: Any,
+        raw_body: Mapping[str, Any],
+        model: str,
+        record: TransactionLog,
+    ) -> BaselineEstimate | None:
+        """The raw prompt's estimated cache use (the session's fingerprint is updated); None
+        without a fingerprint store, a price, or a successful answer. Runs on the log
+        writer's thread (it counts tokens)."""
+        if self.baselines is None or record.outcome != "ok" or record.prompt_tokens is None:
+            return None
+        if self.table.lookup(record.model) is None:
+            return None
+        try:
+            return self.baselines.observe(tenant, session, adapter, raw_body, model)
+        except Exception:  # an estimate must never lose the line: fall back to same-share
+            _log.exception("cache_baseline_failed")
+            return None
+
+    def apply(self, record: TransactionLog, cache: BaselineEstimate | None = None) -> None:
+        """Set the cost fields of a finished record (usage and token counts filled in):
+        ``estimated_cost_usd``, ``baseline_cost_usd`` (from ``cache``, the raw prompt's
+        estimated cache use, when given; else the same-share baseline),
+        ``baseline_same_share_cost_usd``, ``baseline_cached_tokens``,
+        ``baseline_cache_write_tokens`` and ``cost_savings_usd``. Unknown model or no usage
+        from the upstream: the fields stay null."""
         price = self.table.lookup(record.model)
         if price is None or record.prompt_tokens is None:
             return
@@ -246,7 +310,7 @@ class CostModel:
         written = record.cache_creation_input_tokens or 0
         written_1h = record.cache_creation_1h_input_tokens or 0
         estimated = request_cost(price, prompt, cached, completion, written, written_1h)
-        baseline = baseline_cost(
+        same_share = baseline_cost(
             price,
             prompt,
             cached,
@@ -261,6 +325,26 @@ class CostModel:
         if record.compression_overhead_tokens:
             summarizer = self.table.lookup(self.summarizer_model) if self.summarizer_model else None
             overhead = record.compression_overhead_tokens * (summarizer or price).input / _PER
+        baseline = same_share
+        if cache is not None:
+            base_cached, base_written = cache.cached, cache.written
+            sent_raw = record.raw_input_tokens == record.optimized_input_tokens
+            if sent_raw and record.cache_breakpoints_added == 0 and cached >= base_cached:
+                base_cached, base_written = cached, written  # the raw prompt was sent: as billed
+            # later upstream calls (retrieval rounds) count as they were billed
+            base_cached += sum(h.cached_tokens or 0 for h in record.retrieval_hops[1:])
+            baseline, base_cached = cache_baseline_cost(
+                price,
+                prompt,
+                completion,
+                record.raw_input_tokens,
+                record.optimized_input_tokens,
+                base_cached,
+                base_written,
+            )
+            record.baseline_cached_tokens = base_cached
+            record.baseline_cache_write_tokens = base_written
         record.estimated_cost_usd = _round(estimated)
         record.baseline_cost_usd = _round(baseline)
+        record.baseline_same_share_cost_usd = _round(same_share)
         record.cost_savings_usd = _round(baseline - estimated - overhead)

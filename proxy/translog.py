@@ -56,6 +56,7 @@ __all__ = [
     "net_saved_tokens",
     "redact",
     "retrieval_overhead_tokens",
+    "same_share_savings_usd",
     "saved_share",
 ]
 
@@ -224,6 +225,11 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
     estimated_cost_usd: float | None = None
     baseline_cost_usd: float | None = None
     cost_savings_usd: float | None = None
+    # the baseline's prompt cache: what the provider would have cached (and, Anthropic, written)
+    # for the raw prompt, estimated per session; and the earlier same-share baseline
+    baseline_cached_tokens: int | None = None
+    baseline_cache_write_tokens: int | None = None
+    baseline_same_share_cost_usd: float | None = None
     # efficiency
     total_token_savings: int = 0
     compression_overhead_tokens: int = 0
@@ -309,6 +315,9 @@ class Figures:
     saved_share: float | None  # net / raw
     billed_tokens: int | None  # prompt + completion over every upstream call
     retrieval_rounds: int
+    baseline_cached_tokens: int | None  # what the raw prompt would have had cached (estimate)
+    cost_savings_usd: float | None  # baseline (cache-aware) - estimated - overhead
+    same_share_savings_usd: float | None  # the same with the earlier same-share baseline
 
 
 def figures(rec: TransactionLog) -> Figures:
@@ -327,7 +336,19 @@ def figures(rec: TransactionLog) -> Figures:
         saved_share=saved_share(net, raw),
         billed_tokens=billed_tokens(rec.prompt_tokens, rec.completion_tokens),
         retrieval_rounds=rec.retrieval_rounds,
+        baseline_cached_tokens=rec.baseline_cached_tokens,
+        cost_savings_usd=rec.cost_savings_usd,
+        same_share_savings_usd=same_share_savings_usd(rec),
     )
+
+
+def same_share_savings_usd(rec: TransactionLog) -> float | None:
+    """``cost_savings_usd`` had the baseline been the same-share one (the earlier estimate):
+    ``cost_savings_usd - baseline_cost_usd + baseline_same_share_cost_usd``."""
+    saved, base, same = rec.cost_savings_usd, rec.baseline_cost_usd, rec.baseline_same_share_cost_usd
+    if saved is None or base is None:
+        return None
+    return round(saved - base + (same if same is not None else base), 10)
 
 
 def _last_byte(path: Path) -> bytes:

@@ -375,8 +375,11 @@ class GroupStats:
     billed_tokens: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    baseline_cached_tokens: int = 0  # estimated for the raw prompts (records that have it)
+    baseline_raw_tokens: int = 0  # the raw prompts of those records
     cost_usd: float | None = None
     cost_savings_usd: float | None = None
+    same_share_savings_usd: float | None = None  # the earlier estimate (same cached share)
     latencies_ms: list[float] = field(default_factory=list)
     overheads_ms: list[float] = field(default_factory=list)
 
@@ -400,8 +403,13 @@ class GroupStats:
         self.cached_tokens += rec.cached_tokens or 0
         if rec.estimated_cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + rec.estimated_cost_usd
-        if rec.cost_savings_usd is not None:
-            self.cost_savings_usd = (self.cost_savings_usd or 0.0) + rec.cost_savings_usd
+        if f.baseline_cached_tokens is not None:
+            self.baseline_cached_tokens += f.baseline_cached_tokens
+            self.baseline_raw_tokens += f.raw_input_tokens
+        if f.cost_savings_usd is not None:
+            self.cost_savings_usd = (self.cost_savings_usd or 0.0) + f.cost_savings_usd
+        if f.same_share_savings_usd is not None:
+            self.same_share_savings_usd = (self.same_share_savings_usd or 0.0) + f.same_share_savings_usd
         self.latencies_ms.append(rec.total_latency_ms)
         self.overheads_ms.append(rec.proxy_overhead_ms)
 
@@ -425,8 +433,13 @@ class GroupStats:
             "saved_share": saved_share(self.tokens_saved, self.raw_input_tokens) or 0.0,
             "billed_tokens": self.billed_tokens,
             "cache_hit_share": self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None,
+            "baseline_cached_tokens": self.baseline_cached_tokens,
+            "baseline_cache_hit_share": (
+                self.baseline_cached_tokens / self.baseline_raw_tokens if self.baseline_raw_tokens else None
+            ),
             "cost_usd": self.cost_usd,
             "cost_savings_usd": self.cost_savings_usd,
+            "cost_savings_same_share_usd": self.same_share_savings_usd,
             "latency_p50_ms": percentile(self.latencies_ms, 50),
             "latency_p95_ms": percentile(self.latencies_ms, 95),
             "overhead_p50_ms": percentile(self.overheads_ms, 50),
@@ -507,7 +520,8 @@ def _stats_table(groups: list[GroupStats], total: GroupStats, by: str | None, co
     table.add_column(by or "", style="bold")
     for name in ("requests", "errors", "fail-open", "raw tokens", "sent tokens", "gross saved",
                  "overhead tokens", "net saved", "saved %", "rounds", "billed tokens", "cache hit",
-                 "cost $", "saved $", "p50 ms", "p95 ms", "overhead p50 ms"):  # fmt: skip
+                 "raw cache hit", "cost $", "saved $", "saved $ same-share (old)", "p50 ms", "p95 ms",
+                 "overhead p50 ms"):  # fmt: skip
         table.add_column(name, justify="right")
     rows = [*groups, total] if by else [total]
     for i, group in enumerate(rows):
@@ -526,8 +540,10 @@ def _stats_table(groups: list[GroupStats], total: GroupStats, by: str | None, co
             f"{s['retrieval_rounds']:,}",
             f"{s['billed_tokens']:,}",
             _pct(s["cache_hit_share"]),
+            _pct(s["baseline_cache_hit_share"]),
             _usd(s["cost_usd"]),
             _usd(s["cost_savings_usd"]),
+            _usd(s["cost_savings_same_share_usd"]),
             _ms(s["latency_p50_ms"]),
             _ms(s["latency_p95_ms"]),
             _ms(s["overhead_p50_ms"]),

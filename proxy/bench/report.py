@@ -22,6 +22,7 @@ __all__ = [
     "README_START",
     "build_result",
     "console_summary",
+    "estimate_table",
     "headline_table",
     "markdown_report",
     "update_readme",
@@ -173,6 +174,49 @@ def _aggregate(
     }
 
 
+def _log_estimate(proto: str, results: Sequence[ScenarioResult]) -> dict[str, Any]:
+    """nocp's own estimate of the saving (its TransactionLog, summed) beside the saving the bench
+    measured (baseline billed - nocp billed, summarizer included): the cache-aware estimate
+    (``cost_savings_usd``) and the earlier same-share one, each with its gap to the measurement."""
+    own = [r for r in results if r.protocol == proto]
+    measured = sum(r.base.total_cost_usd - r.nocp.total_cost_usd for r in own)
+    logged = sum(float(r.log.get("cost_savings_usd") or 0) for r in own)
+    same = sum(float(r.log.get("cost_savings_same_share_usd") or 0) for r in own)
+
+    def gap(estimate: float) -> dict[str, float | None]:
+        return {
+            "gap_usd": _r(estimate - measured, 8),
+            "gap_share": _r((estimate - measured) / abs(measured)) if measured else None,
+        }
+
+    return {
+        "protocol": proto,
+        "scenarios": len(own),
+        "measured_savings_usd": _r(measured, 8),
+        "log_savings_usd": _r(logged, 8),
+        **gap(logged),
+        "same_share_savings_usd": _r(same, 8),
+        "same_share": gap(same),
+    }
+
+
+def estimate_table(result: Mapping[str, Any]) -> str:
+    """Per protocol: the measured saving, nocp's logged estimate and its gap, the old estimate."""
+    lines = [
+        "| protocol | measured saving | logged estimate (cache-aware) | gap | same-share estimate (old) "
+        "| gap |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for e in result.get("log_estimate") or ():
+        old = e["same_share"]
+        lines.append(
+            f"| {e['protocol']} | {_usd(e['measured_savings_usd'])} | {_usd(e['log_savings_usd'])} "
+            f"| {_usd(e['gap_usd'])} ({_pct(e['gap_share'])}) | {_usd(e['same_share_savings_usd'])} "
+            f"| {_usd(old['gap_usd'])} ({_pct(old['gap_share'])}) |"
+        )
+    return "\n".join(lines)
+
+
 def _protocol_summary(
     proto: str, results: Sequence[ScenarioResult], models: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -322,6 +366,9 @@ def build_result(
         "scenarios": [_scenario_json(r) for r in results],
         "aggregates": [_aggregate(n, t, rs, proto) for n, t, rs, proto in groups if rs],
         "protocols": [_protocol_summary(proto, results, models) for proto in models],
+        "log_estimate": [
+            _log_estimate(proto, results) for proto in dict.fromkeys(r.protocol for r in results)
+        ],
         "long_conversations": _long_summary(results),
         "suite_criteria": [verdict.as_dict()],
         "overhead": dict(overhead) if overhead is not None else None,
@@ -697,9 +744,11 @@ def _method(result: Mapping[str, Any]) -> list[str]:
         "so completions are the same on both paths; nocp has no output-side stage yet.",
         "- Latency: the fake answers in about a millisecond, so the ratio shows the proxy's own cost "
         "in the worst case; real providers take hundreds of milliseconds or more per request.",
-        "- nocp's own per-request estimate of the saving (in its TransactionLog) assumes the same "
-        "cached share for the uncompressed prompt; the measured saving uses the baseline's real cache "
-        "hits, so the two differ where compression changed how much of the prompt was cached.",
+        "- nocp's own per-request estimate of the saving (in its TransactionLog) prices the "
+        "uncompressed prompt with the cache the provider would have given it: the longest prefix "
+        "shared with the session's previous raw prompt, in the provider's steps (Anthropic: at the "
+        "client's breakpoints). The measured saving uses the baseline's real cache hits, across "
+        "sessions too; the table above gives the gap, and that of the earlier same-share estimate.",
         "",
     ]
     return lines
@@ -799,10 +848,23 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
             _pct(s["cost_reduction"]),
             f"{_int(b['completion_tokens'])} -> {_int(n['completion_tokens'])}",
             _int(n["overhead_tokens"]),
-            f"{_usd(log.get('cost_savings_usd'))} (measured {_usd(measured)})",
+            f"{_usd(log.get('cost_savings_usd'))} (same-share "
+            f"{_usd(log.get('cost_savings_same_share_usd'))}; measured {_usd(measured)})",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if result.get("log_estimate"):
+        lines += [
+            "### nocp's own estimate vs the measured saving",
+            "",
+            "The TransactionLog's `cost_savings_usd` (baseline cached as the provider would have "
+            "cached the raw prompts, estimated per session) and the earlier same-share estimate, "
+            "summed per protocol, against the saving the fake provider billed; gap = estimate - "
+            "measured (share of the measured saving).",
+            "",
+            estimate_table(result),
+            "",
+        ]
     if "cost" in charts:
         lines += [f"![cost per scenario]({charts['cost']})", ""]
     lines += [

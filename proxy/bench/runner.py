@@ -522,6 +522,18 @@ def _stability(
         acc["reasons"][reason] = acc["reasons"].get(reason, 0) + 1
 
 
+def _same_share_saving(r: Mapping[str, Any]) -> float:
+    """A line's saving with the same-share baseline (lines from before it was logged: as is)."""
+    saved, base, same = (
+        r.get("cost_savings_usd"),
+        r.get("baseline_cost_usd"),
+        r.get("baseline_same_share_cost_usd"),
+    )
+    if saved is None or base is None:
+        return 0.0
+    return float(saved) - float(base) + float(same if same is not None else base)
+
+
 def _log_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
     """What nocp's own TransactionLog says about one scenario's requests."""
 
@@ -547,6 +559,9 @@ def _log_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
         "estimated_cost_usd": round(total("estimated_cost_usd"), 8),
         "baseline_cost_usd": round(total("baseline_cost_usd"), 8),
         "cost_savings_usd": round(total("cost_savings_usd"), 8),
+        # the earlier estimate (baseline cached for the same share as the sent prompt)
+        "cost_savings_same_share_usd": round(sum(_same_share_saving(r) for r in records), 8),
+        "baseline_cached_tokens": int(total("baseline_cached_tokens")),
         "fail_open": dict(fail_open),
         "segment_methods": dict(methods.most_common()),
         "history_rollups": rollups,

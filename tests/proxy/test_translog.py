@@ -35,6 +35,8 @@ DESIGN_FIELDS = {
     "retrieval_offered", "retrieval_rounds", "retrievals", "retrieval_tokens", "retrieval_hops",
     # added with Anthropic Messages (prompt-cache writes, breakpoints nocp added)
     "cache_creation_input_tokens", "cache_creation_1h_input_tokens", "cache_breakpoints_added",
+    # added with the cache-aware cost baseline
+    "baseline_cached_tokens", "baseline_cache_write_tokens", "baseline_same_share_cost_usd",
 }  # fmt: skip
 
 
