@@ -35,6 +35,9 @@ class CutRecorder(Protocol):
     def add_cut(self, ref: str, text: str, *, tool: str | None, content_type: str, kind: str) -> None:
         """A stage made a lossy cut whose markers carry ``ref``; ``text`` is the original."""
 
+    def original_of(self, text: str) -> str | None:
+        """The original of a cut this request made, whose marker ``text`` carries (else None)."""
+
 
 @dataclass(slots=True)
 class StageContext:

@@ -400,15 +400,15 @@ def default_stages(
     stages: list[Stage] = []
     if settings.history.enabled:
         stages.append(HistoryStage.from_settings(settings, store, upstream=upstream))
-    if settings.aging.enabled and settings.retrieval.enabled:
+    if settings.stages.tool_output:
+        limit = settings.pipeline.max_analysis_chars
+        stages.append(ToolOutputStage(settings.compression, pool=pool, max_analysis_chars=limit))
+    if settings.aging.enabled and settings.retrieval.enabled:  # on what compression left
         from proxy.pricing import PriceTable
         from proxy.stages.aging import AgingStage
 
         prices = PriceTable.from_config(settings.pricing)
         stages.append(AgingStage(settings.aging, store or open_store(settings), prices))
-    if settings.stages.tool_output:
-        limit = settings.pipeline.max_analysis_chars
-        stages.append(ToolOutputStage(settings.compression, pool=pool, max_analysis_chars=limit))
     return stages
 
 

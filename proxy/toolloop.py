@@ -170,6 +170,12 @@ class LoopRequest(FeatureRequest):
             ref, Original(text=text, tool=tool, content_type=content_type, kind=kind)
         )
 
+    def original_of(self, text: str) -> str | None:
+        """The original of a cut this request made, whose marker ``text`` carries (else None)."""
+        if ID_SUFFIX not in text:
+            return None
+        return next((self.cut_originals[r].text for r in marker_ids(text) if r in self.cut_originals), None)
+
     # ----------------------------------------------------------------- before the stages
 
     def _anchor(self, x: Exchange, turns: list[Any]) -> str:

@@ -93,7 +93,12 @@ class AgingStage:
         candidates = [i for i in candidates if counts[i] >= cfg.min_tokens]
         if not candidates:
             return prompt
-        digests = {i: self._digest(prompt.segments[i], cuts.marker_key) for i in candidates}
+        # The stage runs after tool-output compression: the sizes are what would be sent, and
+        # the digest is made from (and fetches back) the original the compressor cut, if any.
+        originals = {
+            i: cuts.original_of(prompt.segments[i].text) or prompt.segments[i].text for i in candidates
+        }
+        digests = {i: self._digest(prompt.segments[i], originals[i], cuts.marker_key) for i in candidates}
         removed = sum(counts[i] - tokens.count(digests[i][1], ctx.model) for i in candidates)
         if removed <= 0:
             return prompt
@@ -102,7 +107,9 @@ class AgingStage:
         for i in candidates:
             seg = prompt.segments[i]
             ref, text = digests[i]
-            cuts.add_cut(ref, seg.text, tool=seg.tool_name, content_type="observation", kind="tool_output")
+            cuts.add_cut(
+                ref, originals[i], tool=seg.tool_name, content_type="observation", kind="tool_output"
+            )
             prompt = prompt.with_text(i, text)
             ctx.record.segments.append(
                 SegmentRecord(
@@ -120,10 +127,10 @@ class AgingStage:
         ctx.record.compression_justified = True
         return prompt
 
-    def _digest(self, seg: Segment, key: str) -> tuple[str, str]:
-        ref = content_id(seg.text, key)
+    def _digest(self, seg: Segment, original: str, key: str) -> tuple[str, str]:
+        ref = content_id(original, key)
         with marker_id(ref):
-            return ref, digest_of(seg.text, seg.tool_name, seg.tool_args)
+            return ref, digest_of(original, seg.tool_name, seg.tool_args)
 
     async def _decided(
         self, prompt: Prompt, ctx: StageContext, candidates: Sequence[int], step: int, removed: int, last: int
@@ -146,8 +153,9 @@ class AgingStage:
         suffix = sum(tokens.count(s.text, ctx.model) for s in prompt.segments if first <= s.index <= last)
         price = self.prices.lookup(ctx.model)
         cached = price.cached_input / price.input if price is not None and price.input else 0.5
-        gain = removed * (1 + cached * self.config.horizon_turns)
-        cost = suffix * (1 - cached)
+        write = 1.25 if ctx.protocol == "anthropic" else 1.0  # a breakpoint cache is written again
+        gain = removed * (write + cached * self.config.horizon_turns)
+        cost = suffix * (write - cached)
         worth = gain > cost
         _log.info(
             "aging_decision",
