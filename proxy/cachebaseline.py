@@ -111,11 +111,14 @@ def _has_breakpoint(value: Any) -> bool:
 @dataclass(frozen=True, slots=True)
 class Fingerprint:
     """One raw prompt: ``chain[i]`` names units 0..i, ``ends[i]`` is the tokens up to the end
-    of unit i, ``breakpoints`` the unit indexes a cache breakpoint ends (Anthropic)."""
+    of unit i (counted only when an estimate needs them: :func:`counted`), ``breakpoints`` the
+    unit indexes a cache breakpoint ends (Anthropic); ``units`` the parts themselves, kept
+    only until counted (never in the cache)."""
 
     chain: tuple[bytes, ...]
-    ends: tuple[int, ...]
+    ends: tuple[int, ...] = ()
     breakpoints: tuple[int, ...] = ()
+    units: tuple[Any, ...] = ()
 
     @property
     def tokens(self) -> int:
@@ -133,39 +136,49 @@ class Fingerprint:
 
 
 def fingerprint(adapter: _Counter, body: Mapping[str, Any], model: str) -> Fingerprint:
-    """The fingerprint of ``body`` (a raw request of ``adapter``'s protocol) for ``model``."""
+    """The fingerprint of ``body`` (a raw request of ``adapter``'s protocol) for ``model``:
+    hashes only (no tokenizer), the units kept for :func:`counted`."""
     key = adapter.turns_key
     turns = body.get(key)
     if isinstance(turns, str):  # Responses: ``input`` as one user text
         turns = [{"role": "user", "content": turns}]
     turns = turns if isinstance(turns, list) else []
-    empty = adapter.count_prompt({key: []}, model)
     header = {k: body[k] for k in _HEADER_KEYS if body.get(k)}
     marked = adapter.protocol in _BREAKPOINTS
     prev = _digest(f"{adapter.protocol}\0{model}".encode())
     chain: list[bytes] = []
-    ends: list[int] = []
+    units: list[Any] = []
     marks: list[int] = []
-    total = 0
     if header:
         prev = _digest(prev + _canonical(header, marked))
-        total += max(0, adapter.count_prompt({**header, key: []}, model) - empty)
         chain.append(prev)
-        ends.append(total)
+        units.append({**header, key: []})
         if _has_breakpoint(header.get("tools")) or _has_breakpoint(header.get("system")):
             marks.append(0)
     for turn in turns:
         prev = _digest(prev + _canonical(turn, marked))
-        total += max(0, adapter.count_prompt({key: [turn]}, model) - empty)
         chain.append(prev)
-        ends.append(total)
+        units.append({key: [turn]})
         if _has_breakpoint(turn):
             marks.append(len(chain) - 1)
     if body.get("cache_control") is not None and chain:  # Anthropic's automatic caching
         marks.append(len(chain) - 1)
     if not marked:
         marks = []
-    return Fingerprint(tuple(chain), tuple(ends), tuple(sorted(set(marks))))
+    return Fingerprint(tuple(chain), (), tuple(sorted(set(marks))), tuple(units))
+
+
+def counted(adapter: _Counter, fp: Fingerprint, model: str) -> Fingerprint:
+    """``fp`` with its token ``ends`` (counted with the adapter's own, cached, counter)."""
+    if fp.ends or not fp.units:
+        return fp
+    empty = adapter.count_prompt({adapter.turns_key: []}, model)
+    ends: list[int] = []
+    total = 0
+    for unit in fp.units:
+        total += max(0, adapter.count_prompt(unit, model) - empty)
+        ends.append(total)
+    return Fingerprint(fp.chain, tuple(ends), fp.breakpoints, fp.units)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +237,10 @@ class BaselineCache:
     def swap(self, key: str, current: Fingerprint) -> Fingerprint | None:
         """Remember ``current`` for ``key``; the live fingerprint it replaces, if any."""
         now = self._clock()
+        kept = Fingerprint(current.chain, (), current.breakpoints)  # hashes only: small
         with self._lock:
             old = self._data.pop(key, None)
-            self._data[key] = (now, current)
+            self._data[key] = (now, kept)
             while len(self._data) > self.max_sessions:
                 self._data.popitem(last=False)
         if old is None or now - old[0] > self.ttl_s:
@@ -234,9 +248,20 @@ class BaselineCache:
         return old[1]
 
     def observe(
-        self, tenant: str, session: str | None, adapter: _Counter, body: Mapping[str, Any], model: str
-    ) -> BaselineEstimate:
-        """Fingerprint the raw ``body``, compare it with the session's previous one, keep it."""
+        self,
+        tenant: str,
+        session: str | None,
+        adapter: _Counter,
+        body: Mapping[str, Any],
+        model: str,
+        *,
+        changed: bool = True,
+    ) -> BaselineEstimate | None:
+        """Fingerprint the raw ``body``, compare it with the session's previous one, keep it.
+        A request nocp did not change needs no estimate (its baseline is what was billed):
+        None, and no token is counted."""
         current = fingerprint(adapter, body, model)
         previous = self.swap(session_key(tenant, session), current)
-        return estimate(adapter.protocol, current, previous)
+        if not changed:
+            return None
+        return estimate(adapter.protocol, counted(adapter, current, model), previous)

@@ -255,7 +255,9 @@ def _finalizer(
             raw = adapter.count_prompt(received, model)
             record.set_input_tokens(raw, adapter.count_prompt(body, model) if changed else raw)
         if cost is not None:  # the raw prompt's cache use, per session (ok answers only)
-            cache = cost.observe(x.tenant, record.session_id, adapter, received, model, record)
+            cache = cost.observe(
+                x.tenant, record.session_id, adapter, received, model, record, changed=changed
+            )
             cost.apply(record, cache)
 
     return finalize

@@ -280,6 +280,8 @@ class CostModel:
         raw_body: Mapping[str, Any],
         model: str,
         record: TransactionLog,
+        *,
+        changed: bool = True,
     ) -> BaselineEstimate | None:
         """The raw prompt's estimated cache use (the session's fingerprint is updated); None
         without a fingerprint store, a price, or a successful answer. Runs on the log
@@ -289,7 +291,7 @@ class CostModel:
         if self.table.lookup(record.model) is None:
             return None
         try:
-            return self.baselines.observe(tenant, session, adapter, raw_body, model)
+            return self.baselines.observe(tenant, session, adapter, raw_body, model, changed=changed)
         except Exception:  # an estimate must never lose the line: fall back to same-share
             _log.exception("cache_baseline_failed")
             return None

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.cachebaseline import BLOCK_TOKENS, BaselineCache, estimate, fingerprint
+from proxy.cachebaseline import BLOCK_TOKENS, BaselineCache, counted, estimate, fingerprint
 from proxy.cli import main
 from proxy.pipeline import StageContext
 from proxy.protocols import AnthropicAdapter, OpenAIChatAdapter, Prompt
@@ -122,12 +122,15 @@ def test_anthropic_caches_only_at_the_clients_breakpoints() -> None:
             b["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
         return b
 
-    plain = estimate("anthropic", fingerprint(adapter, body(second, False), model), None)
-    prev = fingerprint(adapter, body(first, False), model)
-    assert estimate("anthropic", fingerprint(adapter, body(second, False), model), prev).cached == 0
+    def fp(b: dict[str, Any]) -> Any:
+        return counted(adapter, fingerprint(adapter, b, model), model)
+
+    plain = estimate("anthropic", fp(body(second, False)), None)
+    prev = fp(body(first, False))
+    assert estimate("anthropic", fp(body(second, False)), prev).cached == 0
     assert plain.cached == 0 and plain.written == 0
-    prev = fingerprint(adapter, body(first, True), model)
-    cur = fingerprint(adapter, body(second, True), model)
+    prev = fp(body(first, True))
+    cur = fp(body(second, True))
     got = estimate("anthropic", cur, prev)
     assert got.cached == cur.ends[0] and got.written == 0
 
@@ -138,8 +141,8 @@ def test_anthropic_caches_only_at_the_clients_breakpoints() -> None:
         ]
         return b
 
-    prev = fingerprint(adapter, own_cache(first), model)
-    cur = fingerprint(adapter, own_cache(second), model)
+    prev = fp(own_cache(first))
+    cur = fp(own_cache(second))
     got = estimate("anthropic", cur, prev)  # the moved breakpoint keeps the previous prompt's prefix
     assert got.cached == prev.tokens and got.written == cur.tokens - prev.tokens
 
@@ -185,3 +188,23 @@ def test_cost_model_prices_the_baseline_from_the_cache_estimate() -> None:
     same.set_input_tokens(3000, 3000)
     cost.apply(same, BaselineEstimate(1024))
     assert same.baseline_cached_tokens == 2048 and same.cost_savings_usd == 0
+
+
+def test_unchanged_requests_count_no_token() -> None:
+    """A request nocp did not change needs no estimate: nothing is counted (no tokenizer on
+    the passthrough path) and the session keeps only hashes of its prompt."""
+    adapter = OpenAIChatAdapter()
+    calls: list[Any] = []
+
+    class Counting(OpenAIChatAdapter):
+        def count_prompt(self, body: Any, model: str) -> int:
+            calls.append(body)
+            return super().count_prompt(body, model)
+
+    cache = BaselineCache()
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello " * 50}]}
+    assert cache.observe("-", "s", Counting(), body, "gpt-4o", changed=False) is None
+    assert calls == []
+    ((_, kept),) = cache._data.values()
+    assert kept.ends == () and kept.units == () and len(kept.chain) == 1
+    assert cache.observe("-", "s", adapter, body, "gpt-4o", changed=True) is not None
