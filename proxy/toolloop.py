@@ -106,9 +106,9 @@ class ToolLoop:
             prices=PriceTable.from_config(settings.pricing),
         )
 
-    def begin(self, x: Exchange) -> LoopRequest:
-        """The loop's state for one request."""
-        return LoopRequest(self, x)
+    def begin(self, x: Exchange) -> LoopRequest | None:
+        """The loop's state for one request (None when no stage runs: nothing is ever cut)."""
+        return LoopRequest(self, x) if x.services.pipeline else None
 
 
 class LoopRequest(FeatureRequest):
