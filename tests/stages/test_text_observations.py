@@ -3,6 +3,7 @@ and human-written user messages are never touched."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def _text_mode_pairs(root: Path) -> list[tuple[str, str]]:
         history = json.loads(path.read_text(encoding="utf-8")).get("history") or []
         if any(m.get("tool_calls") for m in history):
             continue
-        for a, u in zip(history, history[1:], strict=False):
+        for a, u in itertools.pairwise(history):
             if a.get("role") == "assistant" and u.get("role") == "user":
                 pairs.append((_text(a.get("content")), _text(u.get("content"))))
     return pairs
@@ -53,7 +54,7 @@ def test_task_and_first_messages_of_trajectories_are_not_observations(eval_data:
     """A trajectory's user messages that answer no assistant action (the task) are never observations."""
     for path in sorted((eval_data / "swe-agent").glob("*.traj")):
         history = json.loads(path.read_text(encoding="utf-8")).get("history") or []
-        for before, msg in zip(history, history[1:], strict=False):
+        for before, msg in itertools.pairwise(history):
             if msg.get("role") == "user" and before.get("role") != "assistant":
                 assert observation(_text(before.get("content")), _text(msg.get("content"))) is None
 
@@ -94,7 +95,8 @@ HUMAN_MESSAGES = [
     f"I ran the script and got this:\n{TRACEBACK}\nWhat am I doing wrong?",
     "Here is my function, why is it slow?\n```python\ndef f(xs):\n    return [x for x in xs if x in xs]\n```",
     "Please review:\n\ndef add(a, b):\n    return a - b\n\nI think there is a bug in it somewhere.",
-    "The logs say\n2026-01-02 10:00:01 ERROR db timeout\n2026-01-02 10:00:05 ERROR db timeout\nIs the database down?",
+    "The logs say\n2026-01-02 10:00:01 ERROR db timeout\n2026-01-02 10:00:05 ERROR db timeout\n"
+    "Is the database down?",
 ]
 
 
@@ -132,7 +134,10 @@ def test_action_blocks() -> None:
 
 def test_output_without_an_envelope() -> None:
     """Bare command output (traceback, ls -l, grep hits) reads as output; chat text does not."""
-    ls = "total 12\ndrwxr-xr-x  2 root root 4096 Jan  1 00:00 src\n-rw-r--r--  1 root root  120 Jan  1 00:00 setup.py"
+    ls = (
+        "total 12\ndrwxr-xr-x  2 root root 4096 Jan  1 00:00 src\n"
+        "-rw-r--r--  1 root root  120 Jan  1 00:00 setup.py"
+    )
     grep = "src/a.py:10:def parse():\nsrc/b.py:22:    parse()\ntests/test_a.py:5:from a import parse"
     mini = "<returncode>1</returncode>\n<output>\nboom\n</output>"
     assert all(looks_like_output(t) for t in (TRACEBACK, ls, grep, mini))
@@ -146,7 +151,8 @@ def _log_line(i: int) -> str:
     stamp = f"2026-11-21 10:{i // 60 % 60:02d}:{i % 60:02d}"
     if i % 97 == 0:
         return f"{stamp} ERROR worker-{i % 4} job {i} failed: timeout after 30s"
-    return f"{stamp} INFO worker-{i % 4} connection closed by 10.0.{i % 7}.{i % 250} port {40000 + i * 13 % 9000}"
+    port = 40000 + i * 13 % 9000
+    return f"{stamp} INFO worker-{i % 4} connection closed by 10.0.{i % 7}.{i % 250} port {port}"
 
 
 LOG = "\n".join(_log_line(i) for i in range(1500))
