@@ -35,6 +35,7 @@ class Adapter(abc.ABC):
     upstream_protocol: ClassVar[str]  # which configured upstreams serve it
     routes: ClassVar[tuple[Route, ...]]
     turns_key: ClassVar[str]  # the body's list of messages
+    alternating_turns: ClassVar[bool] = False  # the provider rejects two same-role turns in a row
 
     # --- requests -----------------------------------------------------------------------
 
@@ -81,10 +82,35 @@ class Adapter(abc.ABC):
 
     def enforce_turns(self, body: dict[str, Any], client_turns: AbstractSet[int]) -> bool:
         """Make what the stages and features produced obey the protocol's turn rules (the
-        exchange's last step before sending); True if the body changed. ``client_turns``
-        holds the ``id()`` of each message object the client sent: those it sent as they
-        are, in a row, are the client's business and stay as they are."""
-        return False
+        exchange's last step before sending); True if the body changed. Where turns must
+        alternate, consecutive turns of one role, one of them nocp's (a summary, a retrieval
+        round), become one by :meth:`merge_turns`. ``client_turns`` holds the ``id()`` of
+        each message object the client sent: those it sent as they are, in a row, are the
+        client's business and stay as they are."""
+        if not self.alternating_turns:
+            return False
+        turns = body[self.turns_key]
+        merged: list[Any] = []
+        for msg in turns:
+            prev = merged[-1] if merged else None
+            if (
+                isinstance(prev, dict)
+                and isinstance(msg, dict)
+                and prev.get("role", "user") == msg.get("role", "user")
+                and not (id(prev) in client_turns and id(msg) in client_turns)
+            ):
+                merged[-1] = self.merge_turns(prev, msg)
+            else:
+                merged.append(msg)
+        if len(merged) == len(turns):
+            return False
+        body[self.turns_key] = merged
+        return True
+
+    def merge_turns(self, prev: dict[str, Any], nxt: dict[str, Any]) -> dict[str, Any]:
+        """The one turn standing for two consecutive turns of one role (protocols whose
+        turns must alternate)."""
+        raise NotImplementedError
 
     def auto_cache(self, body: dict[str, Any], model: str, ttl: str) -> int:
         """Add prompt-cache breakpoints to a request that has none (protocols that cache only

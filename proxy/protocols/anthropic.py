@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from typing import Any, ClassVar
 
 from compressors import tokens
@@ -302,6 +301,7 @@ class AnthropicAdapter(Adapter):
     routes: ClassVar[tuple[Route, ...]] = (("POST", "/v1/messages"),)
     caches_at_breakpoints: ClassVar[bool] = True
     turns_key: ClassVar[str] = "messages"
+    alternating_turns: ClassVar[bool] = True
 
     # ----------------------------------------------------------------- requests
 
@@ -455,34 +455,17 @@ class AnthropicAdapter(Adapter):
             for path, text in parts
         ]
 
-    def enforce_turns(self, body: dict[str, Any], client_turns: AbstractSet[int]) -> bool:
-        """Consecutive messages of one role, one of them nocp's (a summary, a retrieval round),
-        are merged (Messages must alternate): their blocks joined in order, tool results first
-        in a user message, as the API requires."""
-        messages = body["messages"]
-        merged: list[Any] = []
-        for msg in messages:
-            prev = merged[-1] if merged else None
-            if (
-                isinstance(prev, dict)
-                and isinstance(msg, dict)
-                and prev.get("role") == msg.get("role")
-                and not (id(prev) in client_turns and id(msg) in client_turns)
-            ):
-                blocks = [*_blocks(prev.get("content")), *_blocks(msg.get("content"))]
-                if msg.get("role") == "user":
-                    results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
-                    blocks = [
-                        *results,
-                        *(b for b in blocks if not (isinstance(b, dict) and b.get("type") == "tool_result")),
-                    ]
-                merged[-1] = {**prev, "content": blocks}
-            else:
-                merged.append(msg)
-        if len(merged) == len(messages):
-            return False
-        body["messages"] = merged
-        return True
+    def merge_turns(self, prev: dict[str, Any], nxt: dict[str, Any]) -> dict[str, Any]:
+        """Blocks joined in order (Messages must alternate), tool results first in a user
+        message, as the API requires."""
+        blocks = [*_blocks(prev.get("content")), *_blocks(nxt.get("content"))]
+        if nxt.get("role") == "user":
+            results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
+            blocks = [
+                *results,
+                *(b for b in blocks if not (isinstance(b, dict) and b.get("type") == "tool_result")),
+            ]
+        return {**prev, "content": blocks}
 
     def count_prompt(self, body: Mapping[str, Any], model: str) -> int:
         return tokens.count(prefix_text(body, len(body.get("messages") or ())), model)

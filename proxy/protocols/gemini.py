@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -362,6 +361,7 @@ class GeminiAdapter(Adapter):
         )
 
     turns_key: ClassVar[str] = "contents"
+    alternating_turns: ClassVar[bool] = True
 
     def summary_message(self, text: str) -> dict[str, Any]:
         return {"role": "user", "parts": [{"text": text}]}
@@ -380,27 +380,10 @@ class GeminiAdapter(Adapter):
     def claims(self, path: str, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
         return path.startswith(_GEMINI_PREFIXES) or "x-goog-api-key" in headers or "key" in query
 
-    def enforce_turns(self, body: dict[str, Any], client_turns: AbstractSet[int]) -> bool:
-        """Consecutive turns of one role, one of them nocp's (a summary, a retrieval round),
-        are merged into one (Gemini rejects same-role turns in a row): their parts joined in
-        order, the first turn's other fields kept."""
-        contents = body["contents"]
-        merged: list[Any] = []
-        for block in contents:
-            prev = merged[-1] if merged else None
-            if (
-                isinstance(prev, dict)
-                and isinstance(block, dict)
-                and prev.get("role", "user") == block.get("role", "user")
-                and not (id(prev) in client_turns and id(block) in client_turns)
-            ):
-                merged[-1] = {**prev, "parts": [*(prev.get("parts") or []), *(block.get("parts") or [])]}
-            else:
-                merged.append(block)
-        if len(merged) == len(contents):
-            return False
-        body["contents"] = merged
-        return True
+    def merge_turns(self, prev: dict[str, Any], nxt: dict[str, Any]) -> dict[str, Any]:
+        """Parts joined in order (Gemini rejects same-role turns in a row), the first turn's
+        other fields kept."""
+        return {**prev, "parts": [*(prev.get("parts") or []), *(nxt.get("parts") or [])]}
 
     def count_prompt(self, body: Mapping[str, Any], model: str) -> int:
         return tokens.count_gemini_request(body)
