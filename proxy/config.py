@@ -255,7 +255,8 @@ class RetrievalConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tools, tool calls or tool results), before any cut: the tool list, which providers render
     ahead of the messages, then stays the same from the agent's first turns on, so the first
     cut does not cost one whole uncached prompt. Off by default: the tool is offered only
-    with a marker to fetch.
+    with a marker to fetch (measured: offering it from the first request cost more on short
+    agent sessions than the one mid-session miss it avoids, also with observation aging on).
     """
 
     enabled: bool = True
@@ -265,7 +266,7 @@ class RetrievalConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tool_name: str = "nocp_retrieve"
     max_result_chars: int = 200_000
     secret: str = ""  # marker ids are keyed with it; empty: generated once (see proxy.secret)
-    cache_horizon_turns: int = 10  # turns a new tool's cache rewrite is weighed over (see below)
+    cache_horizon_turns: int = 10  # at most this many later turns weigh a new tool's cache miss
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0:
@@ -329,7 +330,8 @@ class AgingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Observation aging (see ``proxy.stages.aging``): tool outputs of at least ``min_tokens``
     older than the last ``keep_last_turns`` assistant turns become a digest with a retrievable
     marker; the boundary moves every ``step_turns`` turns, and a step is taken only when the
-    tokens it removes now and over ``horizon_turns`` turns pay for the one cache miss it causes.
+    tokens it removes now and over the turns the session is expected to still have (as many as
+    it has had, at most ``horizon_turns``) pay for the one cache miss it causes.
     Each step's decision is kept ``decision_ttl_s``."""
 
     enabled: bool = False

@@ -408,7 +408,10 @@ def default_stages(
         from proxy.stages.aging import AgingStage
 
         prices = PriceTable.from_config(settings.pricing)
-        stages.append(AgingStage(settings.aging, store or open_store(settings), prices))
+        text = settings.compression.text_observations == "auto"
+        stages.append(
+            AgingStage(settings.aging, store or open_store(settings), prices, text_observations=text)
+        )
     return stages
 
 

@@ -40,6 +40,7 @@ import structlog
 
 from compressors import tokens
 from compressors.markers import ID_CHARS, ID_SUFFIX, marker_ids, unavailable
+from proxy.cacheecon import BREAKPOINT_WRITE, cached_ratio, decide_miss, expected_remaining_turns
 from proxy.config import RetrievalConfig, Settings
 from proxy.exchange import Exchange, FeatureRequest
 from proxy.pricing import PriceTable
@@ -65,7 +66,6 @@ _original_decoder = msgspec.json.Decoder(Original)
 _hidden_decoder = msgspec.json.Decoder(Hidden)
 _encoder = msgspec.json.Encoder()
 _UNDECIDED: Final = "undecided"
-_WRITE = 1.25  # a prompt-cache write, relative to the input price (Anthropic's breakpoints)
 
 
 def scope(tenant: str, session: str | None) -> str:
@@ -276,16 +276,16 @@ class LoopRequest(FeatureRequest):
         """Whether the cuts of this request pay for the cache miss a new tool causes: the whole
         prompt billed uncached once (or, where the provider caches at breakpoints, written again
         at 1.25x) instead of read at the cached price, against the tokens the cuts remove now
-        and on the next ``retrieval.cache_horizon_turns`` turns (at the cached price). Prices
+        and over the turns the session is expected to still have (as many as it has had, at
+        most ``retrieval.cache_horizon_turns``; at the cached price; :mod:`proxy.cacheecon`). Prices
         are the model's (``proxy.pricing``); unknown: cached at half the input price."""
         cut = sum(
             tokens.count(old.text, self.model) - tokens.count(new.text, self.model)
             for old, new in zip(before.segments, after.segments, strict=True)
             if new.text != old.text
         )
-        price = self.app.prices.lookup(self.model) if self.app.prices is not None else None
-        cached = price.cached_input / price.input if price is not None and price.input else 0.5
-        write = _WRITE if x.adapter.caches_at_breakpoints else 1.0
+        cached = cached_ratio(self.app.prices, self.model)
+        write = BREAKPOINT_WRITE if x.adapter.caches_at_breakpoints else 1.0
         r = after.rollup
         fresh_rollup = r is not None and any(
             s.kind == "history" and s.method.startswith("history_rollup") for s in self.record.segments
@@ -298,12 +298,16 @@ class LoopRequest(FeatureRequest):
             cut += max(0, rolled - tokens.count(r.text, self.model))
         else:
             prompt = x.adapter.count_prompt(x.body, self.model)
-        worth = cut * (write + cached * self.config.cache_horizon_turns) >= prompt * (write - cached)
+        turns = sum(1 for t in before.turns if t.role in ("assistant", "model"))
+        horizon = expected_remaining_turns(turns, self.config.cache_horizon_turns)
+        decision = decide_miss(removed=cut, miss_tokens=prompt, cached=cached, write=write, horizon=horizon)
+        worth = decision.pays
         _log.info(
             "new_tool_decision",
             cut_tokens=cut,
             prompt_tokens=prompt,
             cached_price=round(cached, 3),
+            horizon_turns=horizon,
             offer=worth,
         )
         return worth

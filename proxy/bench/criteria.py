@@ -99,12 +99,19 @@ class Fidelity:
     requests_full: int = 0
     requests: int = 0
     missed_examples: list[str] = field(default_factory=list)
+    # Retrieval rounds a model would need: one per request whose answer uses a value of an
+    # observation in its prompt that nocp sent only behind a marker; what each would bill (the
+    # round's call and prompt, the fetched original, and both resent on the later turns).
+    rounds: int = 0
+    round_cost_usd: float = 0.0
 
     def add(self, other: Fidelity) -> None:
         self.needed += other.needed
         self.kept += other.kept
         self.requests_full += other.requests_full
         self.requests += other.requests
+        self.rounds += other.rounds
+        self.round_cost_usd += other.round_cost_usd
 
     @property
     def recall(self) -> float | None:

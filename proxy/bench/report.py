@@ -130,6 +130,8 @@ def _scenario_json(r: ScenarioResult) -> dict[str, Any]:
             "requests": fid.requests,
             "requests_with_full_recall": fid.requests_full,
             "missed_examples": list(dict.fromkeys(fid.missed_examples)),
+            "retrieval_rounds_needed": fid.rounds,
+            "retrieval_round_cost_usd": round(fid.round_cost_usd, 6),
         },
         "nocp_log": r.log,
         "prefix_stability": r.stability,

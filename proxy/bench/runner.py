@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from compressors import tokens
 from compressors.hardtokens import hard_tokens
 from proxy.bench.criteria import Criterion, Fidelity, Totals, evaluate
 from proxy.bench.protocols import (
@@ -65,6 +66,7 @@ from proxy.bench.protocols import (
 )
 from proxy.bench.scenarios import Conversation, Message, Scenario, seed_scenarios
 from proxy.pricing import Price, PriceTable
+from proxy.stages.observations import observation
 from proxy.stats import percentile
 
 if TYPE_CHECKING:
@@ -85,6 +87,7 @@ __all__ = [
 ]
 
 LONG_TURNS = 30  # conversations with at least this many requests are reported one by one
+_CALL_TOKENS = 30  # output tokens of one retrieval call (name, id, query)
 
 
 def message_text(msg: Mapping[str, Any]) -> str:
@@ -452,6 +455,17 @@ class _Replayer:
                 sent_body = self.nocp_fake.requests[-1].json()
                 tools, sent = sent_view(proto.name, sent_body)
                 self._fidelity(msgs[:end], sent, later[end], result.fidelity, chat=proto.name == "chat")
+                self._round(
+                    msgs,
+                    end,
+                    sent,
+                    result.fidelity,
+                    chat=proto.name == "chat",
+                    remaining=len(turns) - k - 1,
+                    prompt=self.nocp_fake.usage_log[-1].prompt_tokens,
+                    model=model,
+                    price=price,
+                )
                 current = (tools, sent)
                 if previous is not None:
                     _stability(previous, current, result.stability)
@@ -459,6 +473,62 @@ class _Replayer:
             self.base_fake.requests.clear()
             self.nocp_fake.requests.clear()
             progress(result.name, k + 1)
+
+    def _data(self, raw: Sequence[Message]) -> list[int]:
+        """Indexes of a prompt's observations: tool messages and text-mode observations (user
+        messages answering an assistant's action block, :mod:`proxy.stages.observations`)."""
+        return [
+            i
+            for i, m in enumerate(raw)
+            if m.get("role") == "tool"
+            or (
+                m.get("role") == "user"
+                and i > 0
+                and raw[i - 1].get("role") == "assistant"
+                and observation(message_text(raw[i - 1]), message_text(m)) is not None
+            )
+        ]
+
+    def _round(
+        self,
+        msgs: Sequence[Message],
+        end: int,
+        sent: Iterable[Message],
+        fid: Fidelity,
+        *,
+        chat: bool,
+        remaining: int,
+        prompt: int,
+        model: str,
+        price: Price,
+    ) -> None:
+        """Bill a retrieval round when the answer to this request (``msgs[end]``) uses a value of
+        an observation in its prompt that nocp did not send: the round's call (about
+        ``_CALL_TOKENS`` output tokens), its prompt again (cached in the provider's steps) plus
+        the whole original fetched, and the call and original resent on every later turn (cached)."""
+        used = self.hard(message_text(msgs[end]))
+        if not used:
+            return
+        raw = msgs[:end]
+        holders = [raw[i] for i in self._data(raw)]
+        wanted = {t for m in holders for t in self.hard(message_text(m)) & used}
+        if not wanted:
+            return
+        present: set[str] = set()
+        for m in sent:
+            if isinstance(m, dict):
+                present |= self.hard(message_text(m) if chat else leaf_text(m))
+        missing = wanted - present
+        if not missing:
+            return
+        fetched = sum(
+            tokens.count(message_text(m), model) for m in holders if self.hard(message_text(m)) & missing
+        )
+        cached = prompt // 128 * 128 if prompt >= 1024 else 0
+        fid.rounds += 1
+        fid.round_cost_usd += price.cost(prompt + _CALL_TOKENS + fetched, cached, _CALL_TOKENS)
+        carried = (_CALL_TOKENS + fetched) * remaining
+        fid.round_cost_usd += price.cost(carried, carried, 0)
 
     def _fidelity(
         self,
@@ -470,9 +540,8 @@ class _Replayer:
         chat: bool = True,
     ) -> None:
         data: set[str] = set()
-        for m in raw:
-            if m.get("role") == "tool":
-                data |= self.hard(message_text(m))
+        for i in self._data(raw):
+            data |= self.hard(message_text(raw[i]))
         needed = data & later
         if not needed:
             return

@@ -1,14 +1,16 @@
 """Observation aging: old tool outputs replaced by a short digest, in coarse steps.
 
-Agents resend every old observation on every turn. Tool outputs older than the last
+Agents resend every old observation on every turn. Tool outputs (and a text-mode agent's
+observations, see :mod:`proxy.stages.observations`) older than the last
 ``aging.keep_last_turns`` assistant turns are replaced by a digest — the call that produced
 the output, its size, its first and last lines, the hard tokens it mentions (paths, ids,
 numbers, errors) — ending with a retrievable marker, so nothing is lost: the model can fetch
 the original with ``nocp_retrieve``. The boundary moves only every ``aging.step_turns`` turns,
 so the prompt's prefix changes at most once per step (one cache miss), and a step is taken
-only when it pays: the tokens it removes now and on the next ``aging.horizon_turns`` turns (at
-the cached price) against the one-time cost of the prompt from the first aged output on being
-billed uncached instead of cached — at the model's prices (``proxy.pricing``). Each decision is
+only when it pays: the tokens it removes now and on the turns the session is expected to still
+have (as many as it has had, at most ``aging.horizon_turns``; at the cached price) against the
+one-time cost of the prompt from the first aged output on being billed uncached instead of
+cached — at the model's prices (``proxy.pricing``; the rule is :mod:`proxy.cacheecon`'s). Each decision is
 stored per tenant, session and step (the same on every request of the step) and logged.
 
 Without retrieval (no place to keep originals) nothing is aged: a digest is a lossy cut.
@@ -17,7 +19,7 @@ Without retrieval (no place to keep originals) nothing is aged: a digest is a lo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import structlog
@@ -25,11 +27,13 @@ import structlog
 from compressors import tokens
 from compressors.hardtokens import hard_tokens
 from compressors.markers import content_id, marker_id, omitted_marker
+from proxy.cacheecon import BREAKPOINT_WRITE, cached_ratio, decide_miss, expected_remaining_turns
 from proxy.config import AgingConfig
 from proxy.pipeline import StageContext
 from proxy.pricing import PriceTable
 from proxy.protocols import Prompt, Segment
 from proxy.sessions import SessionStore
+from proxy.stages.observations import OBSERVATIONS, Action, observations_of
 from proxy.translog import SegmentRecord
 
 __all__ = ["AgingStage", "digest_of"]
@@ -56,13 +60,28 @@ def digest_of(text: str, tool: str | None, args: str) -> str:
     return omitted_marker("; ".join(parts))
 
 
+def _call(seg: Segment, actions: Mapping[int, Action]) -> tuple[str | None, str]:
+    """The call that produced an output: the tool call's, or a text-mode observation's action."""
+    action = actions.get(seg.index) if seg.kind == "user" else None
+    return (action.command, action.text) if action is not None else (seg.tool_name, seg.tool_args)
+
+
+def _digest(call: tuple[str | None, str], original: str, key: str) -> tuple[str, str]:
+    ref = content_id(original, key)
+    with marker_id(ref):
+        return ref, digest_of(original, *call)
+
+
 class AgingStage:
     """The observation-aging stage (see the module docstring)."""
 
     name = "aging"
 
-    def __init__(self, config: AgingConfig, store: SessionStore, prices: PriceTable) -> None:
+    def __init__(
+        self, config: AgingConfig, store: SessionStore, prices: PriceTable, *, text_observations: bool = True
+    ) -> None:
         self.config = config
+        self.text_observations = text_observations  # age text-mode observations too
         self.store = store
         self.prices = prices
 
@@ -78,10 +97,11 @@ class AgingStage:
         limit = assistant[aged_turns]  # the outputs of the aged turns come before this message
         r = prompt.rollup
         own = cuts.tool_name
+        actions = self._observations(prompt, ctx)
         candidates = [
             i
             for i, seg in enumerate(prompt.segments)
-            if seg.kind == "tool_output"
+            if (seg.kind == "tool_output" or (seg.kind == "user" and seg.index in actions))
             and seg.index < limit
             and seg.tool_name != own
             and not (r is not None and r.start <= seg.index < r.end)
@@ -98,24 +118,25 @@ class AgingStage:
         originals = {
             i: cuts.original_of(prompt.segments[i].text) or prompt.segments[i].text for i in candidates
         }
-        digests = {i: self._digest(prompt.segments[i], originals[i], cuts.marker_key) for i in candidates}
+        calls = {i: _call(prompt.segments[i], actions) for i in candidates}
+        digests = {i: _digest(calls[i], originals[i], cuts.marker_key) for i in candidates}
         removed = sum(counts[i] - tokens.count(digests[i][1], ctx.model) for i in candidates)
         if removed <= 0:
             return prompt
-        if not await self._decided(prompt, ctx, candidates, aged_turns, removed, assistant[-1]):
+        if not await self._decided(
+            prompt, ctx, candidates, aged_turns, removed, assistant[-1], len(assistant)
+        ):
             return prompt
         for i in candidates:
             seg = prompt.segments[i]
             ref, text = digests[i]
-            cuts.add_cut(
-                ref, originals[i], tool=seg.tool_name, content_type="observation", kind="tool_output"
-            )
+            cuts.add_cut(ref, originals[i], tool=calls[i][0], content_type="observation", kind="tool_output")
             prompt = prompt.with_text(i, text)
             ctx.record.segments.append(
                 SegmentRecord(
-                    kind="tool_output",
+                    kind="tool_output" if seg.kind == "tool_output" else "observation",
                     index=seg.index,
-                    tool=seg.tool_name,
+                    tool=calls[i][0],
                     method="aged",
                     tokens_before=counts[i],
                     tokens_after=tokens.count(text, ctx.model),
@@ -127,13 +148,23 @@ class AgingStage:
         ctx.record.compression_justified = True
         return prompt
 
-    def _digest(self, seg: Segment, original: str, key: str) -> tuple[str, str]:
-        ref = content_id(original, key)
-        with marker_id(ref):
-            return ref, digest_of(original, seg.tool_name, seg.tool_args)
+    def _observations(self, prompt: Prompt, ctx: StageContext) -> Mapping[int, Action]:
+        """The text-mode observations (user messages that are command output), by message
+        index: as the tool-output stage found them on the client's text, else found here."""
+        if not self.text_observations:
+            return {}
+        found = ctx.extras.get(OBSERVATIONS)
+        return found if isinstance(found, dict) else observations_of(prompt)
 
     async def _decided(
-        self, prompt: Prompt, ctx: StageContext, candidates: Sequence[int], step: int, removed: int, last: int
+        self,
+        prompt: Prompt,
+        ctx: StageContext,
+        candidates: Sequence[int],
+        step: int,
+        removed: int,
+        last: int,
+        turns: int,
     ) -> bool:
         """Whether this step ages: stored per tenant, session and step, so that every request
         of the step does the same; decided the first time by the cache economics."""
@@ -148,23 +179,26 @@ class AgingStage:
             return stored == b"1"
         # The miss: what the previous request had cached from the first aged output on (the
         # turn's new messages are uncached either way) is billed uncached this once; the gain:
-        # the removed tokens, now and, at the cached price, on the next turns.
+        # the removed tokens, now and, at the cached price, over the turns the session is
+        # expected to still have (see proxy.cacheecon).
         first = min(prompt.segments[i].index for i in candidates)
         suffix = sum(tokens.count(s.text, ctx.model) for s in prompt.segments if first <= s.index <= last)
-        price = self.prices.lookup(ctx.model)
-        cached = price.cached_input / price.input if price is not None and price.input else 0.5
-        write = 1.25 if ctx.protocol == "anthropic" else 1.0  # a breakpoint cache is written again
-        gain = removed * (write + cached * self.config.horizon_turns)
-        cost = suffix * (write - cached)
-        worth = gain > cost
+        cached = cached_ratio(self.prices, ctx.model)
+        write = BREAKPOINT_WRITE if ctx.protocol == "anthropic" else 1.0  # written again at breakpoints
+        horizon = expected_remaining_turns(turns, self.config.horizon_turns)
+        decision = decide_miss(
+            removed=removed, miss_tokens=suffix, cached=cached, write=write, horizon=horizon
+        )
+        worth = decision.pays
         _log.info(
             "aging_decision",
             step=step,
             removed_tokens=removed,
             suffix_tokens=suffix,
             cached_price=round(cached, 3),
-            gain=round(gain),
-            miss_cost=round(cost),
+            horizon_turns=horizon,
+            gain=round(decision.gain),
+            miss_cost=round(decision.cost),
             age=worth,
         )
         try:

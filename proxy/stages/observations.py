@@ -33,7 +33,13 @@ from typing import Final
 
 import msgspec
 
-__all__ = ["Action", "action_block", "looks_like_output", "observation"]
+from proxy.protocols import Prompt
+
+__all__ = ["OBSERVATIONS", "Action", "action_block", "looks_like_output", "observation", "observations_of"]
+
+# ``StageContext.extras`` key under which the tool-output stage leaves the observations it
+# found (on the text as the client sent it), for observation aging
+OBSERVATIONS: Final = "text_observations"
 
 _SHELL_LANGS: Final = frozenset({"", "bash", "sh", "shell", "console", "zsh"})
 _FENCE: Final = re.compile(r"^[ \t]*```[ \t]*([^\s`]*)[ \t]*$")
@@ -179,3 +185,23 @@ def observation(assistant_text: str, user_text: str) -> Action | None:
     if action is None or not looks_like_output(user_text):
         return None
     return action
+
+
+def observations_of(prompt: Prompt) -> dict[int, Action]:
+    """The user messages (by index) that are a text-mode agent's observations, each with the
+    action it answers: the message right before it is an assistant message with no tool call."""
+    texts: dict[int, list[str]] = {}
+    kinds: dict[int, set[str]] = {}
+    for seg in prompt.segments:
+        kinds.setdefault(seg.index, set()).add(seg.kind)
+        if seg.kind in ("user", "assistant"):
+            texts.setdefault(seg.index, []).append(seg.text)
+    found: dict[int, Action] = {}
+    for index, kind in kinds.items():
+        before = kinds.get(index - 1)
+        if kind != {"user"} or before != {"assistant"}:
+            continue
+        action = observation("\n".join(texts[index - 1]), "\n".join(texts[index]))
+        if action is not None:
+            found[index] = action
+    return found

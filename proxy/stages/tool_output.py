@@ -29,32 +29,12 @@ import structlog
 from compressors import CompressionConfig, CompressionContext, CompressionResult, cached, compress, remember
 from proxy.pipeline import StageContext
 from proxy.protocols import Prompt, Segment
-from proxy.stages.observations import Action, observation
+from proxy.stages.observations import OBSERVATIONS, observations_of
 from proxy.translog import SegmentRecord
 from proxy.workers import CompressPool, run_jobs
 
 _THREAD_CHARS = 64 * 1024  # below this, a thread hop costs more than the work
 _log = structlog.get_logger("nocp.stages")
-
-
-def _observations(prompt: Prompt) -> dict[int, Action]:
-    """The user messages (by index) that are a text-mode agent's observations, each with the
-    action it answers: the message right before it is an assistant message with no tool call."""
-    texts: dict[int, list[str]] = {}
-    kinds: dict[int, set[str]] = {}
-    for seg in prompt.segments:
-        kinds.setdefault(seg.index, set()).add(seg.kind)
-        if seg.kind in ("user", "assistant"):
-            texts.setdefault(seg.index, []).append(seg.text)
-    found: dict[int, Action] = {}
-    for index, kind in kinds.items():
-        before = kinds.get(index - 1)
-        if kind != {"user"} or before != {"assistant"}:
-            continue
-        action = observation("\n".join(texts[index - 1]), "\n".join(texts[index]))
-        if action is not None:
-            found[index] = action
-    return found
 
 
 class ToolOutputStage:
@@ -131,7 +111,8 @@ class ToolOutputStage:
         r = prompt.rollup
         retrieval = ctx.retrieval
         own_tool = retrieval.tool_name if retrieval is not None else None
-        actions = _observations(prompt) if self.config.text_observations == "auto" else {}
+        actions = observations_of(prompt) if self.config.text_observations == "auto" else {}
+        ctx.extras[OBSERVATIONS] = actions  # for observation aging: found on the uncompressed text
         work: list[tuple[int, Segment, str]] = []
         query = ""
         for i, seg in enumerate(prompt.segments):

@@ -7,8 +7,10 @@ import json
 from typing import Any
 
 import openai
+import structlog
 
 from compressors.markers import content_id
+from proxy.cacheecon import decide_miss
 from proxy.stages.aging import digest_of
 from proxy.testing import FakeUpstream, Reply, ToolCall
 from tests.helpers import SECRET, sent
@@ -115,3 +117,65 @@ async def test_nothing_ages_without_retrieval(fake: FakeUpstream, make_proxy: An
             messages += agent_turn(turn)
             await client.chat.completions.create(model="gpt-4o", messages=messages)
     assert all(aged(sent(fake, k)) == [] for k in range(5))
+
+
+def listing(name: str, lines: int) -> list[Any]:
+    """One `ls` call and its output: ``lines`` paths."""
+    call = {"id": name, "type": "function", "function": {"name": "ls", "arguments": "{}"}}
+    text = "\n".join(f"{name}/dir_{i % 9}/file_{i}.txt" for i in range(lines))
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": name, "content": text},
+    ]
+
+
+async def test_an_early_step_is_weighed_over_the_turns_the_session_has_had(
+    fake: FakeUpstream, make_proxy: Any
+) -> None:
+    """Four turns in, a step is weighed over four more turns, not the configured cap: removing
+    two mid-size outputs ahead of a long user message pays over ten turns but not over four,
+    so nothing ages; the decision is logged with its horizon."""
+    proxy = await make_proxy(aging={**AGING, "horizon_turns": 10, "min_tokens": 50})
+    messages: list[Any] = [
+        {"role": "user", "content": "Look around."},
+        *listing("a", 120),
+        *listing("b", 120),
+    ]
+    notes = " ".join(f"note {i} on the layout of module m{i % 50}." for i in range(1800))  # ~18K tokens
+    messages += [*listing("c", 5), {"role": "user", "content": notes}, *listing("d", 5)]
+    with structlog.testing.capture_logs() as logs:
+        async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-a", max_retries=0) as client:
+            await client.chat.completions.create(model="gpt-4o", messages=messages)
+    (decision,) = [e for e in logs if e["event"] == "aging_decision"]
+    assert decision["horizon_turns"] == 4 and decision["age"] is False
+    removed, miss = decision["removed_tokens"], decision["suffix_tokens"]
+    assert decide_miss(removed=removed, miss_tokens=miss, cached=0.5, write=1.0, horizon=10).pays
+    assert aged(sent(fake, 0)) == []
+
+
+def text_turn(turn: int) -> list[Any]:
+    """One text-mode agent step: a bash action block, its output sent back as a user message."""
+    return [
+        {"role": "assistant", "content": f"Let me look at batch {turn}.\n```bash\ncat /data/t{turn}.log\n```"},
+        {"role": "user", "content": output(turn) + "\n(Open file: n/a)\n(Current directory: /repo)\nbash-$"},
+    ]
+
+
+async def test_text_mode_observations_age_like_tool_outputs(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A text-mode agent's old observations (user messages answering an action block) become
+    digests naming the command, with a retrievable marker; the task message stays as sent."""
+    proxy = await make_proxy(aging=AGING)
+    task = "Go through the batches in /data and report the slow ones."
+    messages: list[Any] = [{"role": "user", "content": task}]
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-a", max_retries=0) as client:
+        for turn in range(4):
+            messages += text_turn(turn)
+            await client.chat.completions.create(model="gpt-4o", messages=messages)
+    body = sent(fake, 3)
+    users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+    assert users[0] == task
+    assert [u.startswith("[nocp omitted: aged output of cat(cat /data/t") for u in users[1:]] == [
+        True, True, False, False,
+    ]  # fmt: skip
+    assert f"; id={content_id(text_turn(0)[1]['content'], SECRET)}]" in users[1]
+    assert "aged" in (await proxy.log_lines(4))[3]["input_compression_methods"]
