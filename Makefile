@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening clean
+.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening bench-ablation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,7 @@ bench: install  ## every benchmark: nocp bench (scenarios, traces, cost, overhea
 	$(BIN)/nocp bench compress-speed
 	$(BIN)/nocp bench history --out $(RESULTS)
 	$(BIN)/nocp bench retrieval --out $(RESULTS)
+	$(BIN)/nocp bench ablation --out $(RESULTS)
 
 bench-quick: install  ## nocp bench on small sizes, a few traces, no peer (under a minute; run by CI; writes build/bench-quick)
 	$(BIN)/nocp bench --quick --out build/bench-quick
@@ -63,6 +64,9 @@ bench-history: install  ## history roll-up: fact retention, prefix stability (ev
 
 bench-retrieval: install  ## reversible compression: omitted hard tokens recoverable, cost of retrieval rounds
 	$(BIN)/nocp bench retrieval --out $(RESULTS)
+
+bench-ablation: install  ## real agent traces: cost saved per feature (ablation rows) at 50/75/90% cached discounts
+	$(BIN)/nocp bench ablation --out $(RESULTS)
 
 bench-hardening: install  ## small requests under 3 floods of 30 MB requests (p50, RSS); agent requests with Redis paused
 	$(BIN)/nocp bench hardening --out $(RESULTS)

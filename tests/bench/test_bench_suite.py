@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from proxy.bench.criteria import CRITERIA, Totals, evaluate, reduction, suite_verdict
 from proxy.bench.report import README_END, README_START, update_readme
 from proxy.bench.runner import _add_usage, _stability, message_text
-from proxy.bench.scenarios import API_SIZES, DB_SIZES, RAG_SIZES, SIZES, seed_scenario, seed_scenarios
+from proxy.bench.scenarios import (
+    API_SIZES,
+    DB_SIZES,
+    RAG_SIZES,
+    SIZES,
+    Conversation,
+    Scenario,
+    seed_scenario,
+    seed_scenarios,
+)
 from proxy.bench.traces import _parse_call, _schema, swe_agent_scenarios
 from proxy.pricing import Price
 
@@ -264,3 +274,40 @@ async def test_run_suite_measures_both_paths(tmp_path: Path) -> None:
     assert r.fidelity.needed > 0
     assert "tool_output" in run.stages
     assert [c.key for c in r.criteria] == list(CRITERIA)
+
+
+def _aged_value_conversation() -> Scenario:
+    """Four `cat` steps of 40-path outputs, then an answer quoting a path of the first output
+    that an aged digest (which mentions only the first paths) leaves out."""
+    msgs: list[dict[str, Any]] = [{"role": "user", "content": "Check the four batches."}]
+    for t in range(4):
+        call = {"id": f"c{t}", "type": "function", "function": {"name": "cat", "arguments": f'{{"b": {t}}}'}}
+        out = "\n".join(f"/srv/t{t}/item_{i}.dat size {i * 7}" for i in range(40))
+        msgs += [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"c{t}", "content": out},
+        ]
+    msgs.append({"role": "assistant", "content": "The odd one is /srv/t0/item_35.dat."})
+    conv = Conversation(id="aged", messages=tuple(msgs))
+    return Scenario(name="aged", family="test", kind="trace", title="aged value", conversations=(conv,))
+
+
+@pytest.mark.parametrize("aging", [False, True])
+async def test_a_value_only_behind_a_marker_bills_a_retrieval_round(tmp_path: Path, aging: bool) -> None:
+    """When the answer uses a value nocp sent only behind an aged marker, the run bills one
+    retrieval round (call, prompt, the original, and both carried on); without aging, none."""
+    from proxy.bench.runner import run_suite
+    from proxy.config import PricingConfig
+    from proxy.pricing import PriceTable
+
+    config = tmp_path / "nocp.yaml"
+    on = "{enabled: true, keep_last_turns: 1, step_turns: 1, min_tokens: 50, horizon_turns: 50}"
+    config.write_text(f"aging: {on if aging else '{enabled: false}'}\n", "utf-8")
+    sc = _aged_value_conversation()
+    run = await run_suite(
+        [sc], model="gpt-4o", prices=PriceTable.from_config(PricingConfig()), folder=tmp_path, config=config
+    )
+    (r,) = run.results
+    assert r.nocp.errors == 0
+    assert r.fidelity.rounds == int(aging)
+    assert (r.fidelity.round_cost_usd > 0) is aging
