@@ -31,7 +31,7 @@ from proxy.translog_cli import GroupStats
 __all__ = ["cohorts", "policy", "request_rate", "snapshot"]
 
 BUCKETS_MAX = 60  # time buckets in the series, at most
-BUCKET_SIZES_S = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+BUCKET_SIZES_S = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 TOP_TOOLS = 10
 RECENT = 20
 RATE_WINDOW_S = 60.0

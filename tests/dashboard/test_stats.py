@@ -12,11 +12,11 @@ import aiohttp
 import msgspec
 import pytest
 
+from proxy.auth import hash_key
 from proxy.cli import main
 from proxy.dashboard import LogStats, cohorts, page, request_rate, snapshot
 from proxy.translog import RetrievalRecord, SegmentRecord, TransactionLog
 from proxy.translog_cli import last_records
-from proxy.auth import hash_key
 from tests.helpers import free_port
 
 ADMIN = "nocp-admin-key"
@@ -76,15 +76,16 @@ def test_snapshot_total_is_logs_stats_total(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_series_buckets_add_up_to_the_total() -> None:
-    """Time buckets are GroupStats summaries of their records: 25 minutes of records give 5-minute
-    buckets (empty ones included), whose requests and tokens add up to the total."""
+    """Time buckets are GroupStats summaries of their records: 25 minutes of records give
+    30-second buckets (empty ones included), whose requests and tokens add up to the total."""
     recs = records()
     snap = snapshot(recs, now=T0)
     series = snap["series"]
-    assert series["bucket_s"] == 60  # 25 min / 1 min < 60 buckets
+    assert series["bucket_s"] == 30  # 1500 s / 30 s < 60 buckets, 1500 s / 10 s is not
     buckets = series["buckets"]
-    assert len(buckets) == 26 and buckets[0]["key"] == "2026-05-01T12:00:00Z"
-    assert buckets[0]["requests"] == 2 and buckets[0]["tokens_saved"] == 600 + 700
+    assert len(buckets) == 51 and buckets[1]["key"] == "2026-05-01T12:00:30Z"
+    assert [b["requests"] for b in buckets[:3]] == [1, 1, 0]
+    assert buckets[1]["tokens_saved"] == 700
     for name in ("requests", "tokens_saved", "raw_input_tokens", "errors"):
         assert sum(b[name] for b in buckets) == snap["total"][name]
     week = [record(0, "s", 10, 5), record(6 * 86400, "s", 10, 5)]
@@ -113,10 +114,10 @@ def test_cohorts_absent_without_cohort_and_grouped_with_it() -> None:
     class WithCohort(TransactionLog, kw_only=True):
         cohort: str | None = None
 
-    recs = [
-        WithCohort(**{**msgspec.structs.asdict(r), "cohort": "control" if r.session_id == "s-b" else "treated"})
-        for r in records()
-    ]
+    def cohort(r: TransactionLog) -> str:
+        return "control" if r.session_id == "s-b" else "treated"
+
+    recs = [WithCohort(**{**msgspec.structs.asdict(r), "cohort": cohort(r)}) for r in records()]
     result = cohorts(recs)
     assert result is not None and result["measured"] is None
     by_key = {g["key"]: g for g in result["groups"]}

@@ -29,7 +29,8 @@
     if (a >= 1e9) return (v / 1e9).toFixed(1) + "G";
     if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
     if (a >= 1e3) return (v / 1e3).toFixed(1) + "k";
-    return String(Math.round(v * 100) / 100);
+    if (a === 0 || a >= 1) return String(Math.round(v * 100) / 100);
+    return String(Number(v.toPrecision(2)));
   };
 
   function el(tag, attrs, text) {
@@ -85,13 +86,14 @@
   function bucketName(seconds) {
     if (seconds % 86400 === 0) return seconds / 86400 + " day" + (seconds === 86400 ? "" : "s");
     if (seconds % 3600 === 0) return seconds / 3600 + " h";
-    return seconds / 60 + " min";
+    if (seconds % 60 === 0) return seconds / 60 + " min";
+    return seconds + " s";
   }
 
   function chart(id, buckets, bucketS, lines) {
     const box = document.getElementById(id);
     box.replaceChildren();
-    const W = 720, H = 220, L = 56, R = 12, T = 22, B = 26;
+    const W = 720, H = 220, L = 56, R = 32, T = 22, B = 26;
     const values = buckets.flatMap((b) => lines.map((l) => b[l.key]).filter((v) => typeof v === "number"));
     if (!values.length) {
       box.appendChild(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
@@ -110,7 +112,7 @@
     const step = Math.max(1, Math.ceil(n / 8));
     buckets.forEach((b, i) => {
       if (i % step) return;
-      const label = bucketS >= 86400 ? b.key.slice(5, 10) : b.key.slice(11, 16);
+      const label = bucketS >= 86400 ? b.key.slice(5, 10) : b.key.slice(11, bucketS < 60 ? 19 : 16);
       box.appendChild(svg("text", { x: x(i), y: H - 8, "text-anchor": "middle" }, label));
     });
     let legendX = L;
@@ -152,7 +154,7 @@
   function table(id, columns, rows, empty) {
     const box = document.getElementById(id);
     const head = el("tr");
-    for (const [header] of columns) head.appendChild(el("th", {}, header));
+    for (const [header, , , isText] of columns) head.appendChild(el("th", { class: isText ? "text" : null }, header));
     const body = [head];
     if (!rows.length) {
       const tr = el("tr");
