@@ -355,7 +355,9 @@ async def stats_endpoint(request: web.Request) -> web.Response:
         if not 1 <= limit <= MAX_RECORDS:
             raise ValueError(f"limit: must be between 1 and {MAX_RECORDS}")
         since_key = request.query.get("since")
-        since = parse_since(since_key[:64]) if since_key else None
+        if since_key is not None and len(since_key) > 64:
+            raise ValueError("since: too long")
+        since = parse_since(since_key) if since_key else None
     except ValueError as exc:
         message = f"nocp stats: {exc}"
         return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=400)

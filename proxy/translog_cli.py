@@ -161,8 +161,12 @@ def last_records(
                 rec = _decode(line, f"{file} (byte {start})", warn)
                 if rec is None:
                     continue
-                if since is not None and ((when := _timestamp(rec)) is None or when < since):
-                    return found[::-1]
+                if since is not None:
+                    when = _timestamp(rec)
+                    if when is None:  # left out, as ``stats`` leaves it out with a ``since``
+                        continue
+                    if when < since:
+                        return found[::-1]
                 found.append(rec)
     return found[::-1]
 
