@@ -14,8 +14,9 @@ Two slots are filled in by other parts of issue 18:
   holdout comparison supplies it. The dashboard renders the panel only when ``cohorts`` is not
   None; it shows ``groups`` as a table and ``measured`` (``saving_share``, ``ci_low``,
   ``ci_high``, ``conclusive``, ``note``) as a figure.
-- ``policy``: :func:`policy`, the learned compression policy's arms (a list of
-  ``{"tool", "content_type", "arm", ...}`` rows); None, and no panel, until that exists.
+- ``policy``: :func:`policy`, the learned compression policy: ``{"arms": [rows]}``, one row per
+  (tool, content type, arm) with any figures (the page shows every key as a column); None, and
+  no panel, until that exists.
 """
 
 from __future__ import annotations
