@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.bench.cli import add_cli as add_bench_command
 
     add_bench_command(sub)  # bench
+    from proxy.top import add_cli as add_top_command
+
+    add_top_command(sub)  # top
     return parser
 
 

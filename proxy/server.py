@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from proxy import protocols
 from proxy.auth import Authenticator, Principal, RedisLimiter, strip_credentials
 from proxy.config import Settings
+from proxy.dashboard import DEFAULT_RECORDS, MAX_RECORDS, LogStats, page
 from proxy.drift import DriftMonitor
 from proxy.exceptions import BadRequest, PayloadTooLarge, ProxyHTTPError
 from proxy.exchange import ClientRequest, Exchange, Services, UpstreamRequest
@@ -38,6 +39,7 @@ from proxy.protocols import Adapter
 from proxy.sessions import RedisSessionStore, SessionStore, open_store
 from proxy.toolloop import ToolLoop
 from proxy.translog import TransactionLogWriter, redact
+from proxy.translog_cli import parse_since
 from proxy.upstream import UpstreamClient, apply_api_key, forward_headers, upstream_url
 from proxy.websocket import serve_websocket
 from proxy.workers import CompressPool, release_memory_soon
@@ -63,6 +65,7 @@ class ProxyState:
     adapters: tuple[Adapter, ...] = ()  # the protocols served (proxy.protocols.ADAPTERS)
     auth: Authenticator | None = None  # None: no client keys, no limits, admin paths open
     compress_pool: CompressPool | None = None  # worker processes for large compression jobs
+    stats: LogStats | None = None  # /v1/nocp/stats and /dashboard: the log's tail, cached
 
 
 STATE = web.AppKey("nocp_state", ProxyState)
@@ -343,7 +346,42 @@ async def alerts_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=_encoder.encode(snapshot), content_type="application/json")
 
 
-_ADMIN_ROUTES = (("/metrics", metrics_endpoint), ("/v1/nocp/alerts", alerts_endpoint))
+async def stats_endpoint(request: web.Request) -> web.Response:
+    """``GET /v1/nocp/stats[?limit=N][&since=1h]``: the dashboard's figures over the last
+    ``limit`` records of the TransactionLog (default 10,000), and the open drift alerts."""
+    state = request.app[STATE]
+    try:
+        limit = int(request.query.get("limit", DEFAULT_RECORDS))
+        if not 1 <= limit <= MAX_RECORDS:
+            raise ValueError(f"limit: must be between 1 and {MAX_RECORDS}")
+        since_key = request.query.get("since")
+        if since_key is not None and len(since_key) > 64:
+            raise ValueError("since: too long")
+        since = parse_since(since_key) if since_key else None
+    except ValueError as exc:
+        message = f"nocp stats: {exc}"
+        return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=400)
+    if state.stats is None:  # a ProxyState built without create_app
+        state.stats = LogStats(state.settings.log.path)
+    alerts = msgspec.to_builtins(state.drift.snapshot()["active"])
+    body = await state.stats.get(limit=limit, since=since, since_key=since_key, alerts=alerts)
+    return web.Response(
+        body=_encoder.encode(body), content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def dashboard_endpoint(request: web.Request) -> web.Response:
+    """``GET /dashboard``: the built-in dashboard page, which polls ``/v1/nocp/stats``."""
+    dashboard = page()
+    return web.Response(body=dashboard.body, headers=dashboard.headers)
+
+
+_ADMIN_ROUTES = (
+    ("/metrics", metrics_endpoint),
+    ("/v1/nocp/alerts", alerts_endpoint),
+    ("/v1/nocp/stats", stats_endpoint),
+    ("/dashboard", dashboard_endpoint),
+)
 
 
 def _admin_only(handler: Any) -> Any:
@@ -459,6 +497,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         adapters=protocols.ADAPTERS,
         auth=Authenticator(settings.auth, RedisLimiter(rate_store) if rate_store is not None else None),
         compress_pool=pool,
+        stats=LogStats(log.path),
     )
     state.metrics.track_writer(state.writer, state.drift.alerts_file)
     state.metrics.track_alerts(state.drift.detector.active)

@@ -43,6 +43,7 @@ __all__ = [
     "add_cli",
     "expand_paths",
     "iter_records",
+    "last_records",
     "parse_since",
     "stats",
 ]
@@ -135,6 +136,39 @@ def iter_records(paths: Iterable[Path], warn: Warn = _warn_stderr) -> Iterator[T
             for number, line in enumerate(f, 1):
                 if line.strip() and (rec := _decode(line, f"{path}:{number}", warn)) is not None:
                     yield rec
+
+
+def last_records(
+    path: Path, limit: int, *, since: dt.datetime | None = None, warn: Warn = _warn_stderr
+) -> list[TransactionLog]:
+    """The last ``limit`` records of the log ``path`` and its rotated files (those at or after
+    ``since``), oldest first. Files are read backwards from their end, newest file first, and
+    reading stops at ``limit`` records or the first one before ``since``: the cost is bounded by
+    what is returned, not by the size of the log. A last line without its newline (still being
+    written) is left out."""
+    found: list[TransactionLog] = []
+    for file in reversed(expand_paths([path])):
+        try:
+            f = file.open("rb")
+        except FileNotFoundError:
+            continue  # rotated away since it was listed
+        with f:
+            for i, (start, line) in enumerate(_lines_backwards(f)):
+                if len(found) >= limit:
+                    return found[::-1]
+                if i == 0 or not line.strip():  # i == 0: what follows the last newline
+                    continue
+                rec = _decode(line, f"{file} (byte {start})", warn)
+                if rec is None:
+                    continue
+                if since is not None:
+                    when = _timestamp(rec)
+                    if when is None:  # left out, as ``stats`` leaves it out with a ``since``
+                        continue
+                    if when < since:
+                        return found[::-1]
+                found.append(rec)
+    return found[::-1]
 
 
 def _lines_backwards(f: Any, block: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
@@ -366,6 +400,7 @@ class GroupStats:
     errors: int = 0
     fail_opens: int = 0
     retrieval_rounds: int = 0
+    retrieval_requests: int = 0  # requests that took at least one retrieval round
     raw_input_tokens: int = 0
     sent_input_tokens: int = 0
     gross_saved_tokens: int = 0
@@ -390,6 +425,7 @@ class GroupStats:
         self.errors += f.error
         self.fail_opens += bool(rec.fail_open)
         self.retrieval_rounds += f.retrieval_rounds
+        self.retrieval_requests += f.retrieval_rounds > 0
         if not f.counts_for_savings:
             return
         self.raw_input_tokens += f.raw_input_tokens
@@ -424,6 +460,7 @@ class GroupStats:
             "fail_opens": self.fail_opens,
             "fail_open_rate": self.fail_opens / n if n else 0.0,
             "retrieval_rounds": self.retrieval_rounds,
+            "retrieval_rate": self.retrieval_requests / n if n else 0.0,
             "raw_input_tokens": self.raw_input_tokens,
             "sent_input_tokens": self.sent_input_tokens,
             "gross_saved_tokens": self.gross_saved_tokens,

@@ -83,6 +83,17 @@ PUBLIC: dict[str, list[str]] = {
         "create_app",
         "load_settings",
     ],
+    "proxy.dashboard": [
+        "DEFAULT_RECORDS",
+        "LogStats",
+        "MAX_RECORDS",
+        "Page",
+        "cohorts",
+        "page",
+        "policy",
+        "request_rate",
+        "snapshot",
+    ],
     "proxy.protocols": [
         "ADAPTERS",
         "Adapter",
