@@ -12,15 +12,20 @@ labelled as an estimate.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
 from proxy.stats import percentile
 from proxy.translog import TransactionLog, figures
 
-__all__ = ["METRICS", "SessionFigures", "compare", "session_figures"]
+__all__ = ["METRICS", "SessionFigures", "compare", "print_comparison", "session_figures"]
 
 METRICS: Final = (
     "billed_cost_usd",
@@ -228,7 +233,8 @@ def compare(
                 entry["share_ci"] = _interval(shares, level)
         out["saving"][m] = entry
     baseline = sum(s.baseline_usd for s in treated)
-    out["estimated_saving_share"] = sum(s.estimated_saving_usd for s in treated) / baseline if baseline else None
+    estimated = sum(s.estimated_saving_usd for s in treated)
+    out["estimated_saving_share"] = estimated / baseline if baseline else None
     out["conclusive"], out["reason"] = _verdict(out, min_sessions)
     return out
 
@@ -246,3 +252,72 @@ def _verdict(out: dict[str, Any], min_sessions: int) -> tuple[bool, str | None]:
     if low is None or high is None or low <= 0 <= high:
         return False, "the interval of the billed-cost saving includes 0: more sessions needed to tell"
     return True, None
+
+
+_LABELS: Final = {
+    "billed_cost_usd": "billed cost $",
+    "prompt_tokens": "prompt tokens",
+    "cached_tokens": "cached tokens",
+    "completion_tokens": "completion tokens",
+    "turns": "turns",
+    "retrieval_rounds": "retrieval rounds",
+}
+
+
+def _num(x: float | None, metric: str) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.4f}" if metric == "billed_cost_usd" else f"{x:,.1f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _range(ci: Sequence[float | None], fmt: Callable[[float | None], str]) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def print_comparison(console: Console, data: dict[str, Any]) -> None:
+    """Print :func:`compare`'s result: one row per figure (mean per session and its interval
+    for each cohort), then the measured saving, the per-request estimate and the verdict."""
+    if data["experiment"] is None:
+        console.print(f"no cohort comparison: {data['reason']}")
+        return
+    cohorts = data["cohorts"]
+    level = f"{data['level']:.0%}"
+    table = Table(
+        title=f"experiment {data['experiment']!r}: mean per session [{level} interval]",
+        box=box.SIMPLE_HEAD if console.is_terminal else None,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("")
+    for cohort in ("control", "treated"):
+        table.add_column(f"{cohort} ({cohorts[cohort]['sessions']} sessions)", justify="right")
+    for m in METRICS:
+        cells = []
+        for cohort in ("control", "treated"):
+            f = cohorts[cohort]["per_session"][m]
+            cells.append(f"{_num(f['mean'], m)} {_range(f['ci'], functools.partial(_num, metric=m))}")
+        table.add_row(_LABELS[m], *cells)
+    table.add_row(
+        "error rate",
+        *(
+            f"{_pct(cohorts[c]['error_rate']['value'])} {_range(cohorts[c]['error_rate']['ci'], _pct)}"
+            for c in ("control", "treated")
+        ),
+    )
+    console.print(table)
+    for m in SAVINGS:
+        s = data["saving"][m]
+        console.print(
+            f"measured saving, {_LABELS[m].rstrip(' $')} per session: {_pct(s['share'])} "
+            f"{_range(s['share_ci'], _pct)} (control - treated: {_num(s['difference'], m)} "
+            f"{_range(s['difference_ci'], functools.partial(_num, metric=m))})"
+        )
+    console.print(
+        f"per-request estimate (an estimate, not measured): {_pct(data['estimated_saving_share'])} "
+        "of the treated requests' estimated baseline cost"
+    )
+    console.print("conclusive" if data["conclusive"] else f"not conclusive: {data['reason']}")
