@@ -38,7 +38,12 @@ METRICS: Final = (
 """The per-session figures compared: the cost the upstream's usage comes to (priced, every
 call of every request), prompt / cached / completion tokens as the upstream reported them,
 turns (the client's requests), retrieval rounds nocp answered."""
-SAVINGS: Final = ("billed_cost_usd", "prompt_tokens")  # what the measured saving is given for
+PER_REQUEST: Final = "billed_cost_usd_per_request"
+SAVINGS: Final = ("billed_cost_usd", "prompt_tokens", PER_REQUEST)
+"""What the measured saving is given for: billed cost and prompt tokens per session (the
+verdict is on billed cost per session), and billed cost per request (the cohort's cost over its
+requests, resampled by session): less noisy when sessions differ much in length, but blind to
+a change in the number of turns."""
 RESAMPLES: Final = 1000
 MIN_SESSIONS: Final = 20
 LEVEL: Final = 0.95
@@ -146,8 +151,8 @@ def compare(
             }
           },
           "saving": {                              # control vs treated, per session
-            "billed_cost_usd" | "prompt_tokens": {
-              "control": float, "treated": float,    # means per session
+            "billed_cost_usd" | "prompt_tokens" | "billed_cost_usd_per_request": {
+              "control": float, "treated": float,    # means per session (per request)
               "difference": float, "difference_ci": [low, high],   # control - treated
               "share": float | None, "share_ci": [low, high],     # 1 - treated / control
             }
@@ -175,13 +180,15 @@ def compare(
         "cohorts": {},
         "saving": {},
     }
-    draws: dict[str, dict[str, list[float]]] = {}  # cohort -> metric -> resampled means
+    points: dict[str, dict[str, float | None]] = {}  # cohort -> figure -> its value
+    draws: dict[str, dict[str, list[float]]] = {}  # cohort -> figure -> its resampled values
     for cohort, group in by_cohort.items():
         n = len(group)
         columns = {m: [s.values[m] for s in group] for m in METRICS}
         requests = [float(s.requests) for s in group]
         errors = [float(s.errors) for s in group]
-        own: dict[str, list[float]] = {m: [] for m in (*METRICS, "error_rate")}
+        cost = columns["billed_cost_usd"]
+        own: dict[str, list[float]] = {m: [] for m in (*METRICS, PER_REQUEST, "error_rate")}
         if n:
             draw = _resampler(n, rng)
             for _ in range(resamples):
@@ -189,10 +196,13 @@ def compare(
                 for m in METRICS:
                     col = columns[m]
                     own[m].append(sum(col[i] for i in idx) / n)
-                asked = sum(requests[i] for i in idx)
-                own["error_rate"].append(sum(errors[i] for i in idx) / asked if asked else 0.0)
+                asked = sum(requests[i] for i in idx)  # at least one per session
+                own[PER_REQUEST].append(sum(cost[i] for i in idx) / asked)
+                own["error_rate"].append(sum(errors[i] for i in idx) / asked)
         draws[cohort] = own
         total_requests = int(sum(requests))
+        points[cohort] = {m: _mean(columns[m]) if n else None for m in METRICS}
+        points[cohort][PER_REQUEST] = sum(cost) / total_requests if total_requests else None
         out["cohorts"][cohort] = {
             "sessions": n,
             "requests": total_requests,
@@ -211,10 +221,9 @@ def compare(
             },
             "estimated_saving_usd_per_session": _mean([s.estimated_saving_usd for s in group]) if n else None,
         }
-    control, treated = by_cohort["control"], by_cohort["treated"]
+    treated = by_cohort["treated"]
     for m in SAVINGS:
-        c_mean = _mean([s.values[m] for s in control]) if control else None
-        t_mean = _mean([s.values[m] for s in treated]) if treated else None
+        c_mean, t_mean = points["control"][m], points["treated"][m]
         entry: dict[str, Any] = {
             "control": c_mean,
             "treated": t_mean,
@@ -262,12 +271,17 @@ _LABELS: Final = {
     "turns": "turns",
     "retrieval_rounds": "retrieval rounds",
 }
+_SAVING_LABELS: Final = {
+    "billed_cost_usd": "billed cost per session",
+    "prompt_tokens": "prompt tokens per session",
+    PER_REQUEST: "billed cost per request",
+}
 
 
 def _num(x: float | None, metric: str) -> str:
     if x is None:
         return "-"
-    return f"{x:,.4f}" if metric == "billed_cost_usd" else f"{x:,.1f}"
+    return f"{x:,.5f}" if metric.startswith("billed_cost_usd") else f"{x:,.1f}"
 
 
 def _pct(x: float | None) -> str:
@@ -312,7 +326,7 @@ def print_comparison(console: Console, data: dict[str, Any]) -> None:
     for m in SAVINGS:
         s = data["saving"][m]
         console.print(
-            f"measured saving, {_LABELS[m].rstrip(' $')} per session: {_pct(s['share'])} "
+            f"measured saving, {_SAVING_LABELS[m]}: {_pct(s['share'])} "
             f"{_range(s['share_ci'], _pct)} (control - treated: {_num(s['difference'], m)} "
             f"{_range(s['difference_ci'], functools.partial(_num, metric=m))})"
         )

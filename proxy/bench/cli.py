@@ -64,6 +64,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "history": ("proxy.bench.history", "history roll-up: fact retention, prefix stability"),
     "retrieval": ("proxy.bench.retrieval", "reversible compression: omitted hard tokens recoverable"),
     "hardening": ("proxy.bench.hardening", "small requests under floods of 30 MB requests; Redis paused"),
+    "holdout": ("proxy.bench.holdout", "holdout run on the real traces: both cohorts, the measured saving"),
 }
 
 

@@ -55,6 +55,9 @@ def test_measured_saving_is_found_with_its_interval() -> None:
     assert abs(s["share"] - 0.3) < 0.05
     assert s["share_ci"][0] < 0.3 < s["share_ci"][1] and s["share_ci"][0] > 0
     assert s["difference_ci"][0] > 0
+    per_request = out["saving"]["billed_cost_usd_per_request"]
+    assert abs(per_request["share"] - 0.3) < 0.05
+    assert per_request["share_ci"][0] < 0.3 < per_request["share_ci"][1]
     assert out["conclusive"] is True and out["reason"] is None
     for cohort in ("control", "treated"):
         c = out["cohorts"][cohort]
