@@ -96,6 +96,27 @@ async def test_bypass_sends_the_clients_bytes_and_strips_the_header(
     assert second["optimized_input_tokens"] < second["raw_input_tokens"]
 
 
+async def test_bypassed_stream_only_asks_for_usage(fake: FakeUpstream, make_proxy: Any) -> None:
+    """A bypassed streamed request that did not ask for usage differs upstream only by
+    stream_options.include_usage (so its billed tokens are logged); the client's stream has no
+    usage chunk, as it asked."""
+    proxy = await make_proxy()
+    capture = Capture()
+    fake.script(Reply("streamed"))
+    async with openai_client(proxy.url, capture) as client:
+        chunks = await client.chat.completions.create(
+            model=CHAT_MODEL, messages=chat_messages(), stream=True, extra_headers={"X-Nocp-Bypass": "1"}
+        )
+        got = [c async for c in chunks]
+    assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == "streamed"
+    assert all(c.usage is None for c in got)
+    sent_body, client_body = fake.requests[0].json(), json.loads(capture.bodies[0])
+    assert sent_body.pop("stream_options") == {"include_usage": True} and "stream_options" not in client_body
+    assert sent_body == client_body
+    (line,) = await proxy.log_lines(1)
+    assert line["bypass"] is True and line["prompt_tokens"] > 0 and line["completion_tokens"] > 0
+
+
 async def test_policy_header_lossless_only_and_never(fake: FakeUpstream, make_proxy: Any) -> None:
     """X-Nocp-Policy: lossless-only compacts JSON but cuts nothing (no marker, no retrieval
     tool); never sends the SDK's bytes; each line records the policy; the header never reaches
