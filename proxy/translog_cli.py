@@ -523,8 +523,8 @@ def _stats_table(groups: list[GroupStats], total: GroupStats, by: str | None, co
     table.add_column(by or "", style="bold")
     for name in ("requests", "errors", "fail-open", "raw tokens", "sent tokens", "gross saved",
                  "overhead tokens", "net saved", "saved %", "rounds", "billed tokens", "cache hit",
-                 "raw cache hit", "cost $", "saved $", "saved $ same-share (old)", "p50 ms", "p95 ms",
-                 "overhead p50 ms"):  # fmt: skip
+                 "raw cache hit", "cost $", "est. saved $", "est. saved $ same-share (old)", "p50 ms",
+                 "p95 ms", "overhead p50 ms"):  # fmt: skip
         table.add_column(name, justify="right")
     rows = [*groups, total] if by else [total]
     for i, group in enumerate(rows):
