@@ -5,6 +5,7 @@ Environment overrides:
 - ``NOCP_CONFIG``: path of the YAML file.
 - ``NOCP_HOST``, ``NOCP_PORT``, ``NOCP_LOG_DIR``: shortcuts for ``server.host``,
   ``server.port`` and ``log.dir``.
+- ``NOCP_MODE``: the top-level ``mode`` (``normal`` or ``shadow``).
 - ``NOCP_UPSTREAM_URL``: replace the upstream list with one OpenAI-compatible upstream that
   serves every model (a local vLLM or Ollama server, say).
 - ``NOCP_<SECTION>__<KEY>``: any scalar setting, e.g. ``NOCP_TIMEOUTS__CONNECT=2``.
@@ -397,6 +398,22 @@ class PricingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True
                 raise ConfigError(f"pricing.models[{pattern}]: prices must be >= 0")
 
 
+class ExperimentConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A holdout experiment (see :mod:`proxy.treatment`): a stable ``holdout`` share of sessions
+    (by a hash of the experiment ``name``, the tenant and the session id) goes through unchanged
+    as the ``control`` cohort, the rest is ``treated``; every log line names both. ``holdout: 0``
+    (default): no experiment, no cohort."""
+
+    name: str = "holdout"
+    holdout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.holdout <= 1:
+            raise ConfigError("experiment.holdout: must be between 0 and 1")
+        if not self.name or len(self.name) > 64 or not self.name.isprintable():
+            raise ConfigError("experiment.name: 1-64 printable characters")
+
+
 def _default_upstreams() -> tuple[UpstreamConfig, ...]:
     return (
         UpstreamConfig(name="openai", base_url=OPENAI_PUBLIC, protocol="openai"),
@@ -425,6 +442,9 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    experiment: ExperimentConfig = msgspec.field(default_factory=ExperimentConfig)
+    # shadow: every stage runs and the log says what it would have saved, the original is sent
+    mode: Literal["normal", "shadow"] = "normal"
 
     def __post_init__(self) -> None:
         names = [u.name for u in self.upstreams]
@@ -480,6 +500,8 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             if not isinstance(target, dict):
                 raise ConfigError(f"{var}: {section} is not a section")
             target[key] = value
+    if "NOCP_MODE" in env:
+        raw["mode"] = env["NOCP_MODE"]
     if env.get("NOCP_UPSTREAM_URL"):
         raw["upstreams"] = [{"name": "default", "base_url": env["NOCP_UPSTREAM_URL"], "models": ["*"]}]
 

@@ -41,7 +41,8 @@ from proxy.exceptions import ModelNotFound, ProxyHTTPError, UpstreamUnavailable
 from proxy.pipeline import CutRecorder, Pipeline, StageContext
 from proxy.pricing import CostModel
 from proxy.protocols import Adapter, HopStream, Prompt, Usage, decode_json_object, encode_json
-from proxy.translog import Finalizer, TransactionLog, redact
+from proxy.translog import FailOpen, Finalizer, TransactionLog, redact
+from proxy.treatment import ShadowCuts, Treatment, treatment_of
 from proxy.upstream import apply_api_key, forward_headers, upstream_url
 
 __all__ = [
@@ -249,11 +250,17 @@ def _finalizer(
         if query_chars and (query := prompt.latest_user_text()):
             record.user_query = query[:query_chars]
         record.tools_invoked = adapter.tools_invoked(prompt)
-        if not changed and record.prompt_tokens is not None and len(x.hops) <= 1:
+        if x.shadow_body is not None:  # shadow: the original was sent; what would have been, counted
+            raw = adapter.count_prompt(received, model)
+            record.set_input_tokens(raw, raw)
+            record.shadow_input_tokens = adapter.count_prompt(x.shadow_body, model)
+        elif not changed and record.prompt_tokens is not None and len(x.hops) <= 1:
             record.set_input_tokens(record.prompt_tokens, record.prompt_tokens)
         else:
             raw = adapter.count_prompt(received, model)
             record.set_input_tokens(raw, adapter.count_prompt(body, model) if changed else raw)
+        if x.shadowed and record.shadow_input_tokens is None:  # the stages changed nothing
+            record.shadow_input_tokens = record.raw_input_tokens
         if cost is not None:  # the raw prompt's cache use, per session (ok answers only)
             cache = cost.observe(
                 x.tenant, record.session_id, adapter, received, model, record, changed=changed
@@ -265,6 +272,17 @@ def _finalizer(
 
 def _sum(values: Sequence[int | None]) -> int | None:
     return sum(v for v in values if v is not None) if any(v is not None for v in values) else None
+
+
+class _ShadowRequest(FeatureRequest):
+    """Shadow mode's only feature: lossy stages record their cuts in a :class:`ShadowCuts`."""
+
+    def __init__(self, cuts: ShadowCuts | None) -> None:
+        self._cuts = cuts
+
+    @property
+    def cuts(self) -> CutRecorder | None:
+        return self._cuts
 
 
 # ------------------------------------------------------------------------------ the exchange
@@ -289,6 +307,9 @@ class Exchange:
     client_turns: set[int] = field(init=False, default_factory=set)  # their id()s
     hops: list[Usage] = field(init=False, default_factory=list)  # usage of each upstream call
     features: list[FeatureRequest] = field(init=False, default_factory=list)
+    treatment: Treatment = field(init=False, default_factory=Treatment)  # see proxy.treatment
+    shadowed: bool = field(init=False, default=False)  # shadow mode: the stages ran on a copy
+    shadow_body: dict[str, Any] | None = field(init=False, default=None)  # what they made of it
 
     def __post_init__(self) -> None:
         self.record = TransactionLog(
@@ -314,6 +335,7 @@ class Exchange:
                 body = adapter.parse(req.body, req.match_info)
             self.body = body
             record.session_id = adapter.session_id(req.headers, body)
+            self.treatment = treatment_of(settings, req.headers, self.tenant, record)
             model = self.model = record.model = adapter.model(body, req.match_info)
             stream = self.stream = record.stream = adapter.is_stream(body, req.match_info)
             up = settings.upstream_for(adapter.upstream_protocol, model)
@@ -328,9 +350,12 @@ class Exchange:
             turns = turns if isinstance(turns, list) else []
             self.client_len = len(turns)
             self.client_turns = {id(m) for m in turns}
-            self.features = [r for f in self.services.features if (r := f.begin(self)) is not None]
-            if self.services.pipeline or self.features:
-                changed = await self._rewrite()
+            if self.treatment.applies:
+                self.features = [r for f in self.services.features if (r := f.begin(self)) is not None]
+                if self.services.pipeline or self.features:
+                    changed = await self._rewrite()
+            elif self.treatment.runs_stages and self.services.pipeline:  # shadow mode
+                body = await self._shadow()
             self.injected_usage = adapter.prepare_upstream(body, stream)
             payload = encode_json(body) if changed or self.injected_usage else req.body
             finalize = _finalizer(self, req.body, body, changed, self.services.cost)
@@ -371,6 +396,7 @@ class Exchange:
                 or record.prompt_tokens is None
                 or len(self.request.body) > _OFFLOAD_BYTES
                 or (cost is not None and cost.baselines is not None)  # it fingerprints the prompt
+                or self.shadow_body is not None
             )
             self.services.writer.submit(record, finalize, offload=offload)
             structlog.contextvars.reset_contextvars(**log_context)
@@ -393,6 +419,7 @@ class Exchange:
             extras={"api_key": client_key(self.request.headers, self.request.query)},
             retrieval=next((c for f in self.features if (c := f.cuts) is not None), None),
             tenant=self.tenant,
+            policy=self.treatment.policy,
         )
         after = await self.services.pipeline.run(before, ctx)
         for f in self.features:
@@ -403,6 +430,29 @@ class Exchange:
         changed = adapter.enforce_turns(body, self.client_turns) or changed
         record.compression_latency_ms = _elapsed_ms(t)
         return changed
+
+    async def _shadow(self) -> dict[str, Any]:
+        """Shadow mode: the stages (no feature) rewrite the parsed body, which is kept as
+        ``shadow_body`` when they changed it; the body to send, a fresh parse of the client's
+        bytes, is returned. Whatever goes wrong here, the original is sent (fail open)."""
+        req, settings = self.request, self.services.settings
+        if len(req.body) > _OFFLOAD_BYTES * 16:
+            original = await asyncio.to_thread(self.adapter.parse, req.body, req.match_info)
+        else:
+            original = self.adapter.parse(req.body, req.match_info)
+        cuts = ShadowCuts(settings.retrieval.tool_name) if settings.retrieval.enabled else None
+        self.features = [_ShadowRequest(cuts)]
+        self.shadowed = True
+        try:
+            if await self._rewrite():
+                self.shadow_body = self.body
+        except Exception as exc:
+            _log.exception("shadow_failed")
+            self.record.fail_open.append(FailOpen(stage="shadow", reason=type(exc).__name__))
+        finally:
+            self.features = []
+        self.body = original
+        return original
 
     # ----------------------------------------------------------------- upstream and client
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -45,7 +45,11 @@ class StageContext:
 
     ``retrieval`` is set when reversible compression is on: a lossy stage then makes
     id-carrying markers and records each cut's original there (see :mod:`proxy.toolloop`);
-    outputs of the retrieval tool itself (``tool_name``) are left alone."""
+    outputs of the retrieval tool itself (``tool_name``) are left alone.
+
+    ``policy`` is what the stages may do (``X-Nocp-Policy``, see :mod:`proxy.treatment`):
+    ``auto``; ``lossless-only``: lossless transformations only (no lossy cut, no aging, no
+    history roll-up); ``never``: nothing (the pipeline runs no stage)."""
 
     model: str
     protocol: str
@@ -54,6 +58,7 @@ class StageContext:
     extras: dict[str, Any] = field(default_factory=dict)
     retrieval: CutRecorder | None = None
     tenant: str = "-"  # who sent the request: what a stage stores is scoped by it and the session
+    policy: Literal["auto", "lossless-only", "never"] = "auto"
 
 
 Stage = Callable[[Prompt, StageContext], Awaitable[Prompt]]
@@ -93,7 +98,10 @@ class Pipeline:
         return float(own) if isinstance(own, int | float) and own > 0 else self.stage_timeout_s
 
     async def run(self, prompt: Prompt, ctx: StageContext) -> Prompt:
-        """Pass ``prompt`` through every stage; return the last good result."""
+        """Pass ``prompt`` through every stage; return the last good result (``prompt`` itself
+        under the policy ``never``)."""
+        if ctx.policy == "never":
+            return prompt
         for stage in self.stages:
             mark = len(ctx.record.segments)
             try:

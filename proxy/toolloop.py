@@ -107,8 +107,9 @@ class ToolLoop:
         )
 
     def begin(self, x: Exchange) -> LoopRequest | None:
-        """The loop's state for one request (None when no stage runs: nothing is ever cut)."""
-        return LoopRequest(self, x) if x.services.pipeline else None
+        """The loop's state for one request (None when no stage runs or none may cut: nothing is
+        ever cut)."""
+        return LoopRequest(self, x) if x.services.pipeline and x.treatment.policy == "auto" else None
 
 
 class LoopRequest(FeatureRequest):

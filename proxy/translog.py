@@ -243,6 +243,17 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
     retrievals: list[RetrievalRecord] = msgspec.field(default_factory=list)
     retrieval_tokens: int = 0
     retrieval_hops: list[HopUsage] = msgspec.field(default_factory=list)
+    # measurement and control (see proxy.treatment): the holdout experiment's name and this
+    # session's cohort (``control``: sent unchanged; None without an experiment); the proxy's
+    # mode (``shadow``: the original was sent and billed, and ``shadow_input_tokens`` is the
+    # prompt the stages would have sent; None when they did not run); ``X-Nocp-Bypass``, and
+    # the ``X-Nocp-Policy`` the client asked for (None: none, ``auto`` applies)
+    experiment: str | None = None
+    cohort: Literal["control", "treated"] | None = None
+    mode: Literal["normal", "shadow"] = "normal"
+    bypass: bool = False
+    policy: str | None = None
+    shadow_input_tokens: int | None = None
 
     def set_input_tokens(self, raw: int, optimized: int) -> None:
         """Record raw and sent input tokens and everything derived from them."""
@@ -318,6 +329,7 @@ class Figures:
     baseline_cached_tokens: int | None  # what the raw prompt would have had cached (estimate)
     cost_savings_usd: float | None  # baseline (cache-aware) - estimated - overhead
     same_share_savings_usd: float | None  # the same with the earlier same-share baseline
+    shadow_saved_tokens: int | None  # shadow mode: raw - what the stages would have sent
 
 
 def figures(rec: TransactionLog) -> Figures:
@@ -339,6 +351,7 @@ def figures(rec: TransactionLog) -> Figures:
         baseline_cached_tokens=rec.baseline_cached_tokens,
         cost_savings_usd=rec.cost_savings_usd,
         same_share_savings_usd=same_share_savings_usd(rec),
+        shadow_saved_tokens=None if rec.shadow_input_tokens is None else raw - rec.shadow_input_tokens,
     )
 
 

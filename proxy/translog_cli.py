@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from proxy.cohorts import compare, print_comparison
 from proxy.config import Settings, load_settings
 from proxy.drift import Alert, DriftDetector
 from proxy.exceptions import ConfigError
@@ -516,6 +517,8 @@ def _group_key(rec: TransactionLog, by: str | None) -> str:
         return rec.session_id or "(none)"
     if by == "day":
         return rec.timestamp[:10]
+    if by == "cohort":
+        return rec.cohort or "(none)"
     return "all"
 
 
@@ -557,8 +560,8 @@ def _stats_table(groups: list[GroupStats], total: GroupStats, by: str | None, co
     table.add_column(by or "", style="bold")
     for name in ("requests", "errors", "fail-open", "raw tokens", "sent tokens", "gross saved",
                  "overhead tokens", "net saved", "saved %", "rounds", "billed tokens", "cache hit",
-                 "raw cache hit", "cost $", "saved $", "saved $ same-share (old)", "p50 ms", "p95 ms",
-                 "overhead p50 ms"):  # fmt: skip
+                 "raw cache hit", "cost $", "est. saved $", "est. saved $ same-share (old)", "p50 ms",
+                 "p95 ms", "overhead p50 ms"):  # fmt: skip
         table.add_column(name, justify="right")
     rows = [*groups, total] if by else [total]
     for i, group in enumerate(rows):
@@ -673,7 +676,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     log_file = "transactions.jsonl" if args.paths else _settings(args).log.file
     paths = expand_paths(_default_paths(args), log_file=log_file)
-    groups, total = stats(iter_records(paths), by=args.by, since=since)
+    records: Iterable[TransactionLog] = iter_records(paths)
+    cohorts: dict[str, Any] | None = None
+    if args.by == "cohort":  # read once, for the totals and the comparison
+        records = [
+            r for r in records if since is None or ((when := _timestamp(r)) is not None and when >= since)
+        ]
+        cohorts = compare(records)
+    groups, total = stats(records, by=args.by, since=since)
     if args.json:
         out = {
             "since": since.isoformat() if since else None,
@@ -681,6 +691,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
             "groups": [g.summary() for g in groups] if args.by else [],
             "total": total.summary(),
         }
+        if cohorts is not None:
+            out["cohorts"] = cohorts
         sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
         return 0
     console = make_console()
@@ -688,6 +700,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         console.print("no requests" + (f" since {since.isoformat()}" if since else ""))
         return 0
     _print_wide(console, _stats_table(groups, total, args.by, console))
+    if cohorts is not None:
+        print_comparison(console, cohorts)
     return 0
 
 
@@ -778,7 +792,11 @@ def add_cli(sub: Any) -> None:
     st = logs_sub.add_parser("stats", help="totals and percentiles, as a table or --json")
     st.add_argument("paths", nargs="*", metavar="PATH", help="log files or dirs (rotated ones included)")
     st.add_argument("--since", help="only requests since: 30m, 1h, 2d, 1w or an ISO time")
-    st.add_argument("--by", choices=("model", "session", "day"), help="one row per group")
+    st.add_argument(
+        "--by",
+        choices=("model", "session", "day", "cohort"),
+        help="one row per group (cohort: and the holdout experiment's measured saving)",
+    )
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--config", help="YAML config file (default: $NOCP_CONFIG)")
     st.set_defaults(func=_guard(cmd_stats))

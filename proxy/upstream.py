@@ -1,8 +1,9 @@
 """Talking to upstream providers: one shared client session, URL and header rules, error mapping.
 
 Header rules: hop-by-hop headers (RFC 9110 section 7.6.1, plus those a ``Connection`` header
-names) are dropped both ways; every other header is forwarded unchanged. Responses are not
-decompressed on the way through, so bytes reach the client exactly as the upstream sent them.
+names) and nocp's own control headers (:mod:`proxy.treatment`) are dropped both ways; every
+other header is forwarded unchanged. Responses are not decompressed on the way through, so
+bytes reach the client exactly as the upstream sent them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from yarl import URL
 
 from proxy.config import Settings, UpstreamConfig
 from proxy.exceptions import UpstreamTimeout, UpstreamUnavailable
+from proxy.treatment import NOCP_HEADERS
 
 HOP_BY_HOP = frozenset(
     {
@@ -39,8 +41,9 @@ HOP_BY_HOP = frozenset(
 def forward_headers(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], *, drop: Iterable[str] = ()
 ) -> CIMultiDict[str]:
-    """A copy of ``headers`` without hop-by-hop headers and without ``drop``."""
-    skip = set(HOP_BY_HOP)
+    """A copy of ``headers`` without hop-by-hop headers, nocp's own request headers
+    (``X-Nocp-Bypass``, ``X-Nocp-Policy``) and ``drop``."""
+    skip = set(HOP_BY_HOP) | NOCP_HEADERS
     skip.update(h.lower() for h in drop)
     for value in headers.getall("Connection", ()):
         skip.update(token.strip().lower() for token in value.split(","))

@@ -65,6 +65,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "retrieval": ("proxy.bench.retrieval", "reversible compression: omitted hard tokens recoverable"),
     "hardening": ("proxy.bench.hardening", "small requests under floods of 30 MB requests; Redis paused"),
     "ablation": ("proxy.bench.ablation", "real agent traces: cost saved per feature, at 3 cached discounts"),
+    "holdout": ("proxy.bench.holdout", "holdout run on the real traces: both cohorts, the measured saving"),
 }
 
 

@@ -87,7 +87,7 @@ class AgingStage:
 
     async def __call__(self, prompt: Prompt, ctx: StageContext) -> Prompt:
         cuts = ctx.retrieval
-        if cuts is None:
+        if cuts is None or ctx.policy != "auto":  # a digest is a lossy cut
             return prompt
         cfg = self.config
         assistant = [t.index for t in prompt.turns if t.role in ("assistant", "model")]

@@ -286,7 +286,7 @@ class HistoryStage:
             await self.store.aclose()
 
     async def __call__(self, prompt: Prompt, ctx: StageContext) -> Prompt:
-        if len(prompt.turns) < 2:
+        if len(prompt.turns) < 2 or ctx.policy != "auto":  # a roll-up is a lossy cut
             return prompt
         policy = policy_for(self.config, ctx.model)
         # Cheap bound first: a token is at least one UTF-8 byte, a character at most four.

@@ -26,7 +26,15 @@ import asyncio
 import msgspec
 import structlog
 
-from compressors import CompressionConfig, CompressionContext, CompressionResult, cached, compress, remember
+from compressors import (
+    CompressionConfig,
+    CompressionContext,
+    CompressionResult,
+    ToolPolicy,
+    cached,
+    compress,
+    remember,
+)
 from proxy.pipeline import StageContext
 from proxy.protocols import Prompt, Segment
 from proxy.stages.observations import OBSERVATIONS, observations_of
@@ -53,6 +61,7 @@ class ToolOutputStage:
         self.pool = pool
         self.max_analysis_chars = max_analysis_chars
         self._with_ids: dict[str, CompressionConfig] = {}  # per marker key
+        self._lossless_only: dict[str | None, CompressionConfig] = {}  # per marker key
 
     async def _large(
         self, jobs: list[tuple[str, CompressionContext]], config: CompressionConfig
@@ -90,6 +99,20 @@ class ToolOutputStage:
             for i, result in zip(todo, done, strict=True):
                 results[i] = result
         return results
+
+    def _lossless(self, config: CompressionConfig) -> CompressionConfig:
+        """``config`` (this stage's, with or without marker ids) with every tool's policy at most
+        ``lossless-only`` (one per marker key, reused)."""
+        key = config.marker_key if config.marker_ids else None
+        found = self._lossless_only.get(key)
+        if found is None:
+            never, lossless = ToolPolicy.NEVER, ToolPolicy.LOSSLESS_ONLY
+            found = self._lossless_only[key] = msgspec.structs.replace(
+                config,
+                default_policy=never if config.default_policy is never else lossless,
+                tool_policies={t: never if p is never else lossless for t, p in config.tool_policies.items()},
+            )
+        return found
 
     def _ids_config(self, key: str) -> CompressionConfig:
         """The config with id-carrying markers keyed with ``key`` (one per key, reused)."""
@@ -132,6 +155,8 @@ class ToolOutputStage:
         if not work:
             return prompt
         config = self.config if retrieval is None else self._ids_config(retrieval.marker_key)
+        if ctx.policy == "lossless-only":
+            config = self._lossless(config)
         jobs = [
             (seg.text, CompressionContext(model=ctx.model, query=query, tool_name=seg.tool_name,
                                           tool_args=seg.tool_args))

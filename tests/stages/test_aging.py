@@ -156,7 +156,7 @@ async def test_an_early_step_is_weighed_over_the_turns_the_session_has_had(
 def text_turn(turn: int) -> list[Any]:
     """One text-mode agent step: a bash action block, its output sent back as a user message."""
     return [
-        {"role": "assistant", "content": f"Let me look at batch {turn}.\n```bash\ncat /data/t{turn}.log\n```"},
+        {"role": "assistant", "content": f"Batch {turn}.\n```bash\ncat /data/t{turn}.log\n```"},
         {"role": "user", "content": output(turn) + "\n(Open file: n/a)\n(Current directory: /repo)\nbash-$"},
     ]
 
