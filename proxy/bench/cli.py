@@ -64,6 +64,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "history": ("proxy.bench.history", "history roll-up: fact retention, prefix stability"),
     "retrieval": ("proxy.bench.retrieval", "reversible compression: omitted hard tokens recoverable"),
     "hardening": ("proxy.bench.hardening", "small requests under floods of 30 MB requests; Redis paused"),
+    "output": ("proxy.bench.output", "structured answers in TOON: output tokens, exact decodes, retry cost"),
 }
 
 

@@ -32,7 +32,7 @@ from compressors import tokens
 from proxy.config import OutputConfig, Settings
 from proxy.exchange import Exchange, FeatureRequest
 from proxy.output._render import chat_stream, responses_stream
-from proxy.output._schema import ToonPlan, decode_answer, plan_for_schema
+from proxy.output._schema import ToonPlan, decode_answer, needs_schema, plan_for_schema
 from proxy.protocols import encode_json
 from proxy.translog import FailOpen
 
@@ -49,23 +49,23 @@ _VERBOSITY_NOTES: Final[Mapping[str, str]] = {
     "high": "Answer thoroughly, with the detail and explanation the question deserves.",
 }
 TOON_RULES: Final = (
-    "Write your answer in TOON (Token-Oriented Object Notation) instead of JSON, and nothing "
-    "else: no code fence, no prose. TOON: `key: value` lines; a nested object is `key:` with its "
-    "fields indented two more spaces; an array of objects is a table, `key[N]{f1,f2}:` (N = its "
-    "number of rows) then one line per row with the values in header order separated by commas; "
-    "an array of values is `key[N]: v1,v2`. Quote a string with double quotes when it contains a "
-    "comma, colon, quote or leading/trailing space, or looks like a number, true, false or null; "
-    "a missing value is null. A cell marked `items joined by |` holds a list of strings: its "
-    'items separated by | (an empty list: ""). Leave out keys that are not required when you '
-    "have no value for them. Follow this layout exactly (<...> are values):"
+    "Answer in TOON (Token-Oriented Object Notation), not JSON, and nothing else (no code "
+    "fence). `key: value` lines; nested objects indented 2 spaces; `key[N]{a,b}:` is a table of "
+    "N rows, one row per line, values comma-separated in header order; `key[N]: x,y` is a list. "
+    'Double-quote a string that contains , : " or edge spaces, or looks like a number, true, '
+    'false or null. A cell of strings joined by | holds a list (empty list: ""). Leave out '
+    "optional keys you have no value for. Layout:"
 )
 
 
 def toon_instruction(plan: ToonPlan) -> str:
     """The instruction that replaces a response format: the rules, the layout with the exact
     headers, and the schema the values must satisfy."""
-    schema = json.dumps(plan.schema, ensure_ascii=False, separators=(",", ":"))
-    return f"{TOON_RULES}\n\n{plan.layout}\n\nThe values must satisfy this JSON Schema: {schema}"
+    text = f"{TOON_RULES}\n{plan.layout}"
+    if needs_schema(plan.schema):
+        schema = json.dumps(plan.schema, ensure_ascii=False, separators=(",", ":"))
+        text += f"\nThe values must satisfy this JSON Schema: {schema}"
+    return text
 
 
 def verbosity_note(level: str) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "LIST_SEP",
     "ToonPlan",
     "decode_answer",
+    "needs_schema",
     "plan_for_schema",
     "toon_answer",
 ]
@@ -143,6 +144,30 @@ def _row_fields(node: Mapping[str, Any], resolve: _Resolver) -> list[str] | None
     return list(props)
 
 
+_LAYOUT_KEYWORDS: Final = frozenset(
+    {"type", "properties", "required", "additionalProperties", "items", "enum", "$defs", "definitions"}
+    | {"$ref", "anyOf", "title", "$schema"}
+)
+
+
+def needs_schema(schema: Any) -> bool:
+    """True when ``schema`` says more than the layout shows (descriptions, formats, bounds,
+    patterns, ...): the instruction then carries the schema too."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, Mapping):
+            if set(node) - _LAYOUT_KEYWORDS:
+                return True
+            for key in ("properties", "$defs", "definitions"):
+                if isinstance(node.get(key), Mapping):
+                    stack.extend(node[key].values())
+            stack.extend(node[k] for k in ("items", "anyOf", "additionalProperties") if k in node)
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class ToonPlan:
     """A schema found worth answering in TOON: the schema, the layout the model is shown, and
@@ -204,14 +229,15 @@ def _walk(
             for f in fields:
                 k, fn = _types(props[f], resolve)
                 if _list_cell(k, fn, resolve):
-                    cells.append(f"<{f}: items joined by {LIST_SEP}>")
+                    cells.append(f"<strings joined by {LIST_SEP}>")
                     row[f] = ["sample-a", "sample-b"]
                 else:
-                    cells.append(f"<{f}>")
-                    row[f], _ = _walk(props[f], resolve, depth + 1, f, "", [])
+                    cell: list[str] = []
+                    row[f], _ = _walk(props[f], resolve, depth + 1, f, "", cell)
+                    cells.append(cell[0][len(f) + 2 :] if cell else "<any>")
             out.append(f"{head}[N]{{{','.join(fields)}}}:")
             out.append(pad + ",".join(cells))
-            out.append(f"{pad}... (one line per row, N rows)")
+            out.append(f"{pad}...")
             return [dict(row) for _ in range(_SAMPLE_ROWS)], 1
         item_kinds, _ = _types(items, resolve)
         if _scalar(item_kinds):
