@@ -130,6 +130,7 @@ PUBLIC: dict[str, list[str]] = {
     "proxy.output": [
         "LIST_SEP",
         "OutputFormat",
+        "TOON_MARKER",
         "ToonPlan",
         "chat_stream",
         "decode_answer",

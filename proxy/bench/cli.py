@@ -202,6 +202,22 @@ def _overhead(args: argparse.Namespace, out: Path, notes: list[str]) -> dict[str
     return data
 
 
+def _output_side(
+    args: argparse.Namespace, protocols: Sequence[str], notes: list[str]
+) -> dict[str, Any] | None:
+    """Run :mod:`proxy.bench.output` in this process (small sizes with ``--quick``) through the
+    protocols of ``protocols`` that ask for structured output; its JSON."""
+    from proxy.bench import output
+    from proxy.bench.scenarios import SIZES
+
+    chosen = [p for p in ("chat", "responses") if p in protocols]
+    if not chosen:
+        notes.append("output side not measured: no Chat Completions or Responses replay selected")
+        return None
+    print("\n== output side: structured answers in TOON", file=sys.stderr, flush=True)
+    return output.measure(sizes=("small",) if args.quick else SIZES, protocols=chosen, seed=args.seed)
+
+
 def _progress(total: int, tty: bool) -> tuple[Callable[[str, int], None], Callable[[Any], None], Any]:
     """(per-request callback, per-scenario callback, context manager) for the progress display."""
     if tty:
@@ -338,6 +354,7 @@ def run_suite_command(args: argparse.Namespace) -> int:
     if errors:
         notes.append(f"{errors} requests failed (see errors per scenario)")
     overhead = _overhead(args, out, notes)
+    output = _output_side(args, protocols, notes)
     result = report.build_result(
         suite,
         quick=args.quick,
@@ -346,6 +363,7 @@ def run_suite_command(args: argparse.Namespace) -> int:
         overhead=overhead,
         notes=notes,
         git=_git(root),
+        output=output,
     )
     stem = "bench-quick" if args.quick else "bench"
     charts, why = report.write_charts(result, out, prefix=stem)
@@ -355,6 +373,10 @@ def run_suite_command(args: argparse.Namespace) -> int:
     (out / f"{stem}.md").write_text(report.markdown_report(result, charts), "utf-8")
     print(file=sys.stderr)
     report.console_summary(result, rich=sys.stdout.isatty())
+    if output is not None:
+        from proxy.bench.output import summary_lines
+
+        print("\n".join(["output side:", *summary_lines(output)]))
     written = [out / f"{stem}.json", out / f"{stem}.md", *(out / f for f in charts.values())]
     readme: Path | None = args.update_readme
     if readme is not None:

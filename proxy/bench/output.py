@@ -218,7 +218,7 @@ def measure(
         "target_reduction": TARGET_REDUCTION,
         "runs": runs,
         "seconds": round(time.perf_counter() - started, 2),
-        "note": "the fake answers exactly the TOON asked for; real models' TOON compliance is not "
+        "note": "The fake answers exactly the TOON asked for; real models' TOON compliance is not "
         "measured here (the holdout cohort measures it on real traffic)",
     }
 

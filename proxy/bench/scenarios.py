@@ -166,7 +166,7 @@ def _tool(name: str, description: str, properties: Mapping[str, Any], required: 
     }
 
 
-def _object(required: bool = True, **props: Any) -> Message:
+def _object(required: bool = True, /, **props: Any) -> Message:
     """A JSON schema object of ``props`` (all required unless told), no other keys."""
     return {
         "type": "object",

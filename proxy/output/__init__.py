@@ -8,12 +8,13 @@ provider and the benchmark use it). :func:`chat_stream` / :func:`responses_strea
 whole answer as the protocol's stream.
 """
 
-from proxy.output._feature import OutputFormat, toon_instruction, verbosity_note
+from proxy.output._feature import TOON_MARKER, OutputFormat, toon_instruction, verbosity_note
 from proxy.output._render import chat_stream, responses_stream
 from proxy.output._schema import LIST_SEP, ToonPlan, decode_answer, plan_for_schema, toon_answer
 
 __all__ = [
     "LIST_SEP",
+    "TOON_MARKER",
     "OutputFormat",
     "ToonPlan",
     "chat_stream",

@@ -36,7 +36,7 @@ from proxy.output._schema import ToonPlan, decode_answer, needs_schema, plan_for
 from proxy.protocols import encode_json
 from proxy.translog import FailOpen
 
-__all__ = ["OutputFormat", "toon_instruction", "verbosity_note"]
+__all__ = ["TOON_MARKER", "OutputFormat", "toon_instruction", "verbosity_note"]
 
 _log = structlog.get_logger("nocp.output")
 _CHAT: Final = "openai"
@@ -48,8 +48,9 @@ _VERBOSITY_NOTES: Final[Mapping[str, str]] = {
     "medium": "Keep your answer focused: no preamble, no recap.",
     "high": "Answer thoroughly, with the detail and explanation the question deserves.",
 }
+TOON_MARKER: Final = "Token-Oriented Object Notation"  # in every instruction to answer in TOON
 TOON_RULES: Final = (
-    "Answer in TOON (Token-Oriented Object Notation), not JSON, and nothing else (no code "
+    f"Answer in TOON ({TOON_MARKER}), not JSON, and nothing else (no code "
     "fence). `key: value` lines; nested objects indented 2 spaces; `key[N]{a,b}:` is a table of "
     "N rows, one row per line, values comma-separated in header order; `key[N]: x,y` is a list. "
     'Double-quote a string that contains , : " or edge spaces, or looks like a number, true, '

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from proxy.testing._common import as_mapping, dumps_str, hex_id, text_parts
 
@@ -140,11 +140,11 @@ class Structured:
 
     def text(self, body: bytes) -> str:
         """The answer's text for a request of ``body``."""
-        from proxy.output import toon_answer
+        from proxy.output import TOON_MARKER, toon_answer
 
         form = self.form
         if form == "auto":
-            form = "toon" if TOON_ASKED in body else "json"
+            form = "toon" if TOON_MARKER.encode() in body else "json"
         if form == "json":
             return json.dumps(self.value, ensure_ascii=False)
         text = toon_answer(self.value)
@@ -156,8 +156,6 @@ class Structured:
             return text[: found.start()] + f"[{n}]" + text[found.end() :]
         return text
 
-
-TOON_ASKED: Final = b"Token-Oriented Object Notation"  # in nocp's instruction to answer in TOON
 
 Answer: TypeAlias = Reply | ToolCall | Replay | Structured
 Step: TypeAlias = Reply | ToolCall | Replay | Structured | Fail | Stall | StreamStall | Drop
