@@ -131,7 +131,8 @@ class OutputFormat:
         level_glob = _glob(x.model, cfg.verbosity)
         level = cfg.verbosity[level_glob] if level_glob is not None else None
         plan = None
-        if _glob(x.model, cfg.toon_models) is not None and _eligible(protocol, x.body):
+        websocket = x.request.headers.get("Upgrade", "").lower() == "websocket"  # answers are events
+        if not websocket and _glob(x.model, cfg.toon_models) is not None and _eligible(protocol, x.body):
             schema = _schema_of(protocol, x.body)
             plan = self.plan(schema, x.model) if schema is not None else None
         if plan is None and level is None:
@@ -199,6 +200,7 @@ class OutputRequest(FeatureRequest):
         return False
 
     def before_send(self, x: Exchange) -> bool:
+        client_text = x.body.get("text")  # Responses: the client's own, before nocp's verbosity
         changed = self._verbosity(x)
         plan = self.plan
         if plan is None:
@@ -212,8 +214,8 @@ class OutputRequest(FeatureRequest):
         if self.protocol == _CHAT:
             self.client_format = x.body.pop("response_format")
         else:
-            self.client_format = x.body["text"]
-            rest = {k: v for k, v in self.client_format.items() if k != "format"}
+            self.client_format = client_text
+            rest = {k: v for k, v in x.body["text"].items() if k != "format"}
             if rest:
                 x.body["text"] = rest
             else:
@@ -293,8 +295,10 @@ class OutputRequest(FeatureRequest):
                 raise ValueError("the answer is not a JSON object")
         except ValueError:
             parsed = None
-        if self.retried or parsed is None:  # the retry's answer (or no answer): as it is
-            if self.retried and parsed is not None:
+        if parsed is None and not self.retried:
+            return self._retry(x, ValueError("the answer is not a JSON object"))
+        if self.retried or parsed is None:  # the retry's answer: as it is
+            if parsed is not None:
                 text, _ = self._answer_text(parsed)
                 if text is not None:
                     n = tokens.count(text, x.model)
