@@ -258,3 +258,25 @@ async def test_verbosity_parameter_and_instruction(fake: FakeUpstream, make_prox
     assert "verbosity" not in last
     assert last["messages"][:-1] == MESSAGES
     assert last["messages"][-1]["role"] == "system" and "thorough" in last["messages"][-1]["content"]
+
+
+async def test_websocket_mode_is_left_alone(fake: FakeUpstream, make_proxy: ProxyFactory) -> None:
+    """A Responses WebSocket response.create keeps its text.format (answers are events there,
+    never decoded) and the client gets the provider's JSON."""
+    proxy = await make_proxy(**OUTPUT)
+    fake.script(Structured(VALUE))
+    schema = openai.lib._pydantic.to_strict_json_schema(Report)
+    fmt = {"type": "json_schema", "name": "Report", "schema": schema, "strict": True}
+    request = {"type": "response.create", "model": MODEL, "input": MESSAGES, "text": {"format": fmt}}
+    got: list[dict[str, Any]] = []
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(proxy.url.replace("http://", "ws://") + "/v1/responses") as ws,
+    ):
+        await ws.send_str(json.dumps(request))
+        while not got or got[-1]["type"] not in ("response.completed", "error"):
+            got.append(json.loads((await ws.receive(timeout=10)).data))
+    text = "".join(f["delta"] for f in got if f["type"] == "response.output_text.delta")
+    assert json.loads(text) == VALUE
+    (frame,) = [r for r in fake.requests if r.method == "WS"]
+    assert json.loads(frame.body)["text"]["format"]["type"] == "json_schema"
