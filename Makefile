@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening clean
+.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening bench-output clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,9 @@ bench-retrieval: install  ## reversible compression: omitted hard tokens recover
 
 bench-hardening: install  ## small requests under 3 floods of 30 MB requests (p50, RSS); agent requests with Redis paused
 	$(BIN)/nocp bench hardening --out $(RESULTS)
+
+bench-output: install  ## structured answers in TOON: output tokens, exact decodes, the cost of 20% broken answers
+	$(BIN)/nocp bench output --out $(RESULTS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
