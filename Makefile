@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening bench-ablation bench-holdout clean
+.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening bench-ablation bench-holdout bench-output clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,7 @@ bench: install  ## every benchmark: nocp bench (scenarios, traces, cost, overhea
 	$(BIN)/nocp bench retrieval --out $(RESULTS)
 	$(BIN)/nocp bench ablation --out $(RESULTS)
 	$(BIN)/nocp bench holdout --out $(RESULTS)
+	$(BIN)/nocp bench output --out $(RESULTS)
 
 bench-quick: install  ## nocp bench on small sizes, a few traces, no peer (under a minute; run by CI; writes build/bench-quick)
 	$(BIN)/nocp bench --quick --out build/bench-quick
@@ -74,6 +75,9 @@ bench-hardening: install  ## small requests under 3 floods of 30 MB requests (p5
 
 bench-holdout: install  ## holdout run on the real traces: both cohorts, the measured saving with its interval
 	$(BIN)/nocp bench holdout --out $(RESULTS)
+
+bench-output: install  ## structured answers in TOON: output tokens, exact decodes, the cost of 20% broken answers
+	$(BIN)/nocp bench output --out $(RESULTS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -369,6 +369,27 @@ class OpenAIConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True)
     prompt_cache_key: bool = False
 
 
+class OutputConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The output side (see :mod:`proxy.output`), off by default. ``toon_models``: model globs
+    whose structured answers (a ``json_schema`` response format) are asked for in TOON when the
+    schema is tabular enough and TOON is expected at least ``toon_min_saving`` shorter; nocp
+    decodes, validates and returns JSON (else retries once with the original request).
+    ``verbosity``: model glob -> ``low``/``medium``/``high``, set where the client did not;
+    for models without a verbosity parameter, with ``verbosity_instruction``, a short
+    instruction appended after the cached prefix instead. ``verbosity_models``: globs of the
+    models that take the parameter."""
+
+    toon_models: tuple[str, ...] = ()
+    toon_min_saving: float = 0.1
+    verbosity: dict[str, Literal["low", "medium", "high"]] = msgspec.field(default_factory=dict)
+    verbosity_instruction: bool = False
+    verbosity_models: tuple[str, ...] = ("gpt-5*",)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.toon_min_saving < 1.0:
+            raise ConfigError("output.toon_min_saving: must be in [0, 1)")
+
+
 class MetricsConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``GET /metrics``: at most ``max_models`` distinct ``model`` label values (then ``other``)."""
 
@@ -441,6 +462,7 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
+    output: OutputConfig = msgspec.field(default_factory=OutputConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     experiment: ExperimentConfig = msgspec.field(default_factory=ExperimentConfig)
     # shadow: every stage runs and the log says what it would have saved, the original is sent

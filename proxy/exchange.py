@@ -148,8 +148,10 @@ class RecordWriter(Protocol):
 class FeatureRequest:
     """A feature's part in one exchange: a method per phase, each doing nothing by default.
 
-    ``owns_response``: this feature sees every upstream answer before the client does (at
-    most one feature per request; the first that asks)."""
+    ``owns_response``: this feature sees every upstream answer before the client does (a
+    stream: only the first that asks; a whole answer: each in turn, until one continues).
+    A feature may set ``x.stream`` False in ``before_send`` to ask the upstream for a whole
+    answer; the client then gets it as one stream (``on_reply`` returns the stream's bytes)."""
 
     owns_response: bool = False
     tool: str | None = None  # a tool whose calls the owner takes out of what the client gets
@@ -337,7 +339,7 @@ class Exchange:
             record.session_id = adapter.session_id(req.headers, body)
             self.treatment = treatment_of(settings, req.headers, self.tenant, record)
             model = self.model = record.model = adapter.model(body, req.match_info)
-            stream = self.stream = record.stream = adapter.is_stream(body, req.match_info)
+            self.stream = record.stream = adapter.is_stream(body, req.match_info)
             up = settings.upstream_for(adapter.upstream_protocol, model)
             if up is None:
                 raise ModelNotFound(
@@ -356,7 +358,7 @@ class Exchange:
                     changed = await self._rewrite()
             elif self.treatment.runs_stages and self.services.pipeline:  # shadow mode
                 body = await self._shadow()
-            self.injected_usage = adapter.prepare_upstream(body, stream)
+            self.injected_usage = adapter.prepare_upstream(body, self.stream)  # a feature may unstream
             payload = encode_json(body) if changed or self.injected_usage else req.body
             finalize = _finalizer(self, req.body, body, changed, self.services.cost)
             headers = forward_headers(req.headers, drop=("Content-Length", "Accept-Encoding"))
@@ -469,6 +471,9 @@ class Exchange:
 
     async def _whole(self, status: int, reason: str | None, upstream_headers: Any, data: bytes) -> None:
         headers = forward_headers(upstream_headers, drop=("Content-Length",))
+        if self.record.stream and not self.stream and status < 400:  # a stream made of a whole answer
+            headers["Content-Type"] = "text/event-stream; charset=utf-8"
+            headers.update(STREAM_HEADERS)
         await self.client.start(status, reason, headers, length=len(data))
         await self.client.write(data)
         await self.client.end()
@@ -507,8 +512,10 @@ class Exchange:
                             record.ttft_ms = _elapsed_ms(sent_at)
                         self.hops.append(self.adapter.usage(data))
                         follow = None
-                        if owner is not None:
-                            data, follow = await owner.on_reply(self, data)
+                        for own in (f for f in self.features if f.owns_response):  # in order
+                            data, follow = await own.on_reply(self, data)
+                            if follow is not None:
+                                break
                         if follow is None:
                             await self._whole(resp.status, resp.reason, resp.headers, data)
                 if follow is None:

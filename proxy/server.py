@@ -32,6 +32,7 @@ from proxy.exceptions import BadRequest, PayloadTooLarge, ProxyHTTPError
 from proxy.exchange import ClientRequest, Exchange, Services, UpstreamRequest
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics
+from proxy.output import OutputFormat
 from proxy.pipeline import Pipeline, Stage, stage_name
 from proxy.pricing import CostModel
 from proxy.promptcache import PromptCache
@@ -489,6 +490,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
             features=[
                 PromptCache(settings.anthropic, settings.openai),
                 *([loop] if loop is not None else []),
+                *([output] if (output := OutputFormat.from_settings(settings)) is not None else []),
             ],
             streams_in_flight=metrics.streams_in_flight,
         ),

@@ -558,7 +558,7 @@ class LoopRequest(FeatureRequest):
     def finish(self, x: Exchange) -> None:
         """Per-hop usage, and what the rounds cost, into the record."""
         hops = x.hops
-        if len(hops) <= 1:
+        if len(hops) <= 1 or not self.rounds:  # more calls without a round: not the loop's (a retry)
             return
         rec = self.record
         rec.retrieval_hops = [

@@ -263,6 +263,14 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
         self.total_token_savings = net_saved_tokens(raw, optimized, self.compression_overhead_tokens)
         self.efficiency_delta = round(saved_share(self.total_token_savings, raw) or 0.0, 4)
 
+    def set_output_tokens(self, raw: int, optimized: int, fmt: str) -> None:
+        """Record the answer's tokens as JSON (raw) and as the model wrote it (optimized), and
+        the format it was asked in (see :mod:`proxy.output`)."""
+        self.raw_output_tokens = raw
+        self.optimized_output_tokens = optimized
+        self.output_compression_ratio = round(optimized / raw, 4) if raw else None
+        self.serialization_format = fmt
+
 
 # --- the figures derived from one line --------------------------------------------------------
 # One definition, used by ``set_input_tokens`` above, ``nocp logs tail`` / ``stats``, drift

@@ -66,6 +66,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "hardening": ("proxy.bench.hardening", "small requests under floods of 30 MB requests; Redis paused"),
     "ablation": ("proxy.bench.ablation", "real agent traces: cost saved per feature, at 3 cached discounts"),
     "holdout": ("proxy.bench.holdout", "holdout run on the real traces: both cohorts, the measured saving"),
+    "output": ("proxy.bench.output", "structured answers in TOON: output tokens, exact decodes, retry cost"),
 }
 
 
@@ -201,6 +202,22 @@ def _overhead(args: argparse.Namespace, out: Path, notes: list[str]) -> dict[str
     if peer.get("status") != "measured":
         notes.append(f"LiteLLM peer not measured: {peer.get('reason')}")
     return data
+
+
+def _output_side(
+    args: argparse.Namespace, protocols: Sequence[str], notes: list[str]
+) -> dict[str, Any] | None:
+    """Run :mod:`proxy.bench.output` in this process (small sizes with ``--quick``) through the
+    protocols of ``protocols`` that ask for structured output; its JSON."""
+    from proxy.bench import output
+    from proxy.bench.scenarios import SIZES
+
+    chosen = [p for p in ("chat", "responses") if p in protocols]
+    if not chosen:
+        notes.append("output side not measured: no Chat Completions or Responses replay selected")
+        return None
+    print("\n== output side: structured answers in TOON", file=sys.stderr, flush=True)
+    return output.measure(sizes=("small",) if args.quick else SIZES, protocols=chosen, seed=args.seed)
 
 
 def _progress(total: int, tty: bool) -> tuple[Callable[[str, int], None], Callable[[Any], None], Any]:
@@ -339,6 +356,7 @@ def run_suite_command(args: argparse.Namespace) -> int:
     if errors:
         notes.append(f"{errors} requests failed (see errors per scenario)")
     overhead = _overhead(args, out, notes)
+    output = _output_side(args, protocols, notes)
     result = report.build_result(
         suite,
         quick=args.quick,
@@ -347,6 +365,7 @@ def run_suite_command(args: argparse.Namespace) -> int:
         overhead=overhead,
         notes=notes,
         git=_git(root),
+        output=output,
     )
     stem = "bench-quick" if args.quick else "bench"
     charts, why = report.write_charts(result, out, prefix=stem)
@@ -356,6 +375,10 @@ def run_suite_command(args: argparse.Namespace) -> int:
     (out / f"{stem}.md").write_text(report.markdown_report(result, charts), "utf-8")
     print(file=sys.stderr)
     report.console_summary(result, rich=sys.stdout.isatty())
+    if output is not None:
+        from proxy.bench.output import summary_lines
+
+        print("\n".join(["output side:", *summary_lines(output)]))
     written = [out / f"{stem}.json", out / f"{stem}.md", *(out / f for f in charts.values())]
     readme: Path | None = args.update_readme
     if readme is not None:

@@ -301,8 +301,10 @@ def build_result(
     overhead: Mapping[str, Any] | None,
     notes: Sequence[str],
     git: Mapping[str, Any],
+    output: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything of one ``nocp bench`` run as a JSON-ready dict."""
+    """Everything of one ``nocp bench`` run as a JSON-ready dict (``output``: the result of
+    :func:`proxy.bench.output.measure`)."""
     results = run.results
     groups: list[tuple[str, str, list[ScenarioResult], str]] = []
     for proto in dict.fromkeys(r.protocol for r in results):
@@ -374,11 +376,45 @@ def build_result(
         "long_conversations": _long_summary(results),
         "suite_criteria": [verdict.as_dict()],
         "overhead": dict(overhead) if overhead is not None else None,
+        "output_side": dict(output) if output is not None else None,
         "notes": list(notes),
     }
 
 
 # ------------------------------------------------------------------------------ formatting
+
+
+def _output_section(output: Mapping[str, Any] | None) -> list[str]:
+    """The output side (``nocp bench output``): TOON answers, exact decodes, the retry cost."""
+    lines = ["## Output side (structured answers in TOON)", ""]
+    if not output:
+        return [*lines, "Not run.", ""]
+    lines += [
+        "| run | scenarios | answers | exactly the recorded JSON | output tokens (baseline -> nocp) "
+        "| reduction | retries | retry cost (tokens) | instruction (input tokens) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in output["runs"].values():
+        label = "all TOON valid" if not run["broken_share"] else f"{run['broken_share']:.0%} broken TOON"
+        for kind, t in run["by_kind"].items():
+            red = f"{t['reduction']:.1%}" if t["reduction"] is not None else "-"
+            lines.append(
+                f"| {label} | {kind} | {t['answers']} | {t['exact']} | {t['baseline_output_tokens']:,} -> "
+                f"{t['nocp_output_tokens']:,} | {red} | {t['retries']} | {t['retry_overhead_tokens']:,} "
+                f"| +{t['instruction_input_tokens']:,} |"
+            )
+    lines += [
+        "",
+        f"From `nocp bench output` (`proxy/bench/output.py`): every JSON answer of the api and db seed "
+        f"scenarios ({', '.join(output['sizes'])}; {', '.join(output['protocols'])}), asked directly "
+        "(baseline) and through nocp with `output.toon_models`, stages off. nocp output tokens count "
+        "every upstream call, failed attempts included; the retry cost is the failed attempts' prompt "
+        "and completion (billed uncached here; a real provider would mostly read the prompt from its "
+        "cache). The instruction is what nocp appends; the fake does not bill the `response_format` "
+        "schema it replaces. " + str(output.get("note", "")) + ".",
+        "",
+    ]
+    return lines
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -680,8 +716,8 @@ def _findings(result: Mapping[str, Any]) -> list[str]:
     same_out = [s["name"] for s in scen if s["structured_output"] and (s["output_reduction"] or 0) == 0]
     if same_out:
         out.append(
-            "Output tokens are unchanged in every scenario: nocp has no output-side stage yet, and the fake "
-            "provider replays the recorded answer, so the completion is the same by construction."
+            f"Output tokens are unchanged in {', '.join(same_out)}: nocp did not ask for TOON there "
+            "(no `output.toon_models` for the model, or a protocol without structured output)."
         )
     slow = [s for s in scen if (s["latency_ratio"] or 0) >= 2]
     if slow:
@@ -742,8 +778,11 @@ def _method(result: Mapping[str, Any]) -> list[str]:
             "token is billed at the input price; that is what a client without nocp pays.",
         ]
     lines += [
-        "- Output tokens: the fake provider answers every request with the recorded assistant turn, "
-        "so completions are the same on both paths; nocp has no output-side stage yet.",
+        "- Output tokens: the fake provider answers every request with the recorded assistant turn; "
+        "in the scenarios that ask for JSON (`response_format`), a JSON answer is sent as its value: "
+        "the recorded JSON on the baseline, its TOON where nocp asks for TOON (`output.toon_models`, "
+        "set to every model here unless `--config` sets `output`). The fake follows the instruction "
+        "perfectly: real models' TOON compliance is not measured here.",
         "- Latency: the fake answers in about a millisecond, so the ratio shows the proxy's own cost "
         "in the worst case; real providers take hundreds of milliseconds or more per request.",
         "- nocp's own per-request estimate of the saving (in its TransactionLog) prices the "
@@ -919,6 +958,7 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
         ]
     else:
         lines += ["Not run (`--no-overhead`, or the overhead benchmark failed: see the notes).", ""]
+    lines += _output_section(result.get("output_side"))
     lines += _method(result)
     lines += ["## Scenarios", ""]
     for s in result["scenarios"]:

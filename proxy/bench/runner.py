@@ -71,7 +71,7 @@ from proxy.stats import percentile
 
 if TYPE_CHECKING:
     from proxy.config import Settings
-    from proxy.testing import FakeUpstream
+    from proxy.testing import Answer, FakeUpstream
 
 __all__ = [
     "CLIENT_KEY",
@@ -154,7 +154,8 @@ class NocpProcess:
 
     def _config_file(self) -> Path:
         """The config nocp runs with: ``config`` (if any) with its upstreams replaced by the
-        fake's OpenAI base URL (``default``) and Anthropic root (``anthropic``)."""
+        fake's OpenAI base URL (``default``) and Anthropic root (``anthropic``), and structured
+        answers in TOON for every model (``output.toon_models: ["*"]``) unless it sets ``output``."""
         raw: dict[str, Any] = {}
         if self.config is not None:
             import msgspec
@@ -170,6 +171,7 @@ class NocpProcess:
                 "models": ["*"],
             },
         ]
+        raw.setdefault("output", {"toon_models": ["*"]})  # structured answers in TOON
         path = self.folder / "nocp-bench-config.yaml"
         path.write_text(json.dumps(raw, indent=2), "utf-8")  # JSON is YAML
         return path
@@ -349,6 +351,29 @@ async def _post(
     return status, time.perf_counter() - started, body
 
 
+def _answer(message: Message, *, structured: bool) -> Answer:
+    """The fake's answer to a request: the recorded turn; in a scenario that asks for JSON, a
+    JSON text answer as its value (:class:`~proxy.testing.Structured`: the same JSON text, or
+    its TOON when nocp asks for TOON)."""
+    from proxy.testing import Replay, Structured
+
+    content = message.get("content")
+    if structured and isinstance(content, str) and not message.get("tool_calls"):
+        try:
+            return Structured(json.loads(content))
+        except ValueError:
+            pass
+    return Replay(message)
+
+
+def _output_note(item: Any) -> bool:
+    """True for the instruction nocp's output side appends as the last message (TOON)."""
+    content = item.get("content") if isinstance(item, dict) else None
+    from proxy.output import TOON_MARKER
+
+    return item.get("role") == "system" and isinstance(content, str) and TOON_MARKER in content
+
+
 class _Replayer:
     """Sends each request of a conversation to both paths and accounts for it."""
 
@@ -379,7 +404,6 @@ class _Replayer:
         progress: Progress,
         protocol: Protocol | None = None,
     ) -> None:
-        from proxy.testing import Replay
 
         proto = protocol or PROTOCOLS[result.protocol]
         model = result.model or self.model
@@ -402,7 +426,7 @@ class _Replayer:
         for k, end in enumerate(turns):
             body = proto.body(conv.body(end, model), tool_names=tool_names)
             data = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
-            answer = Replay(msgs[end])
+            answer = _answer(msgs[end], structured=result.scenario.structured_output)
             self.base_fake.script(answer)
             self.nocp_fake.script(answer)
             paths = [("base", base_url), ("nocp", nocp_url)]
@@ -454,6 +478,7 @@ class _Replayer:
             if outcome["nocp"][0] == 200 and self.nocp_fake.requests:
                 sent_body = self.nocp_fake.requests[-1].json()
                 tools, sent = sent_view(proto.name, sent_body)
+                sent = [m for m in sent if not _output_note(m)]  # nocp's last-message instruction
                 self._fidelity(msgs[:end], sent, later[end], result.fidelity, chat=proto.name == "chat")
                 self._round(
                     msgs,

@@ -166,6 +166,57 @@ def _tool(name: str, description: str, properties: Mapping[str, Any], required: 
     }
 
 
+def _object(required: bool = True, /, **props: Any) -> Message:
+    """A JSON schema object of ``props`` (all required unless told), no other keys."""
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props) if required else [],
+        "additionalProperties": False,
+    }
+
+
+def _rows(**props: Any) -> Message:
+    return {"type": "array", "items": _object(**props)}
+
+
+_STR: Final = {"type": "string"}
+_NUM: Final = {"type": "number"}
+_INT: Final = {"type": "integer"}
+_IDS: Final = {"type": "array", "items": _STR}
+# The answers' schemas (one per conversation: every answer of it uses some of the keys)
+_API_ANSWER: Final = _object(
+    False,
+    period=_object(**{"from": _STR, "to": _STR}),
+    customers=_rows(
+        customer_id=_STR,
+        name=_STR,
+        email=_STR,
+        failed_total_usd=_NUM,
+        refunded_total_usd=_NUM,
+        charge_ids=_IDS,
+        high_risk={"type": "boolean"},
+    ),
+    totals=_object(failed_usd=_NUM, refunded_usd=_NUM, customers_flagged=_INT, high_risk_customers=_INT),
+    review_id=_STR,
+    customer_id=_STR,
+    customer_name=_STR,
+    charge_ids=_IDS,
+    refunded_total_usd=_NUM,
+    status={"type": "string", "enum": ["open", "closed"]},
+)
+_DB_ANSWER: Final = _object(
+    False,
+    quarter=_STR,
+    top_products=_rows(product_id=_INT, sku=_STR, name=_STR, revenue_usd=_NUM, units=_INT),
+    top_customers_for_top_product=_rows(customer_id=_INT, full_name=_STR, email=_STR, spend_usd=_NUM),
+    returns_from_germany=_rows(
+        customer_id=_INT, full_name=_STR, order_id=_INT, product=_STR, refund_usd=_NUM
+    ),
+    reorder=_rows(product_id=_INT, sku=_STR, name=_STR, stock_qty=_INT, units_sold_q3=_INT),
+)
+
+
 def _split(n: int, parts: int) -> list[int]:
     base, extra = divmod(n, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
@@ -687,10 +738,7 @@ def api_scenario(size: str, seed: int = 0) -> Scenario:
             ["method", "path"],
         ),
     )
-    schema = {
-        "type": "json_schema",
-        "json_schema": {"name": "ops_answer", "schema": {"type": "object", "additionalProperties": True}},
-    }
+    schema = {"type": "json_schema", "json_schema": {"name": "ops_answer", "schema": _API_ANSWER}}
     return Scenario(
         name=f"api-{size}",
         family="api",
@@ -949,13 +997,7 @@ def db_scenario(size: str, seed: int = 0) -> Scenario:
             ["query"],
         ),
     )
-    schema = {
-        "type": "json_schema",
-        "json_schema": {
-            "name": "analytics_answer",
-            "schema": {"type": "object", "additionalProperties": True},
-        },
-    }
+    schema = {"type": "json_schema", "json_schema": {"name": "analytics_answer", "schema": _DB_ANSWER}}
     return Scenario(
         name=f"db-{size}",
         family="db",

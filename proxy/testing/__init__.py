@@ -32,7 +32,18 @@ from proxy.testing._fake_upstream import FakeUpstream, run_fake_upstream
 from proxy.testing._generic import DEFAULT_MODELS
 from proxy.testing._prefix_cache import PrefixCache
 from proxy.testing._records import RecordedRequest, UsageRecord
-from proxy.testing._script import Answer, Drop, Fail, Replay, Reply, Stall, Step, StreamStall, ToolCall
+from proxy.testing._script import (
+    Answer,
+    Drop,
+    Fail,
+    Replay,
+    Reply,
+    Stall,
+    Step,
+    StreamStall,
+    Structured,
+    ToolCall,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -52,6 +63,7 @@ __all__ = [
     "Stall",
     "Step",
     "StreamStall",
+    "Structured",
     "ToolCall",
     "UsageRecord",
     "run_fake_upstream",

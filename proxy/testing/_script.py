@@ -13,9 +13,10 @@ answer (default reply when ``None``) and may itself be another modifier, e.g.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from proxy.testing._common import as_mapping, dumps_str, hex_id, text_parts
 
@@ -31,6 +32,7 @@ __all__ = [
     "Stall",
     "Step",
     "StreamStall",
+    "Structured",
     "ToolCall",
     "plan_for",
     "turn_for",
@@ -125,8 +127,38 @@ class Drop:
             raise ValueError("Drop after_chunks must be >= 0")
 
 
-Answer: TypeAlias = Reply | ToolCall | Replay
-Step: TypeAlias = Reply | ToolCall | Replay | Fail | Stall | StreamStall | Drop
+@dataclass(frozen=True, slots=True)
+class Structured:
+    """The model answers the JSON value ``value`` as text. ``form``: ``auto`` writes TOON (as
+    :func:`proxy.output.toon_answer` does) when the request asks for TOON (nocp's instruction
+    is in it) and JSON (``json.dumps``) otherwise; ``toon`` and ``json`` always that;
+    ``broken`` TOON that does not decode (its first array declares one item more than it has,
+    or, without an array, an unterminated quote)."""
+
+    value: Any
+    form: Literal["auto", "toon", "json", "broken"] = "auto"
+
+    def text(self, body: bytes) -> str:
+        """The answer's text for a request of ``body``."""
+        from proxy.output import TOON_MARKER, toon_answer
+
+        form = self.form
+        if form == "auto":
+            form = "toon" if TOON_MARKER.encode() in body else "json"
+        if form == "json":
+            return json.dumps(self.value, ensure_ascii=False)
+        text = toon_answer(self.value)
+        if form == "broken":
+            found = re.search(r"\[(\d+)\]", text)
+            if found is None:
+                return text + '\nnote: "unterminated'
+            n = int(found.group(1)) + 1
+            return text[: found.start()] + f"[{n}]" + text[found.end() :]
+        return text
+
+
+Answer: TypeAlias = Reply | ToolCall | Replay | Structured
+Step: TypeAlias = Reply | ToolCall | Replay | Structured | Fail | Stall | StreamStall | Drop
 
 
 @dataclass(slots=True)
@@ -298,6 +330,8 @@ def turn_for(answer: Answer | None, default_text: str, body: bytes, call_prefix:
         return _replay_turn(answer.message, body)
     if isinstance(answer, ToolCall):
         return FakeTurn(None, _calls((answer,), body, call_prefix))
+    if isinstance(answer, Structured):
+        return FakeTurn(answer.text(body))
     if answer is None or (answer.text is None and not answer.tool_calls):
         return FakeTurn(default_text)
     return FakeTurn(answer.text, _calls(answer.tool_calls, body, call_prefix))

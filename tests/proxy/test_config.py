@@ -106,3 +106,14 @@ def test_upstream_url_joins_paths() -> None:
         str(upstream_url(gemini_up, "/v1beta/models/g:generateContent?alt=sse"))
         == f"{GEMINI_PUBLIC}/v1beta/models/g:generateContent?alt=sse"
     )
+
+
+def test_output_side_is_off_by_default_and_checked() -> None:
+    """``output`` is off by default; a verbosity level outside low/medium/high or a saving
+    outside [0, 1) stops start-up naming the key."""
+    out = load_settings(env={}).output
+    assert out.toon_models == () and out.verbosity == {}
+    with pytest.raises(ConfigError, match="verbosity"):
+        load_settings(env={}, overrides={"output": {"verbosity": {"gpt-5*": "tiny"}}})
+    with pytest.raises(ConfigError, match="toon_min_saving"):
+        load_settings(env={}, overrides={"output": {"toon_min_saving": 1.5}})
