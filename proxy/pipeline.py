@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from compressors import CompressionConfig, CompressionResult
 from proxy.protocols import Prompt
 from proxy.translog import FailOpen, TransactionLog
 
@@ -39,13 +40,29 @@ class CutRecorder(Protocol):
         """The original of a cut this request made, whose marker ``text`` carries (else None)."""
 
 
+class ArmChooser(Protocol):
+    """Where the tool-output stage gets, per output, the arm of the learned compression policy
+    (see :mod:`proxy.policy`) and reports what compressing it under that arm gave."""
+
+    async def configs(
+        self, outputs: Sequence[tuple[int, str | None, str]], base: CompressionConfig
+    ) -> dict[int, tuple[str, CompressionConfig]]:
+        """Per output ``(position, tool, text)`` the policy decides: its arm and config."""
+        ...
+
+    def compressed(self, position: int, result: CompressionResult) -> None:
+        """The output at ``position`` was compressed under its arm to ``result``."""
+
+
 @dataclass(slots=True)
 class StageContext:
     """What a stage may read (and the log record it may add segment details to).
 
     ``retrieval`` is set when reversible compression is on: a lossy stage then makes
     id-carrying markers and records each cut's original there (see :mod:`proxy.toolloop`);
-    outputs of the retrieval tool itself (``tool_name``) are left alone."""
+    outputs of the retrieval tool itself (``tool_name``) are left alone. ``arms`` is set when
+    the learned compression policy is on: the tool-output stage compresses each output it
+    decides with the config of its arm."""
 
     model: str
     protocol: str
@@ -54,6 +71,7 @@ class StageContext:
     extras: dict[str, Any] = field(default_factory=dict)
     retrieval: CutRecorder | None = None
     tenant: str = "-"  # who sent the request: what a stage stores is scoped by it and the session
+    arms: ArmChooser | None = None  # the learned compression policy, when on
 
 
 Stage = Callable[[Prompt, StageContext], Awaitable[Prompt]]

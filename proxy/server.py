@@ -32,6 +32,7 @@ from proxy.exchange import ClientRequest, Exchange, Services, UpstreamRequest
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics
 from proxy.pipeline import Pipeline, Stage, stage_name
+from proxy.policy import LearnedPolicy
 from proxy.pricing import CostModel
 from proxy.promptcache import PromptCache
 from proxy.protocols import Adapter
@@ -63,6 +64,7 @@ class ProxyState:
     adapters: tuple[Adapter, ...] = ()  # the protocols served (proxy.protocols.ADAPTERS)
     auth: Authenticator | None = None  # None: no client keys, no limits, admin paths open
     compress_pool: CompressPool | None = None  # worker processes for large compression jobs
+    policy: LearnedPolicy | None = None  # the learned compression policy (proxy.policy.snapshot)
 
 
 STATE = web.AppKey("nocp_state", ProxyState)
@@ -430,6 +432,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
     metrics = Metrics(max_models=settings.metrics.max_models)
     cost = CostModel.from_settings(settings)
     loop = ToolLoop.from_settings(settings, store) if store is not None else None
+    policy = LearnedPolicy.from_settings(settings, store) if store is not None else None
     rate_store: SessionStore | None = None  # rate limits shared by replicas
     if settings.auth.keys and settings.sessions.backend == "redis":
         rate_store = store if isinstance(store, RedisSessionStore) else open_store(settings)
@@ -448,6 +451,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
             features=[
                 PromptCache(settings.anthropic, settings.openai),
                 *([loop] if loop is not None else []),
+                *([policy] if policy is not None else []),  # after the loop: sees what it undid
             ],
             streams_in_flight=metrics.streams_in_flight,
         ),
@@ -456,6 +460,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         adapters=protocols.ADAPTERS,
         auth=Authenticator(settings.auth, RedisLimiter(rate_store) if rate_store is not None else None),
         compress_pool=pool,
+        policy=policy,
     )
     state.metrics.track_writer(state.writer, state.drift.alerts_file)
     state.metrics.track_alerts(state.drift.detector.active)
@@ -474,6 +479,8 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         yield
         if admin is not None:
             await admin.cleanup()
+        if policy is not None:  # its last posterior updates, before the store closes
+            await policy.aclose()
         if rate_store is not None and rate_store is not store:
             await rate_store.aclose()
         for stage in state.pipeline.stages:  # stages holding connections (session store)

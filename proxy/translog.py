@@ -243,6 +243,8 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
     retrievals: list[RetrievalRecord] = msgspec.field(default_factory=list)
     retrieval_tokens: int = 0
     retrieval_hops: list[HopUsage] = msgspec.field(default_factory=list)
+    # the learned compression policy (when on): the arm of each "tool/content type" it decided
+    policy_arms: dict[str, str] | None = None
 
     def set_input_tokens(self, raw: int, optimized: int) -> None:
         """Record raw and sent input tokens and everything derived from them."""
