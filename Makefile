@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening clean
+.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening bench-policy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,9 @@ bench-history: install  ## history roll-up: fact retention, prefix stability (ev
 
 bench-retrieval: install  ## reversible compression: omitted hard tokens recoverable, cost of retrieval rounds
 	$(BIN)/nocp bench retrieval --out $(RESULTS)
+
+bench-policy: install  ## learned compression policy vs fixed arms on the SWE-agent traces (simulated retrievals)
+	$(BIN)/nocp bench policy --out $(RESULTS)
 
 bench-hardening: install  ## small requests under 3 floods of 30 MB requests (p50, RSS); agent requests with Redis paused
 	$(BIN)/nocp bench hardening --out $(RESULTS)

@@ -64,6 +64,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "history": ("proxy.bench.history", "history roll-up: fact retention, prefix stability"),
     "retrieval": ("proxy.bench.retrieval", "reversible compression: omitted hard tokens recoverable"),
     "hardening": ("proxy.bench.hardening", "small requests under floods of 30 MB requests; Redis paused"),
+    "policy": ("proxy.bench.policy", "learned compression policy vs fixed arms, simulated retrievals"),
 }
 
 
@@ -346,6 +347,9 @@ def run_suite_command(args: argparse.Namespace) -> int:
         notes=notes,
         git=_git(root),
     )
+    policy = out / "policy.json"  # nocp bench policy's result, shown when run into the same folder
+    if policy.is_file():
+        result["learned_policy"] = json.loads(policy.read_text("utf-8"))
     stem = "bench-quick" if args.quick else "bench"
     charts, why = report.write_charts(result, out, prefix=stem)
     if why:

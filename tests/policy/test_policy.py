@@ -331,3 +331,15 @@ async def test_the_snapshot_is_plain_json(tmp_path: Path) -> None:
     best = max(pair["arms"], key=lambda a: a["posterior"]["mu"])
     assert pair["best_arm"] == best["arm"] != "lossless"  # the log's cut was never retrieved
     await h.aclose()
+
+
+def test_the_policy_is_off_by_default_and_runs_after_the_tool_loop(tmp_path: Path) -> None:
+    """Default settings leave the policy out; ``policy.enabled`` adds it after the tool loop."""
+    from proxy.server import STATE, create_app
+
+    base: dict[str, Any] = {"log": {"dir": str(tmp_path)}, "pipeline": {"workers": 0}}
+    off = create_app(load_settings(env={}, overrides=base))[STATE]
+    assert off.policy is None and not any(isinstance(f, LearnedPolicy) for f in off.services.features)
+    on = create_app(load_settings(env={}, overrides={**base, "policy": {"enabled": True}}))[STATE]
+    kinds = [type(f) for f in on.services.features]
+    assert on.policy is not None and kinds.index(LearnedPolicy) > kinds.index(ToolLoop)
