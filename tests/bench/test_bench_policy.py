@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-
-import pytest
+from pathlib import Path
 
 from compressors.markers import marker_id, omitted_marker
 from proxy.bench.policy import ARMS, Model, run
 from proxy.bench.report import policy_lines
 from proxy.bench.retrieval import conversations
-from tests.helpers import REPO, eval_data_root
+from tests.helpers import REPO
 
 CODE = "\n".join(f"def f{i}(x):\n    return x * {i} + {i * 7}" for i in range(80))
 
@@ -43,12 +42,9 @@ def test_the_simulated_model_retrieves_more_the_tighter_the_cut() -> None:
     assert 0 < loose < mid < tight
 
 
-def test_a_run_is_reproducible_under_its_seed() -> None:
+def test_a_run_is_reproducible_under_its_seed(eval_data: Path) -> None:
     """The same traces, epochs and seed give the same choices, savings and retrievals."""
-    root = eval_data_root()
-    if not (root / "swe-agent").is_dir():
-        pytest.skip(f"evaluation data not found at {root} (set NOCP_EVAL_DATA)")
-    convs = list(conversations(root))[:4]
+    convs = list(conversations(eval_data))[:4]
     one = asyncio.run(run(ARMS, convs, epochs=2, seed=5))
     two = asyncio.run(run(ARMS, convs, epochs=2, seed=5))
     same = [f.name for f in dataclasses.fields(one) if f.name != "seconds"]
