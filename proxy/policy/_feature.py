@@ -41,14 +41,14 @@ _ID: Final = re.compile(r"[0-9a-f]{" + str(ID_CHARS) + "}")
 
 
 class Observation(msgspec.Struct, frozen=True, kw_only=True):
-    """One request's reward for the arm of one ``tool/content type`` (``new``: the arm was
-    chosen in this request, so its session counts as a pull)."""
+    """One request's reward for the arm of one ``tool/content type`` (None: nothing measured);
+    ``new``: the arm was chosen in this request, so its session counts as a pull."""
 
     key: str
     tool: str
     content_type: str
     arm: str
-    reward: float
+    reward: float | None
     new: bool = False
 
 
@@ -157,7 +157,8 @@ class LearnedPolicy:
                     ks = state.keys[pair] = KeyState(tool=tool, content_type=obs.content_type)
                 stats = ks.arms.setdefault(obs.arm, ArmStats())
                 stats.pulls += obs.new
-                observe(stats, obs.reward)
+                if obs.reward is not None:
+                    observe(stats, obs.reward)
         await store.put_blobs({key: state_encoder.encode(state)}, ttl_s=ttl)
         if raw is None:
             (index,) = await store.get_blobs([INDEX_KEY], ttl_s=ttl)
@@ -301,8 +302,9 @@ class PolicyRequest(FeatureRequest):
             return
         rec = self.record
         rec.policy_arms = dict(sorted(self.chosen.items()))
-        if rec.outcome != "ok":
-            return  # nothing measured: the request did not complete
+        # Nothing is measured when the request did not complete or the stage that applies the
+        # arms failed open (what went out was not the arms' work); a new session still counts.
+        measured = rec.outcome == "ok" and not any(f.stage == "tool_output" for f in rec.fail_open)
         try:
             penalty = self.app.config.retrieval_penalty_tokens
             in_rounds = [r for r in rec.retrievals if not r.deferred]
@@ -319,11 +321,13 @@ class PolicyRequest(FeatureRequest):
                     tool=self.meta[key][0],
                     content_type=self.meta[key][1],
                     arm=arm,
-                    reward=self.saved[key] - self.costs[key],
+                    reward=self.saved[key] - self.costs[key] if measured else None,
                     new=key in self.new,
                 )
                 for key, arm in sorted(self.chosen.items())
+                if measured or key in self.new
             ]
-            self.app.spawn(self.app.update(self.tenant, observations))
+            if observations:
+                self.app.spawn(self.app.update(self.tenant, observations))
         except Exception as exc:
             self.fail_open("rewards", exc)

@@ -116,7 +116,7 @@ class Harness:
         )
 
     async def ask(
-        self, messages: list[dict[str, Any]], *, session: str = "s1", key: str = "sk-a"
+        self, messages: list[dict[str, Any]], *, session: str = "s1", key: str = "sk-a", ok: bool = True
     ) -> TransactionLog:
         """One request; its record once the posterior update is done."""
         body = json.dumps({"model": "gpt-4o", "messages": messages}).encode()
@@ -128,7 +128,7 @@ class Harness:
         x = Exchange(self.services, OpenAIChatAdapter(), request, self.send, RecordingClient())
         await x.run()
         await self.policy.drain()
-        assert x.record.outcome == "ok"
+        assert (x.record.outcome == "ok") == ok
         assert all(f.stage == "policy" for f in x.record.fail_open)
         return x.record
 
@@ -343,3 +343,13 @@ def test_the_policy_is_off_by_default_and_runs_after_the_tool_loop(tmp_path: Pat
     on = create_app(load_settings(env={}, overrides={**base, "policy": {"enabled": True}}))[STATE]
     kinds = [type(f) for f in on.services.features]
     assert on.policy is not None and kinds.index(LearnedPolicy) > kinds.index(ToolLoop)
+
+
+async def test_a_failed_request_counts_the_session_but_measures_nothing(tmp_path: Path) -> None:
+    """An upstream error leaves no reward; the session it chose an arm for still counts as a pull."""
+    h = Harness(tmp_path, config([ARMS[2]]), lambda req: MockResponse(status=500, body={"error": {}}))
+    record = await h.ask(conversation(), ok=False)
+    assert record.policy_arms == {KEY: "budget-400"}
+    stats = (await h.stats())["budget-400"]
+    assert (stats["pulls"], stats["observations"]) == (1, 0)
+    await h.aclose()
