@@ -37,6 +37,8 @@ DESIGN_FIELDS = {
     "cache_creation_input_tokens", "cache_creation_1h_input_tokens", "cache_breakpoints_added",
     # added with the cache-aware cost baseline
     "baseline_cached_tokens", "baseline_cache_write_tokens", "baseline_same_share_cost_usd",
+    # added with the learned compression policy
+    "policy_arms",
 }  # fmt: skip
 
 
