@@ -38,6 +38,7 @@ __all__ = ["LearnedPolicy", "Observation", "PolicyRequest", "arm_config"]
 
 _log = structlog.get_logger("nocp.policy")
 _ID: Final = re.compile(r"[0-9a-f]{" + str(ID_CHARS) + "}")
+MAX_PENDING: Final = 1000  # posterior updates waiting for the store; past it, new ones are dropped
 
 
 class Observation(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,7 +126,12 @@ class LearnedPolicy:
     # ----------------------------------------------------------------- updates
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background (kept until done)."""
+        """Run ``coro`` in the background (kept until done); dropped, logged, when
+        :data:`MAX_PENDING` updates already wait (a slow store must not pile up tasks)."""
+        if len(self._tasks) >= MAX_PENDING:
+            coro.close()
+            _log.warning("policy_update_dropped", pending=len(self._tasks))
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

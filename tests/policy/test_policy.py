@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from multidict import CIMultiDict
 
 from compressors import CompressionConfig, tokens
@@ -21,7 +22,7 @@ from proxy.exchange import ClientRequest, Exchange, Services, UpstreamRequest
 from proxy.pipeline import Pipeline
 from proxy.policy import ArmStats, LearnedPolicy, observe, snapshot
 from proxy.protocols import OpenAIChatAdapter
-from proxy.sessions import SessionStore, SQLiteSessionStore
+from proxy.sessions import RedisSessionStore, SessionStore, SQLiteSessionStore
 from proxy.stages import ToolOutputStage
 from proxy.testing import MemoryWriter, MockResponse, MockSend, RecordingClient
 from proxy.toolloop import ToolLoop
@@ -101,8 +102,9 @@ class Harness:
         config: PolicyConfig,
         handler: Callable[[UpstreamRequest], MockResponse] | None = None,
         policy_store: SessionStore | None = None,
+        store: SessionStore | None = None,
     ) -> None:
-        self.store = SQLiteSessionStore(folder / "sessions.sqlite3", ttl_s=3600)
+        self.store = store or SQLiteSessionStore(folder / "sessions.sqlite3", ttl_s=3600)
         loop = ToolLoop(RetrievalConfig(), self.store, session_ttl_s=3600, secret=SECRET)
         self.policy = LearnedPolicy(
             config, policy_store or self.store, session_ttl_s=3600, retrieval_tool=TOOL
@@ -353,3 +355,26 @@ async def test_a_failed_request_counts_the_session_but_measures_nothing(tmp_path
     stats = (await h.stats())["budget-400"]
     assert (stats["pulls"], stats["observations"]) == (1, 0)
     await h.aclose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_replicas_sharing_a_store_share_arms_and_posteriors(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A session's later turn served by another replica keeps its arm; both see one posterior."""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_proc").url
+        stores: list[SessionStore | None] = [RedisSessionStore(url, ttl_s=3600) for _ in range(2)]
+    else:
+        stores = [None, None]  # two processes on the same SQLite file
+    a = Harness(tmp_path, config(min_sessions=1), store=stores[0])
+    b = Harness(tmp_path, config(min_sessions=1), store=stores[1])
+    first = await a.ask(conversation(1))
+    second = await b.ask(conversation(2))
+    assert second.policy_arms == first.policy_arms is not None
+    assert a.sent_tool_output(0) == b.sent_tool_output(0)
+    stats = await b.stats()
+    assert sum(s["pulls"] for s in stats.values()) == 1
+    assert sum(s["observations"] for s in stats.values()) == 2
+    await a.aclose()
+    await b.aclose()
