@@ -169,10 +169,11 @@ class ToolOutputStage:
             groups.setdefault(chosen[i][0] if i in chosen else "", []).append(n)
         results: list[CompressionResult | None] = [None] * len(jobs)
         budget = self.max_analysis_chars
+        large = sum(len(text) for text, _ in jobs) > _THREAD_CHARS
         for arm, members in groups.items():
             group_config = chosen[work[members[0]][0]][1] if arm else config
             group = [jobs[n] for n in members]
-            if sum(len(text) for text, _ in group) > _THREAD_CHARS:
+            if large:
                 done, budget = await self._large(group, group_config, budget)
             else:
                 done = list(run_jobs(group, group_config))
