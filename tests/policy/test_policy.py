@@ -378,3 +378,36 @@ async def test_replicas_sharing_a_store_share_arms_and_posteriors(
     assert sum(s["observations"] for s in stats.values()) == 2
     await a.aclose()
     await b.aclose()
+
+
+async def test_the_stage_applies_each_chosen_config_and_reports_the_result() -> None:
+    """The tool-output stage compresses an output the chooser decides with the config it gives,
+    the others with its own, and reports each decided output's result."""
+    from proxy.pipeline import StageContext
+
+    class Chooser:
+        def __init__(self) -> None:
+            self.seen: dict[int, int] = {}
+
+        async def configs(
+            self, outputs: Sequence[tuple[int, str | None, str]], base: CompressionConfig
+        ) -> dict[int, tuple[str, CompressionConfig]]:
+            tight = CompressionConfig(budget_tokens=300)
+            return {pos: ("tight", tight) for pos, tool, _ in outputs if tool == "read_log" and pos % 2}
+
+        def compressed(self, position: int, result: Any) -> None:
+            self.seen[position] = result.tokens_after
+
+    adapter = OpenAIChatAdapter()
+    body = {"model": "gpt-4o", "messages": conversation(2)}
+    prompt = adapter.prompt(body)
+    chooser = Chooser()
+    ctx = StageContext(model="gpt-4o", protocol="openai", record=TransactionLog(), arms=chooser)
+    after = await ToolOutputStage(CompressionConfig(budget_tokens=2000))(prompt, ctx)
+    outputs = [i for i, s in enumerate(prompt.segments) if s.kind == "tool_output"]
+    sizes = {i: tokens.count(after.segments[i].text, "gpt-4o") for i in outputs}
+    decided = [i for i in outputs if i % 2]
+    assert decided and set(chooser.seen) == set(decided)
+    for i in outputs:
+        assert (sizes[i] <= 300 * 1.5) == (i in decided)
+        assert (chooser.seen.get(i) == sizes[i]) == (i in decided)
