@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening bench-ablation bench-holdout bench-output clean
+.PHONY: install run fake-upstream test lint bench bench-quick bench-overhead bench-fidelity bench-speed bench-history bench-retrieval bench-hardening bench-ablation bench-holdout bench-output bench-policy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,9 @@ bench-retrieval: install  ## reversible compression: omitted hard tokens recover
 
 bench-ablation: install  ## real agent traces: cost saved per feature (ablation rows) at 50/75/90% cached discounts
 	$(BIN)/nocp bench ablation --out $(RESULTS)
+
+bench-policy: install  ## learned compression policy vs fixed arms on the SWE-agent traces (simulated retrievals)
+	$(BIN)/nocp bench policy --out $(RESULTS)
 
 bench-hardening: install  ## small requests under 3 floods of 30 MB requests (p50, RSS); agent requests with Redis paused
 	$(BIN)/nocp bench hardening --out $(RESULTS)

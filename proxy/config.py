@@ -347,6 +347,52 @@ class AgingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("aging: keep_last_turns, step_turns, min_tokens >= 1; horizon_turns >= 0")
 
 
+class PolicyArmConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One arm of the learned compression policy: ``budget_tokens`` for lossy compression (the
+    ``compression.budget_tokens`` of the outputs it is chosen for), or none: lossless only."""
+
+    name: str
+    budget_tokens: int | None = None
+
+
+def _default_arms() -> tuple[PolicyArmConfig, ...]:
+    return (
+        PolicyArmConfig(name="lossless"),
+        PolicyArmConfig(name="budget-1500", budget_tokens=1500),
+        PolicyArmConfig(name="budget-600", budget_tokens=600),
+    )
+
+
+class PolicyConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The learned compression policy (see ``proxy.policy``): per tenant, tool and content type,
+    Thompson sampling over ``arms``. The reward of a request is the tokens its cuts saved minus,
+    per retrieval of one of them, ``retrieval_penalty_tokens`` and the tokens the retrieval
+    cost. Each arm is first tried in ``min_sessions`` sessions; posteriors are kept ``ttl_s``
+    after their last use, at most ``max_keys`` (tool, content type) pairs per tenant. ``seed``
+    makes the choices reproducible (tests, benchmarks). Needs retrieval (its only signal of a
+    cut that took something needed)."""
+
+    enabled: bool = False
+    arms: tuple[PolicyArmConfig, ...] = msgspec.field(default_factory=_default_arms)
+    retrieval_penalty_tokens: int = 500
+    min_sessions: int = 3
+    ttl_s: float = 30 * 24 * 3600.0
+    max_keys: int = 256
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        names = [a.name for a in self.arms]
+        if not names or len(set(names)) != len(names):
+            raise ConfigError("policy.arms: at least one arm, names unique")
+        for a in self.arms:
+            if not a.name or len(a.name) > 64:
+                raise ConfigError("policy.arms: names of 1-64 characters")
+            if a.budget_tokens is not None and a.budget_tokens < 1:
+                raise ConfigError(f"policy.arms[{a.name}].budget_tokens: must be >= 1")
+        if self.retrieval_penalty_tokens < 0 or self.min_sessions < 0 or self.max_keys < 1 or self.ttl_s <= 0:
+            raise ConfigError("policy: retrieval_penalty_tokens, min_sessions >= 0; max_keys >= 1; ttl_s > 0")
+
+
 class AnthropicConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Anthropic Messages. Anthropic caches a prompt only up to explicit ``cache_control``
     breakpoints, which most clients other than Claude Code never set. ``auto_cache``: on a
@@ -467,6 +513,7 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     experiment: ExperimentConfig = msgspec.field(default_factory=ExperimentConfig)
     # shadow: every stage runs and the log says what it would have saved, the original is sent
     mode: Literal["normal", "shadow"] = "normal"
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
         names = [u.name for u in self.upstreams]
@@ -491,6 +538,10 @@ class Settings(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 f"upstreams {keyed} have api_key_env but auth.keys is empty: anyone reaching the port "
                 "would use the operator's key. Add client keys (auth.keys; `nocp auth new-key`) or "
                 "accept an open relay with auth.allow_open_relay: true (--allow-open-relay)"
+            )
+        if self.policy.enabled and not self.retrieval.enabled:
+            raise ConfigError(
+                "policy.enabled: needs retrieval.enabled (a retrieval is its signal of a bad cut)"
             )
         summarizer = self.history.summarizer_upstream
         if summarizer and summarizer not in names:

@@ -38,7 +38,7 @@ from yarl import URL
 
 from proxy.config import Settings
 from proxy.exceptions import ModelNotFound, ProxyHTTPError, UpstreamUnavailable
-from proxy.pipeline import CutRecorder, Pipeline, StageContext
+from proxy.pipeline import ArmChooser, CutRecorder, Pipeline, StageContext
 from proxy.pricing import CostModel
 from proxy.protocols import Adapter, HopStream, Prompt, Usage, decode_json_object, encode_json
 from proxy.translog import FailOpen, Finalizer, TransactionLog, redact
@@ -159,6 +159,11 @@ class FeatureRequest:
     @property
     def cuts(self) -> CutRecorder | None:
         """Where lossy stages record reversible cuts, if this feature keeps them."""
+        return None
+
+    @property
+    def arms(self) -> ArmChooser | None:
+        """Where the tool-output stage gets per-output arms, if this feature chooses them."""
         return None
 
     async def before_stages(self, x: Exchange) -> bool:
@@ -420,6 +425,7 @@ class Exchange:
             query=before.latest_user_text(),
             extras={"api_key": client_key(self.request.headers, self.request.query)},
             retrieval=next((c for f in self.features if (c := f.cuts) is not None), None),
+            arms=next((a for f in self.features if (a := f.arms) is not None), None),
             tenant=self.tenant,
             policy=self.treatment.policy,
         )

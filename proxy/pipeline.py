@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
+from compressors import CompressionConfig, CompressionResult
 from proxy.protocols import Prompt
 from proxy.translog import FailOpen, TransactionLog
 
@@ -39,6 +40,20 @@ class CutRecorder(Protocol):
         """The original of a cut this request made, whose marker ``text`` carries (else None)."""
 
 
+class ArmChooser(Protocol):
+    """Where the tool-output stage gets, per output, the arm of the learned compression policy
+    (see :mod:`proxy.policy`) and reports what compressing it under that arm gave."""
+
+    async def configs(
+        self, outputs: Sequence[tuple[int, str | None, str]], base: CompressionConfig
+    ) -> dict[int, tuple[str, CompressionConfig]]:
+        """Per output ``(position, tool, text)`` the policy decides: its arm and config."""
+        ...
+
+    def compressed(self, position: int, result: CompressionResult) -> None:
+        """The output at ``position`` was compressed under its arm to ``result``."""
+
+
 @dataclass(slots=True)
 class StageContext:
     """What a stage may read (and the log record it may add segment details to).
@@ -49,7 +64,9 @@ class StageContext:
 
     ``policy`` is what the stages may do (``X-Nocp-Policy``, see :mod:`proxy.treatment`):
     ``auto``; ``lossless-only``: lossless transformations only (no lossy cut, no aging, no
-    history roll-up); ``never``: nothing (the pipeline runs no stage)."""
+    history roll-up); ``never``: nothing (the pipeline runs no stage). ``arms`` is set when
+    the learned compression policy is on: under ``auto``, the tool-output stage compresses each
+    output it decides with the config of its arm."""
 
     model: str
     protocol: str
@@ -59,6 +76,7 @@ class StageContext:
     retrieval: CutRecorder | None = None
     tenant: str = "-"  # who sent the request: what a stage stores is scoped by it and the session
     policy: Literal["auto", "lossless-only", "never"] = "auto"
+    arms: ArmChooser | None = None  # the learned compression policy, when on
 
 
 Stage = Callable[[Prompt, StageContext], Awaitable[Prompt]]

@@ -27,6 +27,7 @@ from proxy import protocols
 from proxy.auth import Authenticator, Principal, RedisLimiter, strip_credentials
 from proxy.config import Settings
 from proxy.dashboard import DEFAULT_RECORDS, MAX_RECORDS, LogStats, page
+from proxy.dashboard import policy as policy_rows
 from proxy.drift import DriftMonitor
 from proxy.exceptions import BadRequest, PayloadTooLarge, ProxyHTTPError
 from proxy.exchange import ClientRequest, Exchange, Services, UpstreamRequest
@@ -34,6 +35,8 @@ from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.metrics import Metrics
 from proxy.output import OutputFormat
 from proxy.pipeline import Pipeline, Stage, stage_name
+from proxy.policy import LearnedPolicy
+from proxy.policy import snapshot as policy_snapshot
 from proxy.pricing import CostModel
 from proxy.promptcache import PromptCache
 from proxy.protocols import Adapter
@@ -67,6 +70,7 @@ class ProxyState:
     auth: Authenticator | None = None  # None: no client keys, no limits, admin paths open
     compress_pool: CompressPool | None = None  # worker processes for large compression jobs
     stats: LogStats | None = None  # /v1/nocp/stats and /dashboard: the log's tail, cached
+    policy: LearnedPolicy | None = None  # the learned compression policy (proxy.policy.snapshot)
 
 
 STATE = web.AppKey("nocp_state", ProxyState)
@@ -366,6 +370,14 @@ async def stats_endpoint(request: web.Request) -> web.Response:
         state.stats = LogStats(state.settings.log.path)
     alerts = msgspec.to_builtins(state.drift.snapshot()["active"])
     body = await state.stats.get(limit=limit, since=since, since_key=since_key, alerts=alerts)
+    if state.policy is not None:  # the learned policy's arms, from the session store
+        try:
+            body = {
+                **body,
+                "policy": policy_rows(await policy_snapshot(state.policy.store, state.policy.config)),
+            }
+        except Exception as exc:  # the page still shows everything else
+            _log.warning("policy_snapshot_failed", error=type(exc).__name__)
     return web.Response(
         body=_encoder.encode(body), content_type="application/json", headers={"Cache-Control": "no-store"}
     )
@@ -472,6 +484,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
     metrics = Metrics(max_models=settings.metrics.max_models)
     cost = CostModel.from_settings(settings)
     loop = ToolLoop.from_settings(settings, store) if store is not None else None
+    policy = LearnedPolicy.from_settings(settings, store) if store is not None else None
     rate_store: SessionStore | None = None  # rate limits shared by replicas
     if settings.auth.keys and settings.sessions.backend == "redis":
         rate_store = store if isinstance(store, RedisSessionStore) else open_store(settings)
@@ -491,6 +504,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
                 PromptCache(settings.anthropic, settings.openai),
                 *([loop] if loop is not None else []),
                 *([output] if (output := OutputFormat.from_settings(settings)) is not None else []),
+                *([policy] if policy is not None else []),  # after the loop: sees what it undid
             ],
             streams_in_flight=metrics.streams_in_flight,
         ),
@@ -500,6 +514,7 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         auth=Authenticator(settings.auth, RedisLimiter(rate_store) if rate_store is not None else None),
         compress_pool=pool,
         stats=LogStats(log.path),
+        policy=policy,
     )
     state.metrics.track_writer(state.writer, state.drift.alerts_file)
     state.metrics.track_alerts(state.drift.detector.active)
@@ -518,6 +533,8 @@ def create_app(settings: Settings, *, stages: Sequence[Stage] | None = None) -> 
         yield
         if admin is not None:
             await admin.cleanup()
+        if policy is not None:  # its last posterior updates, before the store closes
+            await policy.aclose()
         if rate_store is not None and rate_store is not store:
             await rate_store.aclose()
         for stage in state.pipeline.stages:  # stages holding connections (session store)

@@ -254,6 +254,8 @@ class TransactionLog(msgspec.Struct, kw_only=True, omit_defaults=False):
     bypass: bool = False
     policy: str | None = None
     shadow_input_tokens: int | None = None
+    # the learned compression policy (when on): the arm of each "tool/content type" it decided
+    policy_arms: dict[str, str] | None = None
 
     def set_input_tokens(self, raw: int, optimized: int) -> None:
         """Record raw and sent input tokens and everything derived from them."""

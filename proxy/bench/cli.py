@@ -67,6 +67,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "ablation": ("proxy.bench.ablation", "real agent traces: cost saved per feature, at 3 cached discounts"),
     "holdout": ("proxy.bench.holdout", "holdout run on the real traces: both cohorts, the measured saving"),
     "output": ("proxy.bench.output", "structured answers in TOON: output tokens, exact decodes, retry cost"),
+    "policy": ("proxy.bench.policy", "learned compression policy vs fixed arms, simulated retrievals"),
 }
 
 
@@ -367,6 +368,9 @@ def run_suite_command(args: argparse.Namespace) -> int:
         git=_git(root),
         output=output,
     )
+    policy = out / "policy.json"  # nocp bench policy's result, shown when run into the same folder
+    if policy.is_file():
+        result["learned_policy"] = json.loads(policy.read_text("utf-8"))
     stem = "bench-quick" if args.quick else "bench"
     charts, why = report.write_charts(result, out, prefix=stem)
     if why:

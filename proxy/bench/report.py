@@ -25,6 +25,7 @@ __all__ = [
     "estimate_table",
     "headline_table",
     "markdown_report",
+    "policy_lines",
     "update_readme",
     "write_charts",
 ]
@@ -959,6 +960,7 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
     else:
         lines += ["Not run (`--no-overhead`, or the overhead benchmark failed: see the notes).", ""]
     lines += _output_section(result.get("output_side"))
+    lines += policy_lines(result.get("learned_policy"))
     lines += _method(result)
     lines += ["## Scenarios", ""]
     for s in result["scenarios"]:
@@ -972,6 +974,59 @@ def markdown_report(result: Mapping[str, Any], charts: Mapping[str, str]) -> str
     if result["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
     return "\n".join(lines)
+
+
+def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
+    """The learned compression policy's section, from ``nocp bench policy``'s ``policy.json``
+    (none when it was not run into the same folder)."""
+    if not policy:
+        return []
+    p = policy["policy"]
+    fixed = policy["fixed"]
+    arms = ", ".join(
+        f"`{a['name']}`" + (f" ({a['budget_tokens']} tokens)" if a["budget_tokens"] else " (lossless only)")
+        for a in policy["arms"]
+    )
+    lines = [
+        "## Learned compression policy (simulation)",
+        "",
+        f"From `nocp bench policy` (`proxy/bench/policy.py`): {p['sessions']} sessions ({policy['epochs']} "
+        f"passes over the SWE-agent traces, {p['requests']} requests per policy, seed {policy['seed']}) "
+        f"through the proxy's request path, arms {arms}. The simulated model retrieves a cut with "
+        f"probability `{policy['retrieval_model']['probability']}` (need "
+        + ", ".join(f"{k} {v}" for k, v in policy["retrieval_model"]["need"].items())
+        + f", other {policy['retrieval_model']['other_need']}). Net saved = raw - sent prompt tokens - the "
+        f"retrieval rounds' tokens - {policy['retrieval_penalty_tokens']} per retrieval.",
+        "",
+        "| policy | net saved tokens | gross saved | retrievals | round tokens |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in [*((f"fixed `{n}`", r) for n, r in fixed.items()), ("**learned**", p)]:
+        lines.append(
+            f"| {name} | {r['net_saved_tokens']:,} | {r['gross_saved_tokens']:,} | {r['retrievals']} "
+            f"| {r['round_tokens']:,} |"
+        )
+    verdict = "beats" if p["beats_every_fixed_arm"] else "does not beat"
+    lines += [
+        "",
+        f"The learned policy {verdict} every fixed arm: {p['margin_over_best_fixed_tokens']:+,} tokens over "
+        f"the best one (`{p['best_fixed_arm']}`). It converged (most sessions in the last third of the run) "
+        f"to the best fixed arm on {p['converged_on_decisive_keys']} of {p['decisive_keys']} tool / content "
+        "types where the arms differ by more than 5 %:",
+        "",
+        "| tool / content type | sessions | best fixed arm (reward tokens) | learned, last third |",
+        "|---|---:|---|---|",
+    ]
+    for k in policy["keys"]:
+        rewards = k["fixed_reward_tokens"]
+        if len(set(rewards.values())) <= 1:
+            continue  # the arms never differ on it
+        shares = ", ".join(f"`{a}` {v:.0%}" for a, v in k["last_third_share"].items())
+        lines.append(
+            f"| `{k['key']}` | {k['sessions']} | `{k['best_fixed_arm']}` ({rewards[k['best_fixed_arm']]:,}) "
+            f"| {shares} |"
+        )
+    return [*lines, ""]
 
 
 def console_summary(result: Mapping[str, Any], *, rich: bool) -> None:

@@ -6,26 +6,24 @@ comes from :class:`proxy.translog_cli.GroupStats` (which ``nocp logs stats`` pri
 the same records, each time bucket is a ``GroupStats`` summary of its records, and the cohort
 groups are ``GroupStats`` summaries too.
 
-Two slots are filled in by other parts of issue 18:
+Two panels show only when there is something to show:
 
-- ``cohorts``: :func:`cohorts`, called in one place. Today it groups by a record's ``cohort``
-  attribute (absent from the log until the holdout experiment writes it) and returns None when
-  no record has one; ``measured`` (the measured saving with its interval) is None until the
-  holdout comparison supplies it. The dashboard renders the panel only when ``cohorts`` is not
-  None; it shows ``groups`` as a table and ``measured`` (``saving_share``, ``ci_low``,
-  ``ci_high``, ``conclusive``, ``note``) as a figure.
+- ``cohorts``: :func:`cohorts`, with a holdout experiment (records carrying a ``cohort``): the
+  cohorts' ``groups`` as a table and ``measured`` (``saving_share``, ``ci_low``, ``ci_high``,
+  ``conclusive``, ``note``: :func:`proxy.cohorts.compare`'s billed-cost saving) as a figure.
 - ``policy``: :func:`policy`, the learned compression policy: ``{"arms": [rows]}``, one row per
-  (tool, content type, arm) with any figures (the page shows every key as a column); None, and
-  no panel, until that exists.
+  tenant, (tool, content type) and arm (the page shows every key as a column); the server fills
+  it from the policy's state in the session store; None, and no panel, when the policy is off.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.cohorts import compare
 from proxy.translog import TransactionLog, figures, saved_share
 from proxy.translog_cli import GroupStats
 
@@ -132,29 +130,54 @@ def tools(records: Iterable[TransactionLog], top: int = TOP_TOOLS) -> dict[str, 
 # --- the slots for the holdout experiment and the learned policy --------------------------------
 
 
-def cohorts(records: Iterable[TransactionLog]) -> dict[str, Any] | None:
-    """Per-cohort ``GroupStats`` summaries (with their session counts) and the measured saving;
-    None when no record carries a ``cohort`` (no holdout experiment). ``measured`` stays None
-    until the holdout comparison (issue 18, item 1) supplies it."""
+def cohorts(records: Sequence[TransactionLog]) -> dict[str, Any] | None:
+    """Per-cohort ``GroupStats`` summaries (with their session counts) and the measured saving
+    of the holdout experiment (:func:`proxy.cohorts.compare`: billed cost per session, control
+    against treated, with its bootstrap interval); None when no record carries a ``cohort``."""
     groups: dict[str, GroupStats] = {}
     sessions: dict[str, set[str | None]] = {}
     for rec in records:
-        cohort = getattr(rec, "cohort", None)
-        if cohort is None:
+        if rec.cohort is None:
             continue
-        key = str(cohort)
-        groups.setdefault(key, GroupStats(key=key)).add(rec)
-        sessions.setdefault(key, set()).add(rec.session_id)
+        groups.setdefault(rec.cohort, GroupStats(key=rec.cohort)).add(rec)
+        sessions.setdefault(rec.cohort, set()).add(rec.session_id)
     if not groups:
         return None
     rows = [{**g.summary(), "sessions": len(sessions[k])} for k, g in sorted(groups.items())]
-    return {"groups": rows, "measured": None}
+    comparison = compare(records)
+    cost = comparison["saving"].get("billed_cost_usd") or {}
+    low, high = cost.get("share_ci") or (None, None)
+    measured = {
+        "saving_share": cost.get("share"),
+        "ci_low": low,
+        "ci_high": high,
+        "conclusive": comparison["conclusive"],
+        "note": comparison["reason"],
+    }
+    return {"groups": rows, "measured": measured, "comparison": comparison}
 
 
-def policy(records: Iterable[TransactionLog]) -> dict[str, Any] | None:
-    """The learned compression policy's arms per (tool, content type): the slot for issue 18,
-    item 4. None (no panel) while there is no learned policy."""
-    return None
+def policy(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The learned compression policy's arms as table rows, one per tenant, (tool, content
+    type) and arm, from :func:`proxy.policy.snapshot`; None (no panel) when the policy is off."""
+    if state is None:
+        return None
+    rows = [
+        {
+            "tenant": t["tenant"],
+            "tool": k["tool"],
+            "content type": k["content_type"],
+            "arm": a["arm"],
+            "best": "yes" if a["arm"] == k["best_arm"] else "",
+            "sessions": a["pulls"],
+            "observations": a["observations"],
+            "mean reward (tokens)": a["mean_reward_tokens"],
+        }
+        for t in state.get("tenants", ())
+        for k in t["keys"]
+        for a in k["arms"]
+    ]
+    return {"arms": rows}
 
 
 # --- rate and recent requests -------------------------------------------------------------------
@@ -241,7 +264,7 @@ def snapshot(
         "series": series(records),
         "tools": tools(records),
         "cohorts": cohorts(records),
-        "policy": policy(records),
+        "policy": None,  # filled in by the server from the learned policy's state (see policy)
         "alerts": list(alerts),
         "recent": recent(records),
     }

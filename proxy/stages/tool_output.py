@@ -10,7 +10,9 @@ provider's prompt cache keeps working. Large requests are compressed in a worker
 (:class:`~proxy.workers.CompressPool`), so the event loop keeps serving other requests and the
 work stops when the stage's time budget runs out; without a pool, on a thread. Per request at
 most ``max_analysis_chars`` characters not already cached are analysed (oldest outputs first);
-the outputs past that budget go as they were sent.
+the outputs past that budget go as they were sent. With the learned compression policy on
+(``ctx.arms``, see :mod:`proxy.policy`), the outputs it decides are compressed with the config
+of their session's arm.
 
 With retrieval on (``ctx.retrieval``), lossy markers carry the original's content id and each
 lossy cut is recorded there (its original is stored once the request is ready to go). A cut
@@ -64,10 +66,11 @@ class ToolOutputStage:
         self._lossless_only: dict[str | None, CompressionConfig] = {}  # per marker key
 
     async def _large(
-        self, jobs: list[tuple[str, CompressionContext]], config: CompressionConfig
-    ) -> list[CompressionResult | None]:
-        """Cached results first (hashing off the loop), then what the budget allows of the rest,
-        in a worker process; None for the outputs past the budget."""
+        self, jobs: list[tuple[str, CompressionContext]], config: CompressionConfig, budget: int | None
+    ) -> tuple[list[CompressionResult | None], int | None]:
+        """Cached results first (hashing off the loop), then what ``budget`` (characters to
+        analyse) allows of the rest, in a worker process; None for the outputs past the budget.
+        Also what is left of the budget."""
 
         def lookup() -> list[CompressionResult | None]:  # too large to analyse: cheap, done here
             return [
@@ -76,7 +79,6 @@ class ToolOutputStage:
             ]
 
         results = await asyncio.to_thread(lookup)
-        budget = self.max_analysis_chars
         todo: list[int] = []
         for i, ((text, _), hit) in enumerate(zip(jobs, results, strict=True)):
             if hit is None and (budget is None or len(text) <= budget):
@@ -98,7 +100,7 @@ class ToolOutputStage:
             await asyncio.to_thread(keep)
             for i, result in zip(todo, done, strict=True):
                 results[i] = result
-        return results
+        return results, budget
 
     def _lossless(self, config: CompressionConfig) -> CompressionConfig:
         """``config`` (this stage's, with or without marker ids) with every tool's policy at most
@@ -162,15 +164,33 @@ class ToolOutputStage:
                                           tool_args=seg.tool_args))
             for _, seg, query in work
         ]  # fmt: skip
-        results: list[CompressionResult | None]
-        if sum(len(text) for text, _ in jobs) > _THREAD_CHARS:
-            results = await self._large(jobs, config)
-        else:
-            results = list(run_jobs(jobs, config))
+        # The learned policy (when on) gives the outputs it decides their session's arm: each
+        # group of outputs with the same config is compressed together.
+        arms = ctx.arms
+        chosen = (
+            await arms.configs([(i, seg.tool_name, seg.text) for i, seg, _ in work], config) if arms else {}
+        )
+        groups: dict[str, list[int]] = {}
+        for n, (i, _, _) in enumerate(work):
+            groups.setdefault(chosen[i][0] if i in chosen else "", []).append(n)
+        results: list[CompressionResult | None] = [None] * len(jobs)
+        budget = self.max_analysis_chars
+        large = sum(len(text) for text, _ in jobs) > _THREAD_CHARS
+        for arm, members in groups.items():
+            group_config = chosen[work[members[0]][0]][1] if arm else config
+            group = [jobs[n] for n in members]
+            if large:
+                done, budget = await self._large(group, group_config, budget)
+            else:
+                done = list(run_jobs(group, group_config))
+            for n, result in zip(members, done, strict=True):
+                results[n] = result
         record = ctx.record
         for (i, seg, _), result in zip(work, results, strict=True):
             if result is None:  # past the analysis budget: sent as it was
                 continue
+            if i in chosen and arms is not None:
+                arms.compressed(i, result)
             record.segments.append(
                 SegmentRecord(
                     kind="observation" if seg.kind == "user" else seg.kind,

@@ -6,17 +6,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
+import openai
 import pytest
 
 from proxy.auth import hash_key
 from proxy.cli import main
-from proxy.dashboard import LogStats, cohorts, page, request_rate, snapshot
+from proxy.cohorts import compare
+from proxy.dashboard import LogStats, cohorts, page, policy, request_rate, snapshot
+from proxy.testing import FakeUpstream, Reply
 from proxy.translog import RetrievalRecord, SegmentRecord, TransactionLog
 from proxy.translog_cli import last_records
+from tests.e2e.test_toolloop import ask, conversation
 from tests.helpers import free_port
 
 ADMIN = "nocp-admin-key"
@@ -107,22 +111,53 @@ def test_tools_by_tokens_and_by_saving() -> None:
 
 def test_cohorts_absent_without_cohort_and_grouped_with_it() -> None:
     """No record carries a cohort: `cohorts` is None (no panel). Records that do are grouped per
-    cohort with GroupStats figures and session counts."""
+    cohort with GroupStats figures and session counts, and the measured saving is the holdout
+    comparison's (here too few sessions to conclude, which it says)."""
     assert snapshot(records(), now=T0)["cohorts"] is None
     assert snapshot(records(), now=T0)["policy"] is None
 
-    class WithCohort(TransactionLog, kw_only=True):
-        cohort: str | None = None
-
-    def cohort(r: TransactionLog) -> str:
+    def cohort(r: TransactionLog) -> Literal["control", "treated"]:
         return "control" if r.session_id == "s-b" else "treated"
 
-    recs = [WithCohort(**{**msgspec.structs.asdict(r), "cohort": cohort(r)}) for r in records()]
+    recs = [msgspec.structs.replace(r, experiment="holdout", cohort=cohort(r)) for r in records()]
     result = cohorts(recs)
-    assert result is not None and result["measured"] is None
+    assert result is not None
     by_key = {g["key"]: g for g in result["groups"]}
     assert (by_key["control"]["requests"], by_key["control"]["sessions"]) == (2, 1)
     assert (by_key["treated"]["requests"], by_key["treated"]["tokens_saved"]) == (4, 600 + 700 + 1250 + 1340)
+    measured, comparison = result["measured"], result["comparison"]
+    assert comparison == compare(recs)
+    assert measured["saving_share"] == comparison["saving"]["billed_cost_usd"]["share"]
+    assert measured["conclusive"] is False and "sessions" in measured["note"]
+
+
+def test_policy_rows_flatten_the_learned_policy_state() -> None:
+    """The learned policy's state becomes one row per tenant, (tool, content type) and arm,
+    the best arm marked; no state (policy off): no panel."""
+    state = {
+        "tenants": [
+            {
+                "tenant": "t1",
+                "keys": [
+                    {
+                        "tool": "grep",
+                        "content_type": "code",
+                        "best_arm": "budget-600",
+                        "arms": [
+                            {"arm": "lossless", "pulls": 3, "observations": 9, "mean_reward_tokens": -10.0},
+                            {"arm": "budget-600", "pulls": 5, "observations": 20, "mean_reward_tokens": 81.5},
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    rows = policy(state)
+    assert policy(None) is None and rows is not None
+    assert [(r["tool"], r["arm"], r["best"], r["sessions"]) for r in rows["arms"]] == [
+        ("grep", "lossless", "", 3),
+        ("grep", "budget-600", "yes", 5),
+    ]
 
 
 def test_request_rate_counts_the_window_before_now() -> None:
@@ -229,3 +264,31 @@ async def test_stats_rejects_bad_parameters(make_proxy: Any) -> None:
         async with http.get(f"{proxy.url}/v1/nocp/stats?limit=5&since=1h") as resp:
             assert resp.status == 200
             assert (await resp.json())["window"]["limit"] == 5
+
+
+async def test_stats_show_the_holdout_cohorts_and_the_learned_policy(
+    fake: FakeUpstream, make_proxy: Any
+) -> None:
+    """With a holdout experiment and the learned policy on, `/v1/nocp/stats` carries both
+    cohorts with the measured saving of `proxy.cohorts.compare`, and the arms the policy chose."""
+    proxy = await make_proxy(
+        experiment={"name": "ab", "holdout": 0.5},
+        policy={"enabled": True, "seed": 3},
+        pipeline={"workers": 0},
+    )
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-tenant-a-0123456789", max_retries=0)
+    async with client:
+        for i in range(12):
+            fake.script(Reply("Worker 5 failed."))
+            await ask(client, conversation(), False, extra_headers={"X-Session-Id": f"dash-{i}"})
+    lines = await proxy.log_lines(12)
+    assert {line["cohort"] for line in lines} == {"control", "treated"}
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/v1/nocp/stats") as resp:
+        body = await resp.json()
+    groups = {g["key"]: g["sessions"] for g in body["cohorts"]["groups"]}
+    assert sum(groups.values()) == 12 and set(groups) == {"control", "treated"}
+    measured = body["cohorts"]["measured"]
+    assert measured["conclusive"] is False and measured["saving_share"] is not None
+    arms = body["policy"]["arms"]
+    assert arms and {r["tool"] for r in arms} >= {"read_log"}
+    assert sum(r["sessions"] for r in arms if r["tool"] == "read_log") == groups["treated"]

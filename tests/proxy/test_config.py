@@ -80,6 +80,9 @@ def test_defaults_without_config() -> None:
         ("upstreams: [{name: a, base_url: 'http://x', api_key_env: NOCP_MISSING_KEY}]", "api_key_env"),
         ("timeouts: {connect: fast}", "$.timeouts.connect"),
         ("- a\n- b", "top level"),
+        ("policy: {enabled: true}\nretrieval: {enabled: false}", "policy.enabled"),
+        ("policy: {arms: [{name: a}, {name: a}]}", "policy.arms"),
+        ("policy: {arms: [{name: a, budget_tokens: 0}]}", "budget_tokens"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, yaml: str, key: str) -> None:

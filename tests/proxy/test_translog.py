@@ -39,6 +39,8 @@ DESIGN_FIELDS = {
     "baseline_cached_tokens", "baseline_cache_write_tokens", "baseline_same_share_cost_usd",
     # added with the holdout experiment, shadow mode and per-request control (issue 18)
     "experiment", "cohort", "mode", "bypass", "policy", "shadow_input_tokens",
+    # added with the learned compression policy
+    "policy_arms",
 }  # fmt: skip
 
 
