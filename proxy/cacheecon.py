@@ -10,8 +10,9 @@ that has lasted ``n`` turns is expected to last about ``n`` more (the median of 
 length of a process observed at a random point), capped by the caller's configured horizon;
 so a short session is not charged a miss that only a long one would pay back.
 
-One definition, used by observation aging (:mod:`proxy.stages.aging`) and by the retrieval
-tool's mid-session offer (:mod:`proxy.toolloop`).
+One definition of the weighing, used by observation aging (:mod:`proxy.stages.aging`, over the
+expected remaining turns) and by the retrieval tool's mid-session offer (:mod:`proxy.toolloop`,
+over a fixed number of turns).
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ def cached_ratio(prices: PriceTable | None, model: str) -> float:
     return price.cached_input / price.input
 
 
-def expected_remaining_turns(turns_so_far: int, cap: int) -> int:
+def expected_remaining_turns(turns_so_far: int, cap: int, share: float = 1.0) -> int:
     """Turns a session that has had ``turns_so_far`` assistant turns is expected to still have:
-    as many again, at most ``cap``."""
-    return max(0, min(cap, turns_so_far))
+    ``share`` times as many again (1.0: the median of a length observed at a random point),
+    at most ``cap``."""
+    return max(0, min(cap, int(turns_so_far * share)))
 
 
 @dataclass(frozen=True, slots=True)

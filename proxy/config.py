@@ -340,11 +340,14 @@ class AgingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     step_turns: int = 5
     min_tokens: int = 200
     horizon_turns: int = 10
+    horizon_share: float = 1.0  # later turns expected: this share of the turns so far
     decision_ttl_s: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.keep_last_turns < 1 or self.step_turns < 1 or self.min_tokens < 1 or self.horizon_turns < 0:
             raise ConfigError("aging: keep_last_turns, step_turns, min_tokens >= 1; horizon_turns >= 0")
+        if self.horizon_share < 0:
+            raise ConfigError("aging.horizon_share: must be >= 0")
 
 
 class PolicyArmConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):

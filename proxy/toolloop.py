@@ -40,7 +40,7 @@ import structlog
 
 from compressors import tokens
 from compressors.markers import ID_CHARS, ID_SUFFIX, marker_ids, unavailable
-from proxy.cacheecon import BREAKPOINT_WRITE, cached_ratio, decide_miss, expected_remaining_turns
+from proxy.cacheecon import BREAKPOINT_WRITE, cached_ratio, decide_miss
 from proxy.config import RetrievalConfig, Settings
 from proxy.exchange import Exchange, FeatureRequest
 from proxy.pricing import PriceTable
@@ -277,8 +277,10 @@ class LoopRequest(FeatureRequest):
         """Whether the cuts of this request pay for the cache miss a new tool causes: the whole
         prompt billed uncached once (or, where the provider caches at breakpoints, written again
         at 1.25x) instead of read at the cached price, against the tokens the cuts remove now
-        and over the turns the session is expected to still have (as many as it has had, at
-        most ``retrieval.cache_horizon_turns``; at the cached price; :mod:`proxy.cacheecon`). Prices
+        and on the next ``retrieval.cache_horizon_turns`` turns (at the cached price;
+        :mod:`proxy.cacheecon`). A fixed horizon here, measured: weighing the tool over the
+        turns the session has had (as aging does) only delays it to a later turn, where the
+        same miss costs more (SWE-agent text-mode replays 1.2% -> -0.2% cost saved). Prices
         are the model's (``proxy.pricing``); unknown: cached at half the input price."""
         cut = sum(
             tokens.count(old.text, self.model) - tokens.count(new.text, self.model)
@@ -299,8 +301,7 @@ class LoopRequest(FeatureRequest):
             cut += max(0, rolled - tokens.count(r.text, self.model))
         else:
             prompt = x.adapter.count_prompt(x.body, self.model)
-        turns = sum(1 for t in before.turns if t.role in ("assistant", "model"))
-        horizon = expected_remaining_turns(turns, self.config.cache_horizon_turns)
+        horizon = self.config.cache_horizon_turns
         decision = decide_miss(removed=cut, miss_tokens=prompt, cached=cached, write=write, horizon=horizon)
         worth = decision.pays
         _log.info(

@@ -185,7 +185,7 @@ class AgingStage:
         suffix = sum(tokens.count(s.text, ctx.model) for s in prompt.segments if first <= s.index <= last)
         cached = cached_ratio(self.prices, ctx.model)
         write = BREAKPOINT_WRITE if ctx.protocol == "anthropic" else 1.0  # written again at breakpoints
-        horizon = expected_remaining_turns(turns, self.config.horizon_turns)
+        horizon = expected_remaining_turns(turns, self.config.horizon_turns, self.config.horizon_share)
         decision = decide_miss(
             removed=removed, miss_tokens=suffix, cached=cached, write=write, horizon=horizon
         )

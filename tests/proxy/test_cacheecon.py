@@ -13,6 +13,7 @@ def test_expected_remaining_turns_is_the_turns_so_far_capped() -> None:
     """A session that has had n turns is expected to have n more, at most the cap, never < 0."""
     assert [expected_remaining_turns(n, 10) for n in (0, 1, 4, 10, 37)] == [0, 1, 4, 10, 10]
     assert expected_remaining_turns(-3, 10) == 0
+    assert [expected_remaining_turns(n, 10, share=0.5) for n in (3, 8, 40)] == [1, 4, 10]  # a share of them
 
 
 def test_cached_ratio_follows_the_model_price() -> None:
