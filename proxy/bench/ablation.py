@@ -35,10 +35,10 @@ from typing import Any
 import structlog
 import yaml
 
-from proxy.bench._common import DEFAULT_OUT, checkout, shown
+from proxy.bench._common import DEFAULT_OUT, shown
 from proxy.bench.runner import LONG_TURNS, ScenarioResult, run_suite
 from proxy.bench.scenarios import Scenario
-from proxy.bench.traces import bfcl_data_dir, bfcl_scenarios, eval_data_root, swe_agent_scenarios
+from proxy.bench.traces import real_traces
 from proxy.config import PricingConfig
 from proxy.pricing import PriceTable
 
@@ -61,22 +61,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "all - cache routing": {**ALL, "openai": {"prompt_cache_key": False}},
 }
 LONG_ROW = f"{LONG_TURNS}+ turns"
-
-
-def trace_scenarios(notes: list[str]) -> list[Scenario]:
-    """The real traces this benchmark replays (what is missing is noted and skipped)."""
-    scenarios: list[Scenario] = []
-    root = eval_data_root(checkout())
-    if (root / "swe-agent").is_dir():
-        scenarios += swe_agent_scenarios(root)
-    else:
-        notes.append(f"SWE-agent traces skipped: {root / 'swe-agent'} not found (set NOCP_EVAL_DATA)")
-    data = bfcl_data_dir()
-    if data is None:
-        notes.append("BFCL traces skipped: the bfcl-eval package is not installed")
-    else:
-        scenarios += list(bfcl_scenarios(data, per_set=None, notes=notes))
-    return scenarios
 
 
 def _row(base: float, nocp: float, rounds_usd: float, rounds: int, recall: float | None) -> dict[str, Any]:
@@ -203,7 +187,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         )
         return 2
     notes: list[str] = []
-    scenarios = trace_scenarios(notes)
+    scenarios = real_traces(notes)
     if not scenarios:
         print("no traces found: " + "; ".join(notes), file=sys.stderr)
         return 1

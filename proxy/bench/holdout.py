@@ -37,35 +37,19 @@ import aiohttp
 import msgspec
 import structlog
 
-from proxy.bench._common import DEFAULT_OUT, checkout, shown
+from proxy.bench._common import DEFAULT_OUT, shown
 from proxy.bench.protocols import PROTOCOLS
 from proxy.bench.runner import NocpProcess
 from proxy.bench.scenarios import Scenario
-from proxy.bench.traces import bfcl_data_dir, bfcl_scenarios, eval_data_root, swe_agent_scenarios
+from proxy.bench.traces import real_traces
 from proxy.cohorts import compare
 from proxy.translog import TransactionLog, log_session_id
 
-__all__ = ["main", "markdown", "run_holdout", "trace_scenarios"]
+__all__ = ["main", "markdown", "run_holdout"]
 
 MODEL = "gpt-4.1"
 EXPERIMENT = "bench-holdout"
 KEYS = ("sk-bench-tenant-a-000000000000000000", "sk-bench-tenant-b-000000000000000000")
-
-
-def trace_scenarios(quick: bool, notes: list[str]) -> list[Scenario]:
-    """The real traces (``quick``: the first SWE-agent file of each kind, 10 BFCL entries per set)."""
-    scenarios: list[Scenario] = []
-    root = eval_data_root(checkout())
-    if (root / "swe-agent").is_dir():
-        scenarios += swe_agent_scenarios(root, limit=1 if quick else None)
-    else:
-        notes.append(f"SWE-agent traces skipped: {root / 'swe-agent'} not found (set NOCP_EVAL_DATA)")
-    data = bfcl_data_dir()
-    if data is None:
-        notes.append("BFCL traces skipped: the bfcl-eval package is not installed")
-    else:
-        scenarios += bfcl_scenarios(data, per_set=10 if quick else None, notes=notes)
-    return scenarios
 
 
 def _config(folder: Path, holdout: float, base: Path | None) -> Path:
@@ -244,7 +228,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         parser.error("--holdout must be between 0 and 1 (both cohorts need sessions)")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     notes: list[str] = []
-    scenarios = trace_scenarios(args.quick, notes)
+    scenarios = real_traces(
+        notes, swe_limit=1 if args.quick else None, bfcl_per_set=10 if args.quick else None
+    )
     if not scenarios:
         print("no traces found: " + "; ".join(notes), file=sys.stderr)
         return 1

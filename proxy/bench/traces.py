@@ -30,9 +30,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from proxy.bench._common import checkout
 from proxy.bench.scenarios import Conversation, Message, Scenario, tool_call
 
-__all__ = ["bfcl_data_dir", "bfcl_scenarios", "eval_data_root", "swe_agent_scenarios"]
+__all__ = ["bfcl_data_dir", "bfcl_scenarios", "eval_data_root", "real_traces", "swe_agent_scenarios"]
 
 BFCL_SIM: Final = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
 BFCL_CLASSES: Final = {
@@ -296,3 +297,22 @@ def bfcl_scenarios(data: Path, *, per_set: int | None, notes: list[str]) -> Iter
                 params={"entries": len(convs), "set": category},
                 notes=("assistant acknowledgements closing each user turn are synthetic",),
             )
+
+
+def real_traces(
+    notes: list[str], *, swe_limit: int | None = None, bfcl_per_set: int | None = None
+) -> list[Scenario]:
+    """The real traces: the SWE-agent trajectories (``swe_limit`` files of each kind) and the BFCL
+    multi-turn sets (``bfcl_per_set`` entries each); what is missing is noted in ``notes``."""
+    scenarios: list[Scenario] = []
+    root = eval_data_root(checkout())
+    if (root / "swe-agent").is_dir():
+        scenarios += swe_agent_scenarios(root, limit=swe_limit)
+    else:
+        notes.append(f"SWE-agent traces skipped: {root / 'swe-agent'} not found (set NOCP_EVAL_DATA)")
+    data = bfcl_data_dir()
+    if data is None:
+        notes.append("BFCL traces skipped: the bfcl-eval package is not installed")
+    else:
+        scenarios += bfcl_scenarios(data, per_set=bfcl_per_set, notes=notes)
+    return scenarios
