@@ -327,27 +327,68 @@ class DriftConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"{kind}: need 0 < {kind}_warning <= {kind}_critical")
 
 
+class AgingModelConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-model overrides of observation aging (unset fields keep the section's value)."""
+
+    enabled: bool | None = None
+    keep_last_turns: int | None = None
+    step_turns: int | None = None
+    min_tokens: int | None = None
+    horizon_turns: int | None = None
+    horizon_share: float | None = None
+    min_cached_share: float | None = None
+
+
 class AgingConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Observation aging (see ``proxy.stages.aging``): tool outputs of at least ``min_tokens``
     older than the last ``keep_last_turns`` assistant turns become a digest with a retrievable
     marker; the boundary moves every ``step_turns`` turns, and a step is taken only when the
-    tokens it removes now and over the turns the session is expected to still have (as many as
-    it has had, at most ``horizon_turns``) pay for the one cache miss it causes.
-    Each step's decision is kept ``decision_ttl_s``."""
+    tokens it removes now and over the turns the session is expected to still have
+    (``horizon_share`` times as many as it has had, at most ``horizon_turns``) pay for the one
+    cache miss it causes. Each step's decision is kept ``decision_ttl_s``. Only for models whose
+    cached input costs at least ``min_cached_share`` of the input price (from the pricing
+    table; unknown: 0.5): measured on the real traces, aging pays where a cache miss costs
+    little more than a cached read (gpt-4o, 50%) and can cost more than it saves on short
+    sessions where it costs 4-10x (gpt-4.1, gpt-5, Claude). ``models`` maps model-name globs
+    to overrides (the first match wins); outputs of the tools matching ``keep_tools`` (name
+    globs) never age."""
 
-    enabled: bool = False
-    keep_last_turns: int = 5
-    step_turns: int = 5
+    enabled: bool = True
+    keep_last_turns: int = 3
+    step_turns: int = 3
+    min_cached_share: float = 0.5
     min_tokens: int = 200
     horizon_turns: int = 10
     horizon_share: float = 1.0  # later turns expected: this share of the turns so far
     decision_ttl_s: float = 24 * 3600.0
+    keep_tools: tuple[str, ...] = ()
+    models: dict[str, AgingModelConfig] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.keep_last_turns < 1 or self.step_turns < 1 or self.min_tokens < 1 or self.horizon_turns < 0:
-            raise ConfigError("aging: keep_last_turns, step_turns, min_tokens >= 1; horizon_turns >= 0")
-        if self.horizon_share < 0:
-            raise ConfigError("aging.horizon_share: must be >= 0")
+        checks: list[tuple[str, AgingConfig | AgingModelConfig]] = [("aging", self)]
+        checks.extend((f"aging.models[{k}]", v) for k, v in self.models.items())
+        for where, cfg in checks:
+            for name in ("keep_last_turns", "step_turns", "min_tokens"):
+                value = getattr(cfg, name)
+                if value is not None and value < 1:
+                    raise ConfigError(f"{where}.{name}: must be >= 1")
+            for name in ("horizon_turns", "horizon_share", "min_cached_share"):
+                value = getattr(cfg, name)
+                if value is not None and value < 0:
+                    raise ConfigError(f"{where}.{name}: must be >= 0")
+
+    @property
+    def any_enabled(self) -> bool:
+        """Whether aging is on for some model (the section or an override)."""
+        return self.enabled or any(m.enabled for m in self.models.values())
+
+    def for_model(self, model: str) -> AgingConfig:
+        """The section with the first matching model override applied."""
+        over = next((o for g, o in self.models.items() if fnmatch.fnmatchcase(model, g)), None)
+        if over is None:
+            return self
+        changes = {f: v for f in over.__struct_fields__ if (v := getattr(over, f)) is not None}
+        return msgspec.structs.replace(self, **changes, models={})
 
 
 class PolicyArmConfig(_Base, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -454,7 +454,7 @@ def default_stages(
     if settings.stages.tool_output:
         limit = settings.pipeline.max_analysis_chars
         stages.append(ToolOutputStage(settings.compression, pool=pool, max_analysis_chars=limit))
-    if settings.aging.enabled and settings.retrieval.enabled:  # on what compression left
+    if settings.aging.any_enabled and settings.retrieval.enabled:  # on what compression left
         from proxy.pricing import PriceTable
         from proxy.stages.aging import AgingStage
 

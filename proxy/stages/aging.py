@@ -18,6 +18,7 @@ Without retrieval (no place to keep originals) nothing is aged: a digest is a lo
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -66,6 +67,11 @@ def _call(seg: Segment, actions: Mapping[int, Action]) -> tuple[str | None, str]
     return (action.command, action.text) if action is not None else (seg.tool_name, seg.tool_args)
 
 
+def _kept(tool: str | None, globs: Sequence[str]) -> bool:
+    """Whether a tool's outputs never age (``aging.keep_tools``)."""
+    return tool is not None and any(fnmatch.fnmatchcase(tool, g) for g in globs)
+
+
 def _digest(call: tuple[str | None, str], original: str, key: str) -> tuple[str, str]:
     ref = content_id(original, key)
     with marker_id(ref):
@@ -89,7 +95,9 @@ class AgingStage:
         cuts = ctx.retrieval
         if cuts is None or ctx.policy != "auto":  # a digest is a lossy cut
             return prompt
-        cfg = self.config
+        cfg = self.config.for_model(ctx.model)
+        if not cfg.enabled or cached_ratio(self.prices, ctx.model) < cfg.min_cached_share:
+            return prompt
         assistant = [t.index for t in prompt.turns if t.role in ("assistant", "model")]
         aged_turns = (len(assistant) - cfg.keep_last_turns) // cfg.step_turns * cfg.step_turns
         if aged_turns <= 0:
@@ -109,6 +117,8 @@ class AgingStage:
         ]
         if not candidates:
             return prompt
+        calls = {i: _call(prompt.segments[i], actions) for i in candidates}
+        candidates = [i for i in candidates if not _kept(calls[i][0], cfg.keep_tools)]
         counts = {i: tokens.count(prompt.segments[i].text, ctx.model) for i in candidates}
         candidates = [i for i in candidates if counts[i] >= cfg.min_tokens]
         if not candidates:
@@ -118,14 +128,12 @@ class AgingStage:
         originals = {
             i: cuts.original_of(prompt.segments[i].text) or prompt.segments[i].text for i in candidates
         }
-        calls = {i: _call(prompt.segments[i], actions) for i in candidates}
         digests = {i: _digest(calls[i], originals[i], cuts.marker_key) for i in candidates}
         removed = sum(counts[i] - tokens.count(digests[i][1], ctx.model) for i in candidates)
         if removed <= 0:
             return prompt
-        if not await self._decided(
-            prompt, ctx, candidates, aged_turns, removed, assistant[-1], len(assistant)
-        ):
+        turns = len(assistant)
+        if not await self._decided(prompt, ctx, cfg, candidates, aged_turns, removed, assistant[-1], turns):
             return prompt
         for i in candidates:
             seg = prompt.segments[i]
@@ -160,6 +168,7 @@ class AgingStage:
         self,
         prompt: Prompt,
         ctx: StageContext,
+        cfg: AgingConfig,
         candidates: Sequence[int],
         step: int,
         removed: int,
@@ -171,7 +180,7 @@ class AgingStage:
         session = ctx.record.session_id or "-"
         key = "g:" + hashlib.blake2b(f"{ctx.tenant}\0{session}\0{step}".encode(), digest_size=16).hexdigest()
         try:
-            (stored,) = await self.store.get_blobs([key], ttl_s=self.config.decision_ttl_s)
+            (stored,) = await self.store.get_blobs([key], ttl_s=cfg.decision_ttl_s)
         except Exception as exc:  # decided afresh: at worst a step's prefix changes twice
             _log.warning("aging_decision_unreadable", error=type(exc).__name__)
             stored = None
@@ -185,7 +194,7 @@ class AgingStage:
         suffix = sum(tokens.count(s.text, ctx.model) for s in prompt.segments if first <= s.index <= last)
         cached = cached_ratio(self.prices, ctx.model)
         write = BREAKPOINT_WRITE if ctx.protocol == "anthropic" else 1.0  # written again at breakpoints
-        horizon = expected_remaining_turns(turns, self.config.horizon_turns, self.config.horizon_share)
+        horizon = expected_remaining_turns(turns, cfg.horizon_turns, cfg.horizon_share)
         decision = decide_miss(
             removed=removed, miss_tokens=suffix, cached=cached, write=write, horizon=horizon
         )
@@ -202,7 +211,7 @@ class AgingStage:
             age=worth,
         )
         try:
-            await self.store.put_blobs({key: b"1" if worth else b"0"}, ttl_s=self.config.decision_ttl_s)
+            await self.store.put_blobs({key: b"1" if worth else b"0"}, ttl_s=cfg.decision_ttl_s)
         except Exception as exc:
             _log.warning("aging_decision_not_stored", error=type(exc).__name__)
         return worth

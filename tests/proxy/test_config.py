@@ -83,6 +83,9 @@ def test_defaults_without_config() -> None:
         ("policy: {enabled: true}\nretrieval: {enabled: false}", "policy.enabled"),
         ("policy: {arms: [{name: a}, {name: a}]}", "policy.arms"),
         ("policy: {arms: [{name: a, budget_tokens: 0}]}", "budget_tokens"),
+        ("aging: {step_turns: 0}", "aging.step_turns"),
+        ("aging: {models: {'gpt-5': {keep_last_turns: 0}}}", "aging.models[gpt-5].keep_last_turns"),
+        ("aging: {models: {'gpt-5': {horizon_share: -1}}}", "aging.models[gpt-5].horizon_share"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, yaml: str, key: str) -> None:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import openai
+import pytest
 import structlog
 
 from compressors.markers import content_id
@@ -179,3 +180,26 @@ async def test_text_mode_observations_age_like_tool_outputs(fake: FakeUpstream, 
     ]  # fmt: skip
     assert f"; id={content_id(text_turn(0)[1]['content'], SECRET)}]" in users[1]
     assert "aged" in (await proxy.log_lines(4))[3]["input_compression_methods"]
+
+
+@pytest.mark.parametrize(
+    ("aging", "model", "expect"),
+    [
+        ({**AGING, "enabled": False, "models": {"gpt-4o*": {"enabled": True}}}, "gpt-4o", [2, 4, 6, 8]),
+        ({**AGING, "enabled": False, "models": {"gpt-4o*": {"enabled": True}}}, "gpt-5", []),
+        ({**AGING, "models": {"gpt-4o*": {"keep_last_turns": 3, "step_turns": 3}}}, "gpt-4o", [2, 4, 6]),
+        ({**AGING, "keep_tools": ["ca?"]}, "gpt-4o", []),
+    ],
+)
+async def test_aging_per_model_and_tools_kept(
+    fake: FakeUpstream, make_proxy: Any, aging: dict[str, Any], model: str, expect: list[int]
+) -> None:
+    """`aging.models` overrides the section for matching models (on for one, off for another,
+    its own steps); outputs of `aging.keep_tools` never age."""
+    proxy = await make_proxy(aging=aging)
+    messages: list[Any] = [{"role": "user", "content": "Go through the files."}]
+    for turn in range(6):
+        messages += agent_turn(turn)
+    async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-a", max_retries=0) as client:
+        await client.chat.completions.create(model=model, messages=messages)
+    assert aged(sent(fake, 0)) == expect
