@@ -16,6 +16,7 @@ import pytest
 
 from proxy.auth import hash_key
 from proxy.cli import main
+from tests.e2e.test_retrieval import conversation as agent_turn
 from tests.helpers import REPO, RunningProxy
 
 ADMIN = "nocp-dashboard-admin"
@@ -55,18 +56,7 @@ def _browser_or_skip() -> None:
 
 def conversation(turn: int) -> list[Any]:
     """An agent turn with a large read_log output, then ``turn`` more user questions."""
-    messages: list[Any] = [
-        {"role": "system", "content": "You debug batch jobs."},
-        {"role": "user", "content": "Why did the batch job fail?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "call_log", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_log", "content": LOG},
-    ]
+    messages = agent_turn(LOG)
     for k in range(turn):
         messages.append({"role": "assistant", "content": f"Looked at part {k}."})
         messages.append({"role": "user", "content": "More?"})
