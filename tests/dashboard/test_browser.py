@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,6 +17,8 @@ import pytest
 
 from proxy.auth import hash_key
 from proxy.cli import main
+from proxy.cohorts import compare
+from proxy.translog_cli import iter_records
 from tests.e2e.test_retrieval import conversation as agent_turn
 from tests.helpers import REPO, RunningProxy
 
@@ -23,6 +26,7 @@ ADMIN = "nocp-dashboard-admin"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT = REPO / "build" / "dashboard.png"
+SCREENSHOT_HOLDOUT = REPO / "build" / "dashboard-holdout.png"
 LOG = "\n".join(
     f"2026-05-0{1 + i % 9}T10:{i % 60:02d}:00Z INFO worker-{i % 7} processed batch {i} in {i * 3 % 97} ms"
     for i in range(400)
@@ -63,7 +67,7 @@ def conversation(turn: int) -> list[Any]:
     return messages
 
 
-def render(url: str) -> dict[str, Any]:
+def render(url: str, shot: Path = SCREENSHOT) -> dict[str, Any]:
     """Load the dashboard in headless Chromium; the rendered figures and tables (runs on a thread:
     the proxy serves the browser from the test's event loop)."""
     from selenium import webdriver
@@ -88,7 +92,7 @@ def render(url: str) -> dict[str, Any]:
         tables = {
             name: [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
                    for tr in driver.find_elements(By.CSS_SELECTOR, f"#table-{name} tr")[1:]]
-            for name in ("recent", "tools-tokens", "tools-saving", "alerts")
+            for name in ("recent", "tools-tokens", "tools-saving", "alerts", "cohorts", "policy")
         }  # fmt: skip
         panels = {p: driver.find_element(By.ID, f"panel-{p}").is_displayed() for p in ("cohorts", "policy")}
         points = len(driver.find_elements(By.CSS_SELECTOR, "#chart-tokens polyline"))
@@ -96,8 +100,8 @@ def render(url: str) -> dict[str, Any]:
         height = int(driver.execute_script("return document.documentElement.scrollHeight"))
         metrics = {"width": 1400, "height": height, "deviceScaleFactor": 1, "mobile": False}
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)  # the whole page
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOT))
+        shot.parent.mkdir(exist_ok=True)
+        driver.save_screenshot(str(shot))
         return {
             "state": body.get_attribute("data-state"),
             "kpis": kpis,
@@ -168,3 +172,38 @@ async def test_dashboard_shows_the_logs_stats_figures(
     assert page["panels"] == {"cohorts": False, "policy": False}
     assert page["lines"] == 3
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+async def test_dashboard_shows_the_holdout_and_the_learned_policy(
+    make_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a holdout experiment and the learned policy on, the rendered page shows the measured
+    saving of `proxy.cohorts.compare` on the same log, a row per cohort and the policy's arms;
+    a screenshot is written to build/dashboard-holdout.png."""
+    _browser_or_skip()
+    monkeypatch.delenv("NOCP_CONFIG", raising=False)
+    proxy = await make_proxy(
+        auth={"admin_key_sha256": hash_key(ADMIN)},
+        experiment={"name": "ab", "holdout": 0.5},
+        policy={"enabled": True, "seed": 3},
+        pipeline={"workers": 0},
+    )
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test-0123456789", max_retries=0)
+    async with client:
+        for i in range(10):
+            await client.chat.completions.create(
+                model="gpt-4o", messages=conversation(0), extra_headers={"X-Session-Id": f"s{i}"}
+            )
+    lines = await proxy.log_lines(10)
+    assert {line["cohort"] for line in lines} == {"control", "treated"}
+    SCREENSHOT_HOLDOUT.unlink(missing_ok=True)
+    page = await asyncio.to_thread(render, f"{proxy.url}/dashboard?key={ADMIN}", SCREENSHOT_HOLDOUT)
+
+    records = list(iter_records([proxy.log_path]))
+    share = compare(records)["saving"]["billed_cost_usd"]["share"]
+    assert page["state"] == "ready" and not page["error"]
+    assert page["panels"] == {"cohorts": True, "policy": True}
+    assert float(page["kpis"]["measured_saving"][0]) == pytest.approx(share, rel=1e-12)
+    assert sorted(row[0] for row in page["tables"]["cohorts"]) == ["control", "treated"]
+    assert any("read_log" in row for row in page["tables"]["policy"])
+    assert SCREENSHOT_HOLDOUT.stat().st_size > 10_000
