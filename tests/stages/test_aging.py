@@ -130,6 +130,20 @@ def listing(name: str, lines: int) -> list[Any]:
     ]
 
 
+def early_step_session() -> list[Any]:
+    """Four turns: two mid-size listings, then a long user message (~18K tokens) between two
+    small ones; aging their first step pays over ten later turns but not over four."""
+    notes = " ".join(f"note {i} on the layout of module m{i % 50}." for i in range(1800))
+    return [
+        {"role": "user", "content": "Look around."},
+        *listing("a", 120),
+        *listing("b", 120),
+        *listing("c", 5),
+        {"role": "user", "content": notes},
+        *listing("d", 5),
+    ]
+
+
 async def test_an_early_step_is_weighed_over_the_turns_the_session_has_had(
     fake: FakeUpstream, make_proxy: Any
 ) -> None:
@@ -137,13 +151,7 @@ async def test_an_early_step_is_weighed_over_the_turns_the_session_has_had(
     two mid-size outputs ahead of a long user message pays over ten turns but not over four,
     so nothing ages; the decision is logged with its horizon."""
     proxy = await make_proxy(aging={**AGING, "horizon_turns": 10, "min_tokens": 50})
-    messages: list[Any] = [
-        {"role": "user", "content": "Look around."},
-        *listing("a", 120),
-        *listing("b", 120),
-    ]
-    notes = " ".join(f"note {i} on the layout of module m{i % 50}." for i in range(1800))  # ~18K tokens
-    messages += [*listing("c", 5), {"role": "user", "content": notes}, *listing("d", 5)]
+    messages = early_step_session()
     with structlog.testing.capture_logs() as logs:
         async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-a", max_retries=0) as client:
             await client.chat.completions.create(model="gpt-4o", messages=messages)
@@ -203,3 +211,29 @@ async def test_aging_per_model_and_tools_kept(
     async with openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-a", max_retries=0) as client:
         await client.chat.completions.create(model=model, messages=messages)
     assert aged(sent(fake, 0)) == expect
+
+
+async def test_step_decisions_are_per_tenant_and_a_retry_sends_the_same_bytes(
+    fake: FakeUpstream, make_proxy: Any
+) -> None:
+    """Two tenants on one proxy with the same session id: A's step ages (and A's retry, streamed,
+    goes up byte for byte the same), B's step does not pay and B never reads A's decision."""
+    proxy = await make_proxy(aging={**AGING, "horizon_turns": 10, "min_tokens": 50})
+    a_messages: list[Any] = [{"role": "user", "content": "Go through the files."}]
+    for turn in range(4):
+        a_messages += agent_turn(turn)
+    b_messages = early_step_session()
+    session = {"X-Session-Id": "shared"}
+    a = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-tenant-a-0123456789", max_retries=0)
+    b = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-tenant-b-0123456789", max_retries=0)
+    async with a, b:
+        await a.chat.completions.create(model="gpt-4o", messages=a_messages, extra_headers=session)
+        stream = await a.chat.completions.create(
+            model="gpt-4o", messages=a_messages, extra_headers=session, stream=True
+        )
+        async for _ in stream:
+            pass
+        await b.chat.completions.create(model="gpt-4o", messages=b_messages, extra_headers=session)
+    first, retry, other = (sent(fake, k) for k in range(3))
+    assert aged(first) == [2, 4] and retry["messages"] == first["messages"]
+    assert aged(other) == []
