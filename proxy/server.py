@@ -22,6 +22,7 @@ import msgspec
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy import protocols
 from proxy.auth import Authenticator, Principal, RedisLimiter, strip_credentials
@@ -104,6 +105,31 @@ def _as_sent(request: web.Request, principal: Principal | None) -> tuple[Any, An
     if principal is None:
         return request.headers, request.query, request.raw_path
     return strip_credentials(request.headers, request.query, request.raw_path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    """Where a request forwarded as it came goes: the upstream URL, the headers for it (the
+    upstream's key applied), the client's headers as sent on, and the client's tenant."""
+
+    url: URL
+    headers: CIMultiDict[str]
+    client_headers: Any
+    tenant: str | None
+
+
+async def _forward(request: web.Request, adapter: Adapter, body_bytes: int) -> _Forward:
+    """Authenticate and admit a request forwarded as it came (passthrough, WebSocket) and say
+    where it goes: the adapter's upstream; raises 401 / 429."""
+    principal = _authenticate(request)
+    await _admit(request, principal, body_bytes)
+    sent_headers, _, raw_path = _as_sent(request, principal)
+    settings = request.app[STATE].settings
+    up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]
+    headers = forward_headers(sent_headers)
+    apply_api_key(headers, up)
+    tenant = principal.tenant if principal is not None else None
+    return _Forward(upstream_url(up, raw_path), headers, sent_headers, tenant)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -251,26 +277,18 @@ async def _websocket(adapter: Adapter, request: web.Request) -> web.StreamRespon
         return await passthrough(request)
     state = request.app[STATE]
     try:
-        principal = _authenticate(request)
-        await _admit(request, principal, 0)
+        to = await _forward(request, adapter, 0)
     except ProxyHTTPError as err:
         return _error(adapter, err)
-    sent_headers, _, raw_path = _as_sent(request, principal)
-    settings = state.settings
-    up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]
-    headers = forward_headers(sent_headers)
-    apply_api_key(headers, up)
-    url = upstream_url(up, raw_path)
-    tenant = principal.tenant if principal is not None else None
     return await serve_websocket(
         request,
         adapter,
         state.services,
         state.upstream,
-        url,
-        headers,
-        tenant=tenant,
-        client_headers=sent_headers,
+        to.url,
+        to.headers,
+        tenant=to.tenant,
+        client_headers=to.client_headers,
     )
 
 
@@ -286,21 +304,16 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     claims = (a for a in adapters if a.claims(request.path, request.headers, request.query))
     adapter = next(claims, adapters[0])
     try:
-        principal = _authenticate(request)
-        await _admit(request, principal, request.content_length or 0)
+        to = await _forward(request, adapter, request.content_length or 0)
     except ProxyHTTPError as err:
         return _error(adapter, err)
-    sent_headers, _, raw_path = _as_sent(request, principal)
-    settings = state.settings
-    up = settings.upstream_for(adapter.upstream_protocol, None) or settings.upstreams[0]
-    headers = forward_headers(sent_headers)
-    apply_api_key(headers, up)
+    headers = to.headers
     if _decoded(request):  # the body streamed on is the decoded one, of unknown length
         headers.popall("Content-Encoding", None)
         headers.popall("Content-Length", None)
     data = request.content.iter_any() if request.body_exists else None
     try:
-        async with state.upstream.request(request.method, upstream_url(up, raw_path), headers, data) as resp:
+        async with state.upstream.request(request.method, to.url, headers, data) as resp:
             out = web.StreamResponse(
                 status=resp.status, reason=resp.reason, headers=forward_headers(resp.headers)
             )

@@ -26,6 +26,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 if TYPE_CHECKING:
+    import openai
+
     from proxy.stages.history import HistoryStage
     from proxy.testing import FakeUpstream
     from proxy.translog import TransactionLog
@@ -195,3 +197,61 @@ def user_turn(k: int) -> dict[str, Any]:
         "content": f"Note {k}: invoice INV-{4000 + k} is stored at /data/invoices/{2024 + k % 3}/inv_{k}.pdf "
         f"and totals {125 + k}.50 EUR. {PARAGRAPH}",
     }
+
+
+# ------------------------------------------------------------------------------ an agent's turn
+
+# A 6,000-line log (about 420,000 characters) with one line that matters.
+BATCH_LOG = "\n".join(
+    f"2024-05-{1 + i % 28:02d}T10:{i % 60:02d}:{i % 59:02d}Z INFO worker-{i % 7} job {i} batch {i * 7} "
+    f"took {i * 3 % 97} ms queue depth {i % 13} region eu-{i % 3} shard {i % 11} ok"
+    for i in range(6000)
+)
+BATCH_LOG += (
+    "\n2024-05-29T11:00:00Z ERROR worker-5 failed: ValueError: bad checksum 0xdeadbeef in /data/b_417.bin"
+)
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def read_log_turn(output: str = BATCH_LOG) -> list[Any]:
+    """An agent's first request: the task, a read_log call and its output (chat messages)."""
+    return [
+        {"role": "system", "content": "You debug batch jobs."},
+        {"role": "user", "content": "Why did the batch job fail?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_log", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_log", "content": output},
+    ]
+
+
+async def ask(client: openai.AsyncOpenAI, messages: list[Any], stream: bool, **kw: Any) -> dict[str, Any]:
+    """One chat completion through the SDK, plain or streamed; the assistant message the client
+    ends up with (as the SDK accumulates it), its finish reason, and the raw stream chunks."""
+    if not stream:
+        resp = await client.chat.completions.create(model="gpt-4o", messages=messages, **kw)
+        msg = resp.choices[0].message
+        return {
+            "message": msg.model_dump(exclude_none=True),
+            "finish": resp.choices[0].finish_reason,
+            "chunks": [],
+        }
+    async with client.chat.completions.stream(model="gpt-4o", messages=messages, **kw) as s:
+        chunks = [e.chunk async for e in s if e.type == "chunk"]
+        final = await s.get_final_completion()
+    msg = final.choices[0].message
+    dumped = msg.model_dump(exclude_none=True, exclude={"parsed"})
+    for call in dumped.get("tool_calls") or ():
+        call.pop("parsed_arguments", None)
+    return {"message": dumped, "finish": final.choices[0].finish_reason, "chunks": chunks}

@@ -479,13 +479,14 @@ class _Replayer:
                 sent_body = self.nocp_fake.requests[-1].json()
                 tools, sent = sent_view(proto.name, sent_body)
                 sent = [m for m in sent if not _output_note(m)]  # nocp's last-message instruction
-                self._fidelity(msgs[:end], sent, later[end], result.fidelity, chat=proto.name == "chat")
+                observed = self._observations(msgs[:end])
+                present = self._present(sent, chat=proto.name == "chat")
+                self._fidelity(observed, present, later[end], result.fidelity)
                 self._round(
-                    msgs,
-                    end,
-                    sent,
+                    observed,
+                    present,
+                    msgs[end],
                     result.fidelity,
-                    chat=proto.name == "chat",
                     remaining=len(turns) - k - 1,
                     prompt=self.nocp_fake.usage_log[-1].prompt_tokens,
                     model=model,
@@ -499,11 +500,11 @@ class _Replayer:
             self.nocp_fake.requests.clear()
             progress(result.name, k + 1)
 
-    def _data(self, raw: Sequence[Message]) -> list[int]:
-        """Indexes of a prompt's observations: tool messages and text-mode observations (user
-        messages answering an assistant's action block, :mod:`proxy.stages.observations`)."""
+    def _observations(self, raw: Sequence[Message]) -> list[Message]:
+        """A prompt's observations: tool messages and text-mode observations (user messages
+        answering an assistant's action block, :mod:`proxy.stages.observations`)."""
         return [
-            i
+            m
             for i, m in enumerate(raw)
             if m.get("role") == "tool"
             or (
@@ -514,40 +515,36 @@ class _Replayer:
             )
         ]
 
+    def _present(self, sent: Iterable[Message], *, chat: bool) -> set[str]:
+        """The hard tokens of what nocp sent."""
+        present: set[str] = set()
+        for m in sent:
+            if isinstance(m, dict):
+                present |= self.hard(message_text(m) if chat else leaf_text(m))
+        return present
+
     def _round(
         self,
-        msgs: Sequence[Message],
-        end: int,
-        sent: Iterable[Message],
+        observed: Sequence[Message],
+        present: set[str],
+        answer: Message,
         fid: Fidelity,
         *,
-        chat: bool,
         remaining: int,
         prompt: int,
         model: str,
         price: Price,
     ) -> None:
-        """Bill a retrieval round when the answer to this request (``msgs[end]``) uses a value of
-        an observation in its prompt that nocp did not send: the round's call (about
-        ``_CALL_TOKENS`` output tokens), its prompt again (cached in the provider's steps) plus
-        the whole original fetched, and the call and original resent on every later turn (cached)."""
-        used = self.hard(message_text(msgs[end]))
-        if not used:
-            return
-        raw = msgs[:end]
-        holders = [raw[i] for i in self._data(raw)]
-        wanted = {t for m in holders for t in self.hard(message_text(m)) & used}
-        if not wanted:
-            return
-        present: set[str] = set()
-        for m in sent:
-            if isinstance(m, dict):
-                present |= self.hard(message_text(m) if chat else leaf_text(m))
-        missing = wanted - present
+        """Bill a retrieval round when ``answer`` uses a value of an observation in its prompt
+        that nocp did not send: the round's call (about ``_CALL_TOKENS`` output tokens), its
+        prompt again (cached in the provider's steps) plus the whole original fetched, and the
+        call and original resent on every later turn (cached)."""
+        used = self.hard(message_text(answer))
+        missing = {t for m in observed for t in self.hard(message_text(m)) & used} - present
         if not missing:
             return
         fetched = sum(
-            tokens.count(message_text(m), model) for m in holders if self.hard(message_text(m)) & missing
+            tokens.count(message_text(m), model) for m in observed if self.hard(message_text(m)) & missing
         )
         cached = prompt // 128 * 128 if prompt >= 1024 else 0
         fid.rounds += 1
@@ -556,24 +553,11 @@ class _Replayer:
         fid.round_cost_usd += price.cost(carried, carried, 0)
 
     def _fidelity(
-        self,
-        raw: Sequence[Message],
-        sent: Iterable[Message],
-        later: frozenset[str],
-        fid: Fidelity,
-        *,
-        chat: bool = True,
+        self, observed: Sequence[Message], present: set[str], later: frozenset[str], fid: Fidelity
     ) -> None:
-        data: set[str] = set()
-        for i in self._data(raw):
-            data |= self.hard(message_text(raw[i]))
-        needed = data & later
+        needed = {t for m in observed for t in self.hard(message_text(m))} & later
         if not needed:
             return
-        present: set[str] = set()
-        for m in sent:
-            if isinstance(m, dict):
-                present |= self.hard(message_text(m) if chat else leaf_text(m))
         kept = needed & present
         fid.needed += len(needed)
         fid.kept += len(kept)

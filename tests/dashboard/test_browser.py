@@ -19,8 +19,7 @@ from proxy.auth import hash_key
 from proxy.cli import main
 from proxy.cohorts import compare
 from proxy.translog_cli import iter_records
-from tests.e2e.test_retrieval import conversation as agent_turn
-from tests.helpers import REPO, RunningProxy
+from tests.helpers import REPO, RunningProxy, read_log_turn
 
 ADMIN = "nocp-dashboard-admin"
 CHROMIUM = "/usr/bin/chromium"
@@ -60,7 +59,7 @@ def _browser_or_skip() -> None:
 
 def conversation(turn: int) -> list[Any]:
     """An agent turn with a large read_log output, then ``turn`` more user questions."""
-    messages = agent_turn(LOG)
+    messages = read_log_turn(LOG)
     for k in range(turn):
         messages.append({"role": "assistant", "content": f"Looked at part {k}."})
         messages.append({"role": "user", "content": "More?"})

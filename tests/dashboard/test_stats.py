@@ -20,8 +20,7 @@ from proxy.dashboard import LogStats, cohorts, page, policy, request_rate, snaps
 from proxy.testing import FakeUpstream, Reply
 from proxy.translog import RetrievalRecord, SegmentRecord, TransactionLog
 from proxy.translog_cli import last_records
-from tests.e2e.test_toolloop import ask, conversation
-from tests.helpers import free_port
+from tests.helpers import ask, free_port, read_log_turn
 
 ADMIN = "nocp-admin-key"
 T0 = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
@@ -280,7 +279,7 @@ async def test_stats_show_the_holdout_cohorts_and_the_learned_policy(
     async with client:
         for i in range(12):
             fake.script(Reply("Worker 5 failed."))
-            await ask(client, conversation(), False, extra_headers={"X-Session-Id": f"dash-{i}"})
+            await ask(client, read_log_turn(), False, extra_headers={"X-Session-Id": f"dash-{i}"})
     lines = await proxy.log_lines(12)
     assert {line["cohort"] for line in lines} == {"control", "treated"}
     async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/v1/nocp/stats") as resp:

@@ -10,8 +10,7 @@ import openai
 import pytest
 
 from proxy.testing import FakeUpstream, Reply
-from tests.e2e.test_toolloop import ask, conversation
-from tests.helpers import sent
+from tests.helpers import ask, read_log_turn, sent
 
 ARMS = [{"name": "budget-300", "budget_tokens": 300}, {"name": "budget-900", "budget_tokens": 900}]
 
@@ -23,7 +22,7 @@ async def test_a_session_keeps_its_arm_over_turns_and_retries(
     """Turn 2 and its retry carry turn 1's cut byte for byte; each log line has the same arm."""
     proxy = await make_proxy(policy={"enabled": True, "seed": 3, "arms": ARMS}, pipeline={"workers": 0})
     fake.script(Reply("Worker 5 failed."), Reply("Fix the checksum."), Reply("Fix the checksum."))
-    messages = conversation()
+    messages = read_log_turn()
     client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-tenant-a-0123456789", max_retries=0)
     async with client:
         one = await ask(client, messages, stream, extra_headers={"X-Session-Id": "policy-s1"})

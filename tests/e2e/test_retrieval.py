@@ -19,7 +19,7 @@ from proxy.protocols.openai_chat import ChatStream
 from proxy.retrieval import LAST_ROUND_NOTE
 from proxy.server import STATE
 from proxy.testing import FakeUpstream, Reply, Stall, ToolCall
-from tests.helpers import SECRET
+from tests.helpers import SECRET, WEATHER, read_log_turn
 
 TOOL = "nocp_retrieve"
 LOG = "\n".join(
@@ -28,30 +28,11 @@ LOG = "\n".join(
 )
 LOG += "\n2024-05-09T11:00:00Z ERROR worker-3 failed: ValueError: bad checksum 0xdeadbeef in /data/b_417.bin"
 REF = content_id(LOG, SECRET)
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def conversation(output: str = LOG) -> list[Any]:
     """An agent turn: the task, a read_log call and its (large) output."""
-    return [
-        {"role": "system", "content": "You debug batch jobs."},
-        {"role": "user", "content": "Why did the batch job fail?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "call_log", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_log", "content": output},
-    ]
+    return read_log_turn(output)
 
 
 def gemini_contents(output: str = LOG) -> list[Any]:

@@ -16,67 +16,21 @@ from google.genai import types
 
 from compressors.markers import content_id
 from proxy.testing import Drop, FakeUpstream, Reply, ToolCall
-from tests.helpers import HISTORY, SECRET, long_text, sent, user_turn
+from tests.helpers import BATCH_LOG, HISTORY, SECRET, WEATHER, ask, long_text, read_log_turn, sent, user_turn
 
 TOOL = "nocp_retrieve"
-# A 6,000-line log (about 420,000 characters) with one line that matters.
-LOG = "\n".join(
-    f"2024-05-{1 + i % 28:02d}T10:{i % 60:02d}:{i % 59:02d}Z INFO worker-{i % 7} job {i} batch {i * 7} "
-    f"took {i * 3 % 97} ms queue depth {i % 13} region eu-{i % 3} shard {i % 11} ok"
-    for i in range(6000)
-)
-LOG += "\n2024-05-29T11:00:00Z ERROR worker-5 failed: ValueError: bad checksum 0xdeadbeef in /data/b_417.bin"
+LOG = BATCH_LOG
 REF = content_id(LOG, SECRET)
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 SHAPES = ["role_first", "openai"]
 
 
 def conversation() -> list[Any]:
     """An agent's first request: the task, a read_log call and its (large) output."""
-    return [
-        {"role": "system", "content": "You debug batch jobs."},
-        {"role": "user", "content": "Why did the batch job fail?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "call_log", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_log", "content": LOG},
-    ]
+    return read_log_turn(LOG)
 
 
 def _client(base: str, key: str = "sk-tenant-a-0123456789") -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
-
-
-async def ask(client: openai.AsyncOpenAI, messages: list[Any], stream: bool, **kw: Any) -> dict[str, Any]:
-    """One chat completion through the SDK, plain or streamed; the assistant message the client
-    ends up with (as the SDK accumulates it), its finish reason, and the raw stream chunks."""
-    if not stream:
-        resp = await client.chat.completions.create(model="gpt-4o", messages=messages, **kw)
-        msg = resp.choices[0].message
-        return {
-            "message": msg.model_dump(exclude_none=True),
-            "finish": resp.choices[0].finish_reason,
-            "chunks": [],
-        }
-    async with client.chat.completions.stream(model="gpt-4o", messages=messages, **kw) as s:
-        chunks = [e.chunk async for e in s if e.type == "chunk"]
-        final = await s.get_final_completion()
-    msg = final.choices[0].message
-    dumped = msg.model_dump(exclude_none=True, exclude={"parsed"})
-    for call in dumped.get("tool_calls") or ():
-        call.pop("parsed_arguments", None)
-    return {"message": dumped, "finish": final.choices[0].finish_reason, "chunks": chunks}
 
 
 def no_leak(answer: dict[str, Any]) -> None:
